@@ -1,0 +1,17 @@
+//! Compiles `proto/baton/v1/*.proto` with a vendored protoc, so no install step is needed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    std::env::set_var("PROTOC", protoc);
+    tonic_prost_build::configure().compile_protos(
+        &[
+            "proto/baton/v1/types.proto",
+            "proto/baton/v1/coordinator.proto",
+            "proto/baton/v1/admin.proto",
+            "proto/baton/v1/raft.proto",
+        ],
+        &["proto"],
+    )?;
+    Ok(())
+}

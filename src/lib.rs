@@ -1,0 +1,25 @@
+//! # baton — a failover coordinator
+//!
+//! A Raft cluster spread over regions holds, for each service, the primary-region lease and
+//! its fencing token, and serves it over gRPC.
+//!
+//! The map of the crate (dependencies point one way, down this list):
+//!
+//! - [`cli`]: the `baton` command line (talks to a cluster through [`client`]).
+//! - [`client`]: the Rust client: finds and follows the leader, reads, watches with
+//!   resume, holds a lease for an agent.
+//! - [`node`]: one coordinator process: wires config, storage, Raft, the API and the
+//!   lease keeper together; `baton dev` lives here too.
+//! - [`api`]: the gRPC services `baton.v1.Coordinator` and `baton.v1.Admin`.
+//! - [`control`]: the leader-only lease keeper: in-memory renewals, expiry, fencing.
+//! - [`raft`]: openraft wiring: sled storage, the tonic transport, the state machine.
+//! - [`state`]: the pure replicated model: services, leases, tokens, history, audit.
+//! - [`proto`]: the generated protobuf types and gRPC stubs.
+
+pub mod state;
+
+/// Generated protobuf types and gRPC stubs of `proto/baton/v1`.
+pub mod proto {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("baton.v1");
+}

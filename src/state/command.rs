@@ -1,0 +1,186 @@
+//! The commands the Raft log carries, and what applying one answers.
+
+use serde::{Deserialize, Serialize};
+
+use super::lease::{Lease, LeaseMode};
+use super::service::ServiceSpec;
+
+/// A command with what the leader stamped on it. Time enters the state only here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Leader's wall clock when it proposed the command, ms since the Unix epoch.
+    pub at_ms: i64,
+    /// Principal that asked, or `automation`.
+    pub actor: String,
+    /// The change.
+    pub command: Command,
+}
+
+/// A change to the replicated state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Create or replace a service definition. A new service is granted to its first primary.
+    PutService {
+        /// The definition.
+        spec: ServiceSpec,
+        /// Why.
+        reason: String,
+    },
+    /// Delete a service and its lease.
+    DeleteService {
+        /// Service name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// Start revoking the held lease whose token is `token` (Held -> Revoking).
+    Revoke {
+        /// Service name.
+        service: String,
+        /// Token being revoked: the command is refused if the lease moved on.
+        token: u64,
+        /// Why.
+        reason: String,
+    },
+    /// Grant the lease to `region` with a new token (the entry's log index). Allowed only
+    /// from Vacant, or from Revoking once the leader has fenced the old holder.
+    Grant {
+        /// Service name.
+        service: String,
+        /// New holder.
+        region: String,
+        /// The lease's token when the leader decided: refused if it changed since.
+        expected_token: u64,
+        /// Why.
+        reason: String,
+    },
+    /// End the lease whose token is `token` (Held or Revoking -> Vacant): its holder
+    /// stopped renewing, or acknowledged demotion with no successor.
+    Expire {
+        /// Service name.
+        service: String,
+        /// Token that expired.
+        token: u64,
+        /// Why (e.g. "no renewal for 5s").
+        reason: String,
+    },
+    /// Switch the lease between read-write and read-only.
+    SetMode {
+        /// Service name.
+        service: String,
+        /// New mode.
+        mode: LeaseMode,
+        /// Why.
+        reason: String,
+    },
+    /// Pause (or resume) automation for a service.
+    SetFrozen {
+        /// Service name.
+        service: String,
+        /// Frozen or not.
+        frozen: bool,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Command {
+    /// Short action name for the audit trail.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Command::PutService { .. } => "put-service",
+            Command::DeleteService { .. } => "delete-service",
+            Command::Revoke { .. } => "revoke",
+            Command::Grant { .. } => "grant",
+            Command::Expire { .. } => "expire",
+            Command::SetMode { .. } => "set-mode",
+            Command::SetFrozen { .. } => "set-frozen",
+        }
+    }
+
+    /// The service the command concerns.
+    pub fn service(&self) -> &str {
+        match self {
+            Command::PutService { spec, .. } => &spec.name,
+            Command::DeleteService { name, .. } => name,
+            Command::Revoke { service, .. }
+            | Command::Grant { service, .. }
+            | Command::Expire { service, .. }
+            | Command::SetMode { service, .. }
+            | Command::SetFrozen { service, .. } => service,
+        }
+    }
+
+    /// The operator's or automation's reason.
+    pub fn reason(&self) -> &str {
+        match self {
+            Command::PutService { reason, .. }
+            | Command::DeleteService { reason, .. }
+            | Command::Revoke { reason, .. }
+            | Command::Grant { reason, .. }
+            | Command::Expire { reason, .. }
+            | Command::SetMode { reason, .. }
+            | Command::SetFrozen { reason, .. } => reason,
+        }
+    }
+}
+
+/// Why the state machine refused a command. Refusals change nothing but the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    /// No such service.
+    #[error("service {0:?} does not exist; `baton status` lists the services")]
+    UnknownService(String),
+    /// The region is not a candidate of the service.
+    #[error("region {region:?} is not a candidate region of service {service:?} (candidates: {candidates})")]
+    UnknownRegion {
+        /// Service.
+        service: String,
+        /// Region asked for.
+        region: String,
+        /// Comma-separated candidates.
+        candidates: String,
+    },
+    /// The region is a candidate but not allowed to hold the lease.
+    #[error("region {region:?} is not allowed to hold service {service:?} (allowed: {allowed})")]
+    NotAllowed {
+        /// Service.
+        service: String,
+        /// Region asked for.
+        region: String,
+        /// Comma-separated allowed regions.
+        allowed: String,
+    },
+    /// Compare-and-set failed: the lease moved on.
+    #[error("service {service:?} has token {actual}, not the expected {expected}: the lease changed; read it again")]
+    TokenMismatch {
+        /// Service.
+        service: String,
+        /// Token the caller expected.
+        expected: u64,
+        /// Token it has.
+        actual: u64,
+    },
+    /// The lease is not in a state that allows the command.
+    #[error("{0}")]
+    WrongState(String),
+    /// The definition is invalid.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What applying a command answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// The command was applied (or was a no-op) at `revision`.
+    Applied {
+        /// Log index of the entry.
+        revision: u64,
+        /// The service's lease afterwards (None after a delete).
+        lease: Option<Lease>,
+    },
+    /// The command was refused.
+    Rejected(Rejection),
+    /// A Raft-internal entry (blank, membership) with no application meaning.
+    Internal,
+}
