@@ -16,6 +16,7 @@
 //! - [`state`]: the pure replicated model: services, leases, tokens, history, audit.
 //! - [`proto`]: the generated protobuf types and gRPC stubs.
 
+pub mod raft;
 pub mod state;
 
 /// Generated protobuf types and gRPC stubs of `proto/baton/v1`.
