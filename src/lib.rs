@@ -13,9 +13,14 @@
 //! - [`api`]: the gRPC services `baton.v1.Coordinator` and `baton.v1.Admin`.
 //! - [`control`]: the leader-only lease keeper: in-memory renewals, expiry, fencing.
 //! - [`raft`]: openraft wiring: sled storage, the tonic transport, the state machine.
+//! - [`config`]: `node.toml` and service definitions in TOML.
+//! - [`convert`]: `state` <-> `proto` conversions.
 //! - [`state`]: the pure replicated model: services, leases, tokens, history, audit.
 //! - [`proto`]: the generated protobuf types and gRPC stubs.
 
+pub mod config;
+pub mod convert;
+pub mod node;
 pub mod raft;
 pub mod state;
 

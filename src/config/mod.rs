@@ -1,0 +1,358 @@
+//! Configuration files: a node's `node.toml` and declarative service definitions.
+//!
+//! Every duration accepts humantime strings (`750ms`, `2s`, `1m 30s`). Unknown keys are
+//! refused so a typo does not silently fall back to a default; errors name the field.
+
+mod service;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use service::{ServiceConfig, ServiceFile};
+
+use crate::state::names::check_name;
+
+/// A configuration problem, said so that a person can fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The TOML does not parse or has a wrong field.
+    #[error("{path}: {message}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// toml's message, which names the field and line.
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// Dotted name of the field.
+        field: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// One member of the initial cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Node id (unique, non-zero).
+    pub id: u64,
+    /// `host:port` the node serves on.
+    pub addr: String,
+    /// Its region.
+    pub region: String,
+}
+
+/// Raft and lease timing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimingConfig {
+    /// Leader heartbeat interval.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// Lower bound of the randomized election timeout.
+    #[serde(with = "humantime_serde")]
+    pub election_timeout_min: Duration,
+    /// Upper bound of the randomized election timeout.
+    #[serde(with = "humantime_serde")]
+    pub election_timeout_max: Duration,
+    /// Time allowed to send one snapshot chunk.
+    #[serde(with = "humantime_serde")]
+    pub install_snapshot_timeout: Duration,
+    /// Worst relative clock-rate difference assumed between nodes and agents (0.05 = 5%).
+    pub drift: f64,
+    /// Extra safety margin added when waiting out a TTL before a new grant.
+    #[serde(with = "humantime_serde")]
+    pub margin: Duration,
+    /// How long a switchover waits for the old holder's demotion ack before it waits out
+    /// the TTL instead.
+    #[serde(with = "humantime_serde")]
+    pub demotion_timeout: Duration,
+}
+
+impl Default for TimingConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(500),
+            election_timeout_max: Duration::from_millis(1000),
+            install_snapshot_timeout: Duration::from_secs(10),
+            drift: 0.05,
+            margin: Duration::from_millis(50),
+            demotion_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Storage tuning.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Build a snapshot after this many log entries.
+    pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot for slow followers.
+    pub keep_behind_snapshot: u64,
+    /// Revisions kept for watch resume.
+    pub watch_history: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            snapshot_every: 10_000,
+            keep_behind_snapshot: 1_000,
+            watch_history: crate::state::history::DEFAULT_HISTORY,
+        }
+    }
+}
+
+/// A node's configuration (`baton server --config node.toml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Cluster name: nodes of another cluster are refused.
+    #[serde(default = "default_cluster")]
+    pub cluster: String,
+    /// This node's id (non-zero, unique in the cluster).
+    pub id: u64,
+    /// This node's region.
+    pub region: String,
+    /// Address to listen on for the public API and Raft.
+    pub listen: String,
+    /// Address other nodes and clients use to reach this node (default: `listen`).
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// Where the Raft log, snapshots and audit trail live.
+    pub data_dir: PathBuf,
+    /// The initial voters (including this node). Empty: this node waits to be added.
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+    /// Per-peer dial address overrides (node id → `host:port`), e.g. through a proxy.
+    #[serde(default)]
+    pub dial: BTreeMap<String, String>,
+    /// Log as JSON lines instead of text.
+    #[serde(default)]
+    pub log_json: bool,
+    /// Timing.
+    #[serde(default)]
+    pub timing: TimingConfig,
+    /// Storage.
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// Services created when the cluster is first initialised.
+    #[serde(default)]
+    pub services: Vec<ServiceConfig>,
+}
+
+fn default_cluster() -> String {
+    "baton".to_string()
+}
+
+impl NodeConfig {
+    /// Reads and validates a node config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let cfg: NodeConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The address peers and clients reach this node at.
+    pub fn advertise_addr(&self) -> &str {
+        self.advertise.as_deref().unwrap_or(&self.listen)
+    }
+
+    /// Dial address for a peer, honouring `dial` overrides.
+    pub fn dial_override(&self, id: u64) -> Option<&str> {
+        self.dial.get(&id.to_string()).map(String::as_str)
+    }
+
+    /// Checks ranges and consistency; errors name the field and say how to fix it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.id == 0 {
+            return Err(ConfigError::invalid("id", "must be a positive integer"));
+        }
+        check_name("cluster", &self.cluster).map_err(|m| ConfigError::invalid("cluster", m))?;
+        check_name("region", &self.region).map_err(|m| ConfigError::invalid("region", m))?;
+        check_addr(&self.listen).map_err(|m| ConfigError::invalid("listen", m))?;
+        if let Some(a) = &self.advertise {
+            check_addr(a).map_err(|m| ConfigError::invalid("advertise", m))?;
+        }
+        let t = &self.timing;
+        if t.heartbeat.is_zero() {
+            return Err(ConfigError::invalid("timing.heartbeat", "must be above zero"));
+        }
+        if t.election_timeout_min < t.heartbeat * 3 {
+            return Err(ConfigError::invalid(
+                "timing.election_timeout_min",
+                format!(
+                    "{} is less than three heartbeats ({}): raise it or lower timing.heartbeat",
+                    humantime::format_duration(t.election_timeout_min),
+                    humantime::format_duration(t.heartbeat * 3)
+                ),
+            ));
+        }
+        if t.election_timeout_max <= t.election_timeout_min {
+            return Err(ConfigError::invalid(
+                "timing.election_timeout_max",
+                "must be greater than timing.election_timeout_min",
+            ));
+        }
+        if !(0.0..0.5).contains(&t.drift) {
+            return Err(ConfigError::invalid(
+                "timing.drift",
+                "must be in [0, 0.5): it is a fraction (0.05 = 5%)",
+            ));
+        }
+        if self.storage.snapshot_every == 0 {
+            return Err(ConfigError::invalid("storage.snapshot_every", "must be above zero"));
+        }
+        if self.storage.watch_history == 0 {
+            return Err(ConfigError::invalid("storage.watch_history", "must be above zero"));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, p) in self.peers.iter().enumerate() {
+            let f = |name: &str| format!("peers[{i}].{name}");
+            if p.id == 0 {
+                return Err(ConfigError::invalid(&f("id"), "must be a positive integer"));
+            }
+            if !seen.insert(p.id) {
+                return Err(ConfigError::invalid(&f("id"), format!("node {} is listed twice", p.id)));
+            }
+            check_addr(&p.addr).map_err(|m| ConfigError::invalid(&f("addr"), m))?;
+            check_name("region", &p.region).map_err(|m| ConfigError::invalid(&f("region"), m))?;
+        }
+        if !self.peers.is_empty() && !seen.contains(&self.id) {
+            return Err(ConfigError::invalid(
+                "peers",
+                format!("this node (id {}) must be listed among the initial peers", self.id),
+            ));
+        }
+        for (k, v) in &self.dial {
+            if k.parse::<u64>().is_err() {
+                return Err(ConfigError::invalid(
+                    &format!("dial.{k}"),
+                    "keys are node ids (integers)",
+                ));
+            }
+            check_addr(v).map_err(|m| ConfigError::invalid(&format!("dial.{k}"), m))?;
+        }
+        for (i, s) in self.services.iter().enumerate() {
+            let spec = s
+                .to_spec()
+                .map_err(|m| ConfigError::invalid(&format!("services[{i}]"), m))?;
+            check_ttl(&spec, t.heartbeat)
+                .map_err(|m| ConfigError::invalid(&format!("services[{i}].lease_ttl"), m))?;
+        }
+        Ok(())
+    }
+}
+
+/// A lease TTL must span at least three heartbeats, so one lost heartbeat does not expire it.
+pub fn check_ttl(spec: &crate::state::ServiceSpec, heartbeat: Duration) -> Result<(), String> {
+    let min = (heartbeat * 3).as_millis() as u64;
+    if spec.lease_ttl_ms < min {
+        return Err(format!(
+            "lease TTL {} ms is shorter than three heartbeats ({min} ms): raise the TTL",
+            spec.lease_ttl_ms
+        ));
+    }
+    Ok(())
+}
+
+fn check_addr(addr: &str) -> Result<(), String> {
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(format!("{addr:?} is not host:port (for example 127.0.0.1:7101)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<NodeConfig, String> {
+        let cfg: NodeConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        cfg.validate().map_err(|e| e.to_string())?;
+        Ok(cfg)
+    }
+
+    const BASE: &str = r#"
+        id = 1
+        region = "us-east"
+        listen = "127.0.0.1:7101"
+        data_dir = "/tmp/x"
+        [[peers]]
+        id = 1
+        addr = "127.0.0.1:7101"
+        region = "us-east"
+    "#;
+
+    #[test]
+    fn a_minimal_config_loads_with_defaults() {
+        let cfg = parse(BASE).unwrap();
+        assert_eq!(cfg.cluster, "baton");
+        assert_eq!(cfg.timing, TimingConfig::default());
+    }
+
+    #[test]
+    fn durations_take_humantime() {
+        let cfg = parse(&format!(
+            "{BASE}\n[timing]\nheartbeat = \"50ms\"\nelection_timeout_min = \"300ms\"\nelection_timeout_max = \"1s\"\n"
+        ))
+        .unwrap();
+        assert_eq!(cfg.timing.heartbeat, Duration::from_millis(50));
+        assert_eq!(cfg.timing.election_timeout_max, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = parse(&BASE.replace("id = 1\n        region", "id = 0\n        region")).unwrap_err();
+        assert!(e.starts_with("id:"), "{e}");
+        let e = parse(&format!("{BASE}\n[timing]\nheartbeat = \"soon\"\n")).unwrap_err();
+        assert!(e.contains("heartbeat"), "{e}");
+        let e = parse(&format!("{BASE}\n[timing]\nelection_timeout_min = \"100ms\"\n")).unwrap_err();
+        assert!(e.contains("timing.election_timeout_min"), "{e}");
+        let e = parse(&format!("{BASE}\nlisten_addr = \"x\"\n")).unwrap_err();
+        assert!(e.contains("listen_addr"), "{e}");
+        let e = parse(&BASE.replace("127.0.0.1:7101\"\n        data", "nowhere\"\n        data")).unwrap_err();
+        assert!(e.starts_with("listen:"), "{e}");
+    }
+
+    #[test]
+    fn a_service_ttl_below_three_heartbeats_is_refused() {
+        let e = parse(&format!(
+            "{BASE}\n[[services]]\nname = \"payments\"\nregions = [\"us-east\"]\nlease_ttl = \"200ms\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("three heartbeats"), "{e}");
+    }
+}

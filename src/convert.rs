@@ -1,0 +1,205 @@
+//! Conversions between the replicated model (`state`) and the wire types (`proto`).
+
+use crate::proto;
+use crate::state::{
+    self, AuditEntry, Event, EventKind, FailbackMode, HealthCheck, Lease, LeaseMode, LeaseState,
+    ServiceRecord, ServiceSpec,
+};
+
+/// A lease on the wire.
+pub fn lease_to_proto(service: &str, l: &Lease) -> proto::Lease {
+    proto::Lease {
+        service: service.to_string(),
+        holder_region: l.holder.clone().unwrap_or_default(),
+        token: l.token,
+        revision: l.revision,
+        granted_at_unix_ms: l.granted_at_ms,
+        ttl_ms: l.ttl_ms,
+        state: match l.state {
+            LeaseState::Held => proto::LeaseState::Held,
+            LeaseState::Revoking => proto::LeaseState::Revoking,
+            LeaseState::Vacant => proto::LeaseState::Vacant,
+        } as i32,
+        mode: mode_to_proto(l.mode) as i32,
+    }
+}
+
+/// A lease mode on the wire.
+pub fn mode_to_proto(m: LeaseMode) -> proto::LeaseMode {
+    match m {
+        LeaseMode::ReadWrite => proto::LeaseMode::ReadWrite,
+        LeaseMode::ReadOnly => proto::LeaseMode::ReadOnly,
+    }
+}
+
+/// A service definition on the wire.
+pub fn spec_to_proto(s: &ServiceSpec) -> proto::ServiceSpec {
+    proto::ServiceSpec {
+        name: s.name.clone(),
+        regions: s.regions.clone(),
+        allowed_regions: s.allowed_regions.clone(),
+        lease_ttl_ms: s.lease_ttl_ms,
+        initial_primary: s.initial_primary.clone().unwrap_or_default(),
+        auto_failover: s.auto_failover,
+        failback: s.failback.as_str().to_string(),
+        failback_stable_ms: s.failback_stable_ms,
+        cooldown_ms: s.cooldown_ms,
+        flap_limit: s.flap_limit,
+        flap_window_ms: s.flap_window_ms,
+        health: s
+            .health
+            .iter()
+            .map(|(r, h)| {
+                (
+                    r.clone(),
+                    proto::HealthCheck {
+                        kind: h.kind.clone(),
+                        target: h.target.clone(),
+                        interval_ms: h.interval_ms,
+                        timeout_ms: h.timeout_ms,
+                        threshold: h.threshold,
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+/// A service definition from the wire, validated.
+pub fn spec_from_proto(p: &proto::ServiceSpec) -> Result<ServiceSpec, String> {
+    let spec = ServiceSpec {
+        name: p.name.clone(),
+        regions: p.regions.clone(),
+        allowed_regions: p.allowed_regions.clone(),
+        lease_ttl_ms: p.lease_ttl_ms,
+        initial_primary: (!p.initial_primary.is_empty()).then(|| p.initial_primary.clone()),
+        auto_failover: p.auto_failover,
+        failback: FailbackMode::parse(&p.failback)?,
+        failback_stable_ms: p.failback_stable_ms,
+        cooldown_ms: p.cooldown_ms,
+        flap_limit: p.flap_limit,
+        flap_window_ms: p.flap_window_ms,
+        health: p
+            .health
+            .iter()
+            .map(|(r, h)| {
+                (
+                    r.clone(),
+                    HealthCheck {
+                        kind: h.kind.clone(),
+                        target: h.target.clone(),
+                        interval_ms: h.interval_ms,
+                        timeout_ms: h.timeout_ms,
+                        threshold: h.threshold,
+                    },
+                )
+            })
+            .collect(),
+    };
+    spec.validate()?;
+    Ok(spec)
+}
+
+/// A service with its lease on the wire.
+pub fn record_to_proto(r: &ServiceRecord) -> proto::ServiceStatus {
+    proto::ServiceStatus {
+        spec: Some(spec_to_proto(&r.spec)),
+        lease: Some(lease_to_proto(&r.spec.name, &r.lease)),
+        frozen: r.frozen,
+    }
+}
+
+/// An audit entry on the wire.
+pub fn audit_to_proto(e: &AuditEntry) -> proto::AuditEntry {
+    proto::AuditEntry {
+        seq: e.seq,
+        revision: e.revision,
+        at_unix_ms: e.at_ms,
+        actor: e.actor.clone(),
+        action: e.action.clone(),
+        service: e.service.clone(),
+        reason: e.reason.clone(),
+        before: e.before.clone(),
+        after: e.after.clone(),
+        outcome: e.outcome.clone(),
+        prev_hash: e.prev_hash.clone(),
+        hash: e.hash.clone(),
+    }
+}
+
+/// An audit entry from the wire (for client-side chain verification).
+pub fn audit_from_proto(e: &proto::AuditEntry) -> AuditEntry {
+    AuditEntry {
+        seq: e.seq,
+        revision: e.revision,
+        at_ms: e.at_unix_ms,
+        actor: e.actor.clone(),
+        action: e.action.clone(),
+        service: e.service.clone(),
+        reason: e.reason.clone(),
+        before: e.before.clone(),
+        after: e.after.clone(),
+        outcome: e.outcome.clone(),
+        prev_hash: e.prev_hash.clone(),
+        hash: e.hash.clone(),
+    }
+}
+
+/// A watch event on the wire.
+pub fn event_to_proto(e: &Event) -> proto::WatchEvent {
+    proto::WatchEvent {
+        kind: match e.kind {
+            EventKind::Granted => proto::EventKind::Granted,
+            EventKind::Revoking => proto::EventKind::Revoking,
+            EventKind::Vacated => proto::EventKind::Vacated,
+            EventKind::ModeChanged => proto::EventKind::ModeChanged,
+            EventKind::ServicePut => proto::EventKind::ServicePut,
+            EventKind::ServiceDeleted => proto::EventKind::ServiceDeleted,
+        } as i32,
+        service: e.service.clone(),
+        revision: e.revision,
+        lease: Some(lease_to_proto(&e.service, &e.lease)),
+        reason: e.reason.clone(),
+    }
+}
+
+/// The current state of a service as a SNAPSHOT watch event.
+pub fn snapshot_event(r: &ServiceRecord) -> proto::WatchEvent {
+    proto::WatchEvent {
+        kind: proto::EventKind::Snapshot as i32,
+        service: r.spec.name.clone(),
+        revision: r.lease.revision,
+        lease: Some(lease_to_proto(&r.spec.name, &r.lease)),
+        reason: String::new(),
+    }
+}
+
+/// Token validity on the wire.
+pub fn validity_to_proto(v: Option<state::TokenValidity>) -> proto::TokenValidity {
+    match v {
+        Some(state::TokenValidity::Current) => proto::TokenValidity::Current,
+        Some(state::TokenValidity::Superseded) => proto::TokenValidity::Superseded,
+        Some(state::TokenValidity::Unknown) | None => proto::TokenValidity::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_round_trip() {
+        let mut s = ServiceSpec::new("payments", &["us-east", "eu-west"]);
+        s.health.insert(
+            "us-east".into(),
+            HealthCheck {
+                kind: "tcp".into(),
+                target: "127.0.0.1:1".into(),
+                interval_ms: 100,
+                timeout_ms: 50,
+                threshold: 2,
+            },
+        );
+        assert_eq!(spec_from_proto(&spec_to_proto(&s)).unwrap(), s);
+    }
+}
