@@ -18,7 +18,9 @@
 //! - [`state`]: the pure replicated model: services, leases, tokens, history, audit.
 //! - [`proto`]: the generated protobuf types and gRPC stubs.
 
+pub mod api;
 pub mod config;
+pub mod control;
 pub mod convert;
 pub mod node;
 pub mod raft;

@@ -86,10 +86,6 @@ pub struct TimingConfig {
     /// Extra safety margin added when waiting out a TTL before a new grant.
     #[serde(with = "humantime_serde")]
     pub margin: Duration,
-    /// How long a switchover waits for the old holder's demotion ack before it waits out
-    /// the TTL instead.
-    #[serde(with = "humantime_serde")]
-    pub demotion_timeout: Duration,
 }
 
 impl Default for TimingConfig {
@@ -101,7 +97,6 @@ impl Default for TimingConfig {
             install_snapshot_timeout: Duration::from_secs(10),
             drift: 0.05,
             margin: Duration::from_millis(50),
-            demotion_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -208,7 +203,10 @@ impl NodeConfig {
         }
         let t = &self.timing;
         if t.heartbeat.is_zero() {
-            return Err(ConfigError::invalid("timing.heartbeat", "must be above zero"));
+            return Err(ConfigError::invalid(
+                "timing.heartbeat",
+                "must be above zero",
+            ));
         }
         if t.election_timeout_min < t.heartbeat * 3 {
             return Err(ConfigError::invalid(
@@ -233,10 +231,16 @@ impl NodeConfig {
             ));
         }
         if self.storage.snapshot_every == 0 {
-            return Err(ConfigError::invalid("storage.snapshot_every", "must be above zero"));
+            return Err(ConfigError::invalid(
+                "storage.snapshot_every",
+                "must be above zero",
+            ));
         }
         if self.storage.watch_history == 0 {
-            return Err(ConfigError::invalid("storage.watch_history", "must be above zero"));
+            return Err(ConfigError::invalid(
+                "storage.watch_history",
+                "must be above zero",
+            ));
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, p) in self.peers.iter().enumerate() {
@@ -245,7 +249,10 @@ impl NodeConfig {
                 return Err(ConfigError::invalid(&f("id"), "must be a positive integer"));
             }
             if !seen.insert(p.id) {
-                return Err(ConfigError::invalid(&f("id"), format!("node {} is listed twice", p.id)));
+                return Err(ConfigError::invalid(
+                    &f("id"),
+                    format!("node {} is listed twice", p.id),
+                ));
             }
             check_addr(&p.addr).map_err(|m| ConfigError::invalid(&f("addr"), m))?;
             check_name("region", &p.region).map_err(|m| ConfigError::invalid(&f("region"), m))?;
@@ -253,7 +260,10 @@ impl NodeConfig {
         if !self.peers.is_empty() && !seen.contains(&self.id) {
             return Err(ConfigError::invalid(
                 "peers",
-                format!("this node (id {}) must be listed among the initial peers", self.id),
+                format!(
+                    "this node (id {}) must be listed among the initial peers",
+                    self.id
+                ),
             ));
         }
         for (k, v) in &self.dial {
@@ -291,7 +301,9 @@ pub fn check_ttl(spec: &crate::state::ServiceSpec, heartbeat: Duration) -> Resul
 fn check_addr(addr: &str) -> Result<(), String> {
     match addr.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
-        _ => Err(format!("{addr:?} is not host:port (for example 127.0.0.1:7101)")),
+        _ => Err(format!(
+            "{addr:?} is not host:port (for example 127.0.0.1:7101)"
+        )),
     }
 }
 
@@ -335,15 +347,20 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let e = parse(&BASE.replace("id = 1\n        region", "id = 0\n        region")).unwrap_err();
+        let e =
+            parse(&BASE.replace("id = 1\n        region", "id = 0\n        region")).unwrap_err();
         assert!(e.starts_with("id:"), "{e}");
         let e = parse(&format!("{BASE}\n[timing]\nheartbeat = \"soon\"\n")).unwrap_err();
         assert!(e.contains("heartbeat"), "{e}");
-        let e = parse(&format!("{BASE}\n[timing]\nelection_timeout_min = \"100ms\"\n")).unwrap_err();
+        let e = parse(&format!(
+            "{BASE}\n[timing]\nelection_timeout_min = \"100ms\"\n"
+        ))
+        .unwrap_err();
         assert!(e.contains("timing.election_timeout_min"), "{e}");
         let e = parse(&format!("{BASE}\nlisten_addr = \"x\"\n")).unwrap_err();
         assert!(e.contains("listen_addr"), "{e}");
-        let e = parse(&BASE.replace("127.0.0.1:7101\"\n        data", "nowhere\"\n        data")).unwrap_err();
+        let e = parse(&BASE.replace("127.0.0.1:7101\"\n        data", "nowhere\"\n        data"))
+            .unwrap_err();
         assert!(e.starts_with("listen:"), "{e}");
     }
 

@@ -1,8 +1,12 @@
-//! `baton dev`: a local three-region cluster for trying baton out.
+//! `baton dev`: a local three-region cluster for trying baton out — three nodes in one
+//! process on 127.0.0.1, data in a temporary directory, and the sample service `payments`.
+//! Insecure (no TLS, no authentication) by design, and it says so.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use super::NodeError;
+use super::{Node, NodeError};
+use crate::config::{NodeConfig, PeerConfig, ServiceConfig, StorageConfig, TimingConfig};
 
 /// Options of `baton dev`.
 #[derive(Debug, Clone)]
@@ -13,8 +17,117 @@ pub struct DevOptions {
     pub base_port: u16,
 }
 
+/// The dev cluster's regions, in the sample service's preference order.
+pub const DEV_REGIONS: [&str; 3] = ["us-east", "eu-west", "ap-south"];
+
+/// The sample service of the dev cluster.
+pub fn sample_service() -> ServiceConfig {
+    ServiceConfig {
+        name: "payments".into(),
+        regions: DEV_REGIONS.iter().map(|r| r.to_string()).collect(),
+        allowed_regions: vec![],
+        lease_ttl: Duration::from_secs(2),
+        initial_primary: Some("us-east".into()),
+        auto_failover: true,
+        failback: "manual".into(),
+        failback_stable: Duration::from_secs(10),
+        cooldown: Duration::from_secs(10),
+        flap_limit: 3,
+        flap_window: Duration::from_secs(300),
+        health: Default::default(),
+    }
+}
+
+/// Node configs of a local three-region cluster on `127.0.0.1:base..base+2` under `dir`.
+pub fn cluster_configs(dir: &std::path::Path, base_port: u16, cluster: &str) -> Vec<NodeConfig> {
+    let peers: Vec<PeerConfig> = DEV_REGIONS
+        .iter()
+        .enumerate()
+        .map(|(i, region)| PeerConfig {
+            id: i as u64 + 1,
+            addr: format!("127.0.0.1:{}", base_port + i as u16),
+            region: region.to_string(),
+        })
+        .collect();
+    peers
+        .iter()
+        .map(|p| NodeConfig {
+            cluster: cluster.to_string(),
+            id: p.id,
+            region: p.region.clone(),
+            listen: p.addr.clone(),
+            advertise: None,
+            data_dir: dir.join(format!("node{}", p.id)),
+            peers: peers.clone(),
+            dial: Default::default(),
+            log_json: false,
+            timing: TimingConfig {
+                heartbeat: Duration::from_millis(50),
+                election_timeout_min: Duration::from_millis(300),
+                election_timeout_max: Duration::from_millis(600),
+                ..TimingConfig::default()
+            },
+            storage: StorageConfig::default(),
+            services: vec![sample_service()],
+        })
+        .collect()
+}
+
 /// Runs the dev cluster until Ctrl-C.
 pub async fn run(opts: DevOptions) -> Result<(), NodeError> {
-    let _ = opts;
-    Err(NodeError::Other("dev not wired yet".into()))
+    let (dir, _temp) = match &opts.data_dir {
+        Some(d) => (d.clone(), None),
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("baton-dev-")
+                .tempdir()
+                .map_err(|e| NodeError::Other(format!("cannot create a temporary directory: {e}")))?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    let configs = cluster_configs(&dir, opts.base_port, "baton-dev");
+    for c in &configs {
+        c.validate().map_err(|e| NodeError::Other(e.to_string()))?;
+    }
+    let mut nodes = Vec::new();
+    for c in configs.iter().cloned() {
+        match Node::start(c).await {
+            Ok(n) => nodes.push(n),
+            Err(e) => {
+                for n in nodes {
+                    let _ = n.stop().await;
+                }
+                return Err(e);
+            }
+        }
+    }
+    let agents = super::agents::start_dev_agents(&configs).await;
+    let endpoints: Vec<String> = configs.iter().map(|c| c.listen.clone()).collect();
+    println!("baton dev — a local three-region cluster");
+    println!("  INSECURE: no TLS and no authentication; for trying baton on this machine only.");
+    for c in &configs {
+        println!("  node {}  {:<9} {}", c.id, c.region, c.listen);
+    }
+    match &opts.data_dir {
+        Some(d) => println!("  data: {} (kept)", d.display()),
+        None => println!("  data: {} (removed on exit)", dir.display()),
+    }
+    println!("  service payments: us-east > eu-west > ap-south, primary us-east, lease TTL 2s;");
+    println!("  one agent per region keeps the lease alive (the holder's renews it).");
+    println!();
+    println!("Try, in another terminal (the CLI talks to {} by default):", endpoints.join(","));
+    println!("  baton status");
+    println!("  baton primary payments");
+    println!("  baton watch payments");
+    println!("  baton failover payments --to eu-west --reason \"drill\"");
+    println!("  baton validate payments <old token>");
+    println!("  baton audit");
+    println!("Ctrl-C stops the cluster.");
+    super::stop_signal().await;
+    println!("stopping…");
+    drop(agents);
+    for n in nodes {
+        n.stop().await?;
+    }
+    Ok(())
 }

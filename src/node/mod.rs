@@ -1,19 +1,331 @@
 //! One coordinator process: storage, Raft, the API and the lease keeper wired together.
+//!
+//! [`Node::start`] binds the listener, opens the store, starts Raft (bootstrapping a new
+//! cluster when this is the lowest-id initial peer on empty storage), the read barrier, the
+//! lease keeper and the gRPC server. [`Node::stop`] steps down if it leads, ends every
+//! stream, stops Raft and flushes storage.
 
+mod agents;
 pub mod dev;
 
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api::{admin::AdminService, coordinator::CoordinatorService, AuditSource, Ctx, Links};
 use crate::config::NodeConfig;
+use crate::control::{propose, KeeperTiming, ReadBarrier};
+use crate::proto::{admin_server::AdminServer, coordinator_server::CoordinatorServer};
+use crate::raft::network::Peers;
+use crate::raft::store::{self, AuditLog};
+use crate::raft::{LeaderContact, NodeId, NodeInfo, Raft};
+use crate::state::{audit::AUTOMATION, AuditEntry, Command, Response as StateResponse};
+
+/// Largest public API message accepted (a ListServices of 10,000 services fits).
+pub const MAX_API_MESSAGE: usize = 64 * 1024 * 1024;
 
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source} — is another baton (or `baton dev`) running? stop it or change `listen`")]
+    Bind {
+        /// Address.
+        addr: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Storage could not be opened.
+    #[error("cannot open the data directory {dir}: {message}")]
+    Storage {
+        /// Directory.
+        dir: String,
+        /// Cause.
+        message: String,
+    },
+    /// Raft refused to start or initialise.
+    #[error("raft: {0}")]
+    Raft(String),
     /// Anything else, said plainly.
     #[error("{0}")]
     Other(String),
 }
 
-/// Runs a node until SIGINT/SIGTERM.
+impl AuditSource for AuditLog {
+    fn list(&self, from_seq: u64, limit: usize, service: Option<&str>) -> Result<Vec<AuditEntry>, String> {
+        AuditLog::list(self, from_seq, limit, service).map_err(|e| e.to_string())
+    }
+
+    fn hash_before(&self, seq: u64) -> Result<Option<String>, String> {
+        AuditLog::hash_before(self, seq).map_err(|e| e.to_string())
+    }
+}
+
+/// A running node.
+pub struct Node {
+    /// Node id.
+    pub id: NodeId,
+    /// Address the server is bound to.
+    pub addr: SocketAddr,
+    /// The Raft handle.
+    pub raft: Raft,
+    ctx: Arc<Ctx>,
+    audit: AuditLog,
+    shutdown: watch::Sender<bool>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+fn raft_config(cfg: &NodeConfig) -> Result<openraft::Config, NodeError> {
+    let t = &cfg.timing;
+    let ms = |d: Duration| d.as_millis() as u64;
+    let c = openraft::Config {
+        cluster_name: cfg.cluster.clone(),
+        heartbeat_interval: ms(t.heartbeat),
+        election_timeout_min: ms(t.election_timeout_min),
+        election_timeout_max: ms(t.election_timeout_max),
+        install_snapshot_timeout: ms(t.install_snapshot_timeout),
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.storage.snapshot_every),
+        max_in_snapshot_log_to_keep: cfg.storage.keep_behind_snapshot,
+        purge_batch_size: 256,
+        ..Default::default()
+    };
+    c.validate().map_err(|e| NodeError::Raft(e.to_string()))
+}
+
+impl Node {
+    /// Starts a node from its config. Returns once it serves; Raft elects in the background.
+    pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
+        let listener = TcpListener::bind(&cfg.listen).await.map_err(|source| NodeError::Bind {
+            addr: cfg.listen.clone(),
+            source,
+        })?;
+        let addr = listener.local_addr().map_err(|e| NodeError::Other(e.to_string()))?;
+        let raft_dir = cfg.data_dir.join("raft");
+        let (log, sm, audit) = store::open(&raft_dir, cfg.storage.watch_history).map_err(|e| NodeError::Storage {
+            dir: raft_dir.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let shared = sm.shared();
+        let changes = sm.changes();
+        let dial: HashMap<NodeId, String> = cfg
+            .dial
+            .iter()
+            .filter_map(|(k, v)| k.parse().ok().map(|id| (id, v.clone())))
+            .collect();
+        let peers = Peers::new(cfg.cluster.clone(), cfg.id); // DIAL-PENDING
+        let config = Arc::new(raft_config(&cfg)?);
+        let raft = Raft::new(cfg.id, config, peers.factory(), log, sm)
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let contact = Arc::new(LeaderContact::default());
+        let t = &cfg.timing;
+        let reads = ReadBarrier::start(raft.clone(), t.election_timeout_max * 2);
+        let keeper = crate::control::Keeper::start(
+            cfg.id,
+            raft.clone(),
+            shared.clone(),
+            KeeperTiming {
+                drift: t.drift,
+                margin: t.margin,
+                tick: (t.heartbeat / 2).max(Duration::from_millis(5)),
+                quorum_freshness: t.election_timeout_max,
+                stall: t.election_timeout_min.max(Duration::from_millis(200)),
+            },
+            shutdown_rx.clone(),
+        );
+        let ctx = Arc::new(Ctx::new(
+            cfg.id,
+            cfg.region.clone(),
+            cfg.cluster.clone(),
+            raft.clone(),
+            shared,
+            changes,
+            Arc::new(audit.clone()),
+            reads,
+            keeper,
+            contact.clone(),
+            cfg.timing.clone(),
+            Links::new(dial),
+            shutdown_rx.clone(),
+        ));
+
+        let coordinator = CoordinatorServer::new(CoordinatorService::new(ctx.clone()))
+            .max_decoding_message_size(MAX_API_MESSAGE)
+            .max_encoding_message_size(MAX_API_MESSAGE);
+        let admin = AdminServer::new(AdminService::new(ctx.clone()))
+            .max_decoding_message_size(MAX_API_MESSAGE)
+            .max_encoding_message_size(MAX_API_MESSAGE);
+        let raft_svc = crate::raft::service::server(raft.clone(), cfg.cluster.clone(), contact);
+        let mut stop = shutdown_rx.clone();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .http2_keepalive_interval(Some(Duration::from_secs(10)))
+                .add_service(raft_svc)
+                .add_service(coordinator)
+                .add_service(admin)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                }),
+        );
+        tracing::info!(id = cfg.id, region = %cfg.region, %addr, cluster = %cfg.cluster, "node serving");
+
+        let node = Node {
+            id: cfg.id,
+            addr,
+            raft,
+            ctx,
+            audit,
+            shutdown: shutdown_tx,
+            server,
+        };
+        node.bootstrap(&cfg).await?;
+        Ok(node)
+    }
+
+    /// Initialises a new cluster when this is the lowest-id initial peer and storage is empty,
+    /// then creates the configured services once a leader exists.
+    async fn bootstrap(&self, cfg: &NodeConfig) -> Result<(), NodeError> {
+        let Some(first) = cfg.peers.iter().map(|p| p.id).min() else {
+            tracing::info!("no initial peers: waiting to be added with `baton admin add-node`");
+            return Ok(());
+        };
+        if first != cfg.id {
+            return Ok(());
+        }
+        let initialized = self.raft.is_initialized().await.map_err(|e| NodeError::Raft(e.to_string()))?;
+        if initialized {
+            return Ok(());
+        }
+        let members: BTreeMap<NodeId, NodeInfo> = cfg
+            .peers
+            .iter()
+            .map(|p| {
+                (
+                    p.id,
+                    NodeInfo {
+                        addr: p.addr.clone(),
+                        region: p.region.clone(),
+                    },
+                )
+            })
+            .collect();
+        tracing::info!(voters = ?members.keys().collect::<Vec<_>>(), "initialising a new cluster");
+        self.raft
+            .initialize(members)
+            .await
+            .map_err(|e| NodeError::Raft(format!("initialising the cluster: {e}")))?;
+        let specs: Vec<_> = cfg.services.iter().filter_map(|s| s.to_spec().ok()).collect();
+        if specs.is_empty() {
+            return Ok(());
+        }
+        let raft = self.raft.clone();
+        let shared = self.ctx.shared.clone();
+        let id = self.id;
+        tokio::spawn(async move {
+            // Create the configured services as soon as this node leads; if another node
+            // won the first election, it is not this node's job (and the node config of the
+            // winner carries the same services when generated by `baton dev` or the launcher).
+            let led = raft
+                .wait(Some(Duration::from_secs(30)))
+                .metrics(|m| m.current_leader.is_some(), "first leader")
+                .await;
+            if !matches!(led, Ok(ref m) if m.current_leader == Some(id)) {
+                tracing::warn!("another node won the first election; configured services were not created here");
+                return;
+            }
+            for spec in specs {
+                let exists = shared.read().map(|v| v.state.service(&spec.name).is_some()).unwrap_or(true);
+                if exists {
+                    continue;
+                }
+                let name = spec.name.clone();
+                let cmd = Command::PutService {
+                    spec,
+                    reason: "created from the node configuration at bootstrap".into(),
+                };
+                match propose(&raft, AUTOMATION, cmd).await {
+                    Ok((_, StateResponse::Applied { .. })) => tracing::info!(service = %name, "service created"),
+                    Ok((_, other)) => tracing::warn!(service = %name, "service not created: {other:?}"),
+                    Err(e) => tracing::warn!(service = %name, "service not created: {e}"),
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// The node's request context (for in-process use, e.g. tests and `baton dev`).
+    pub fn ctx(&self) -> &Arc<Ctx> {
+        &self.ctx
+    }
+
+    /// Stops the node cleanly: hands leadership to another voter if it leads, ends every
+    /// watch and keepalive stream, stops Raft and flushes storage.
+    pub async fn stop(self) -> Result<(), NodeError> {
+        if self.ctx.keeper.is_leading() {
+            let voters = self.raft.metrics().borrow().membership_config.membership().voter_ids().count();
+            if voters > 1 {
+                match tokio::time::timeout(Duration::from_secs(5), crate::api::transfer::transfer(&self.ctx, 0)).await {
+                    Ok(Ok(l)) => tracing::info!(new_leader = l, "handed leadership over before stopping"),
+                    Ok(Err(e)) => tracing::warn!("could not hand leadership over: {}", e.message()),
+                    Err(_) => tracing::warn!("could not hand leadership over in time"),
+                }
+            }
+        }
+        let _ = self.shutdown.send(true);
+        match tokio::time::timeout(Duration::from_secs(5), self.server).await {
+            Ok(Ok(Err(e))) => tracing::warn!("server stopped with an error: {e}"),
+            Ok(Err(e)) => tracing::warn!("server task failed: {e}"),
+            Err(_) => tracing::warn!("server did not drain within 5s"),
+            Ok(Ok(Ok(()))) => {}
+        }
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!("raft shutdown: {e}");
+        }
+        self.audit
+            .flush()
+            .await
+            .map_err(|e| NodeError::Other(format!("flushing storage: {e}")))?;
+        tracing::info!(id = self.id, "node stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Runs a node until SIGINT/SIGTERM, then stops it cleanly.
 pub async fn run_server(config: NodeConfig) -> Result<(), NodeError> {
-    let _ = config;
-    Err(NodeError::Other("node not wired yet".into()))
+    let node = Node::start(config).await?;
+    stop_signal().await;
+    tracing::info!("stop signal received; stopping");
+    node.stop().await
 }

@@ -1,0 +1,333 @@
+//! `baton.v1.Admin`: cluster status, membership, leadership transfer, service definitions.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::ChangeMembers;
+use tonic::{Request, Response, Status};
+
+use super::{actor, forwarded, rejection_status, Ctx};
+use crate::config::check_ttl;
+use crate::control::propose;
+use crate::convert::{record_to_proto, spec_from_proto};
+use crate::proto::{self, admin_client::AdminClient, admin_server::Admin};
+use crate::raft::{NodeId, NodeInfo};
+use crate::state::names::{check_name, check_reason};
+use crate::state::{Command, Response as StateResponse};
+
+/// The Admin service of one node.
+#[derive(Clone)]
+pub struct AdminService {
+    ctx: Arc<Ctx>,
+}
+
+impl AdminService {
+    /// A service over a node's parts.
+    pub fn new(ctx: Arc<Ctx>) -> Self {
+        Self { ctx }
+    }
+
+    fn members(&self) -> Vec<proto::NodeStatus> {
+        let m = self.ctx.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let matched: BTreeMap<NodeId, u64> = m
+            .replication
+            .as_ref()
+            .map(|r| r.iter().map(|(id, l)| (*id, l.map_or(0, |l| l.index))).collect())
+            .unwrap_or_default();
+        membership
+            .nodes()
+            .map(|(id, node)| proto::NodeStatus {
+                id: *id,
+                region: node.region.clone(),
+                addr: node.addr.clone(),
+                voter: voters.contains(id),
+                matched_index: matched.get(id).copied().unwrap_or(0),
+                reachable: *id == self.ctx.id || matched.contains_key(id),
+            })
+            .collect()
+    }
+
+    /// Runs `f` here when this node leads, else forwards the request to the leader once.
+    async fn on_leader<T, R, F, Fut>(
+        &self,
+        request: Request<T>,
+        local: F,
+        remote: impl AsyncFnOnce(AdminClient<tonic::transport::Channel>, Request<T>) -> Result<Response<R>, Status>,
+    ) -> Result<Response<R>, Status>
+    where
+        T: Clone,
+        F: FnOnce(Request<T>) -> Fut,
+        Fut: std::future::Future<Output = Result<R, Status>>,
+    {
+        if self.ctx.keeper.is_leading() || Ctx::was_forwarded(&request) {
+            return local(request).await.map(Response::new);
+        }
+        let ch = self.ctx.leader_channel()?;
+        let fwd = forwarded(&request, request.get_ref().clone());
+        remote(AdminClient::new(ch), fwd).await
+    }
+}
+
+fn quorum_commit(matched: &[u64]) -> u64 {
+    let mut v = matched.to_vec();
+    v.sort_unstable_by(|a, b| b.cmp(a));
+    v.get(v.len() / 2).copied().unwrap_or(0)
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn cluster_status(
+        &self,
+        _request: Request<proto::ClusterStatusRequest>,
+    ) -> Result<Response<proto::ClusterStatusResponse>, Status> {
+        let m = self.ctx.raft.metrics().borrow().clone();
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        let members = self.members();
+        let leader = self.ctx.leader();
+        let commit = if m.state == openraft::ServerState::Leader {
+            let voters: Vec<u64> = members
+                .iter()
+                .filter(|n| n.voter)
+                .map(|n| if n.id == self.ctx.id { m.last_log_index.unwrap_or(0) } else { n.matched_index })
+                .collect();
+            quorum_commit(&voters)
+        } else {
+            applied
+        };
+        Ok(Response::new(proto::ClusterStatusResponse {
+            node_id: self.ctx.id,
+            region: self.ctx.region.clone(),
+            leader_id: leader.as_ref().map_or(0, |(id, _)| *id),
+            leader_addr: leader.map(|(_, n)| n.addr).unwrap_or_default(),
+            term: m.current_term,
+            commit_index: commit,
+            applied_index: applied,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            snapshot_index: m.snapshot.map_or(0, |l| l.index),
+            members,
+            millis_since_quorum_ack: m.millis_since_quorum_ack.unwrap_or(0),
+            cluster_name: self.ctx.cluster.clone(),
+            state: format!("{:?}", m.state),
+        }))
+    }
+
+    async fn add_node(&self, request: Request<proto::AddNodeRequest>) -> Result<Response<proto::AddNodeResponse>, Status> {
+        let req = request.get_ref();
+        if req.id == 0 {
+            return Err(Status::invalid_argument("node id must be a positive integer"));
+        }
+        check_name("region", &req.region).map_err(Status::invalid_argument)?;
+        if req.addr.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
+            return Err(Status::invalid_argument(format!("{:?} is not host:port", req.addr)));
+        }
+        self.on_leader(
+            request,
+            |r| async move {
+                let r = r.into_inner();
+                let node = NodeInfo {
+                    addr: r.addr.clone(),
+                    region: r.region.clone(),
+                };
+                tracing::info!(id = r.id, addr = %r.addr, "adding node as learner; waiting for it to catch up");
+                self.ctx
+                    .raft
+                    .add_learner(r.id, node, true)
+                    .await
+                    .map_err(|e| Status::unavailable(format!("adding node {} as learner failed: {e}", r.id)))?;
+                if !r.learner_only {
+                    tracing::info!(id = r.id, "node caught up; promoting to voter");
+                    self.ctx
+                        .raft
+                        .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([r.id])), false)
+                        .await
+                        .map_err(|e| Status::unavailable(format!("promoting node {} failed: {e}", r.id)))?;
+                }
+                Ok(proto::AddNodeResponse { members: self.members() })
+            },
+            async |mut c, r| c.add_node(r).await,
+        )
+        .await
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<proto::RemoveNodeRequest>,
+    ) -> Result<Response<proto::RemoveNodeResponse>, Status> {
+        self.on_leader(
+            request,
+            |r| async move {
+                let id = r.get_ref().id;
+                let m = self.ctx.raft.metrics().borrow().clone();
+                let membership = m.membership_config.membership();
+                if membership.get_node(&id).is_none() {
+                    return Err(Status::not_found(format!("node {id} is not a member")));
+                }
+                let is_voter = membership.voter_ids().any(|v| v == id);
+                let change = if is_voter {
+                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+                } else {
+                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+                };
+                self.ctx
+                    .raft
+                    .change_membership(change, false)
+                    .await
+                    .map_err(|e| Status::failed_precondition(format!("removing node {id} failed: {e}")))?;
+                if is_voter {
+                    // Now a learner; drop it entirely.
+                    let _ = self
+                        .ctx
+                        .raft
+                        .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                        .await;
+                }
+                Ok(proto::RemoveNodeResponse { members: self.members() })
+            },
+            async |mut c, r| c.remove_node(r).await,
+        )
+        .await
+    }
+
+    async fn transfer_leadership(
+        &self,
+        request: Request<proto::TransferLeadershipRequest>,
+    ) -> Result<Response<proto::TransferLeadershipResponse>, Status> {
+        let req = request.into_inner();
+        if req.campaign {
+            return self.campaign().await.map(Response::new);
+        }
+        if !self.ctx.keeper.is_leading() {
+            let ch = self.ctx.leader_channel()?;
+            return AdminClient::new(ch).transfer_leadership(req).await;
+        }
+        super::transfer::transfer(&self.ctx, req.to).await.map(|leader_id| {
+            Response::new(proto::TransferLeadershipResponse { leader_id })
+        })
+    }
+
+    async fn put_service(
+        &self,
+        request: Request<proto::PutServiceRequest>,
+    ) -> Result<Response<proto::PutServiceResponse>, Status> {
+        let req = request.get_ref();
+        let spec_proto = req
+            .spec
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("spec is required"))?;
+        let spec = spec_from_proto(spec_proto).map_err(Status::invalid_argument)?;
+        check_ttl(&spec, self.ctx.timing.heartbeat).map_err(Status::invalid_argument)?;
+        if !req.reason.is_empty() {
+            check_reason(&req.reason).map_err(Status::invalid_argument)?;
+        }
+        let who = actor(&request);
+        self.on_leader(
+            request,
+            |r| async move {
+                let reason = match r.get_ref().reason.as_str() {
+                    "" => "service definition applied".to_string(),
+                    s => s.to_string(),
+                };
+                let (index, resp) = propose(&self.ctx.raft, &who, Command::PutService { spec, reason })
+                    .await
+                    .map_err(|e| self.ctx.control_status(e))?;
+                if let StateResponse::Rejected(rej) = resp {
+                    return Err(rejection_status(&rej));
+                }
+                let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
+                let name = &spec_proto_name(r.get_ref());
+                Ok(proto::PutServiceResponse {
+                    service: view.state.service(name).map(record_to_proto),
+                    revision: index,
+                })
+            },
+            async |mut c, r| c.put_service(r).await,
+        )
+        .await
+    }
+
+    async fn delete_service(
+        &self,
+        request: Request<proto::DeleteServiceRequest>,
+    ) -> Result<Response<proto::DeleteServiceResponse>, Status> {
+        let req = request.get_ref();
+        check_name("service", &req.name).map_err(Status::invalid_argument)?;
+        check_reason(&req.reason).map_err(Status::invalid_argument)?;
+        let who = actor(&request);
+        self.on_leader(
+            request,
+            |r| async move {
+                let r = r.into_inner();
+                let (index, resp) = propose(
+                    &self.ctx.raft,
+                    &who,
+                    Command::DeleteService {
+                        name: r.name,
+                        reason: r.reason,
+                    },
+                )
+                .await
+                .map_err(|e| self.ctx.control_status(e))?;
+                if let StateResponse::Rejected(rej) = resp {
+                    return Err(rejection_status(&rej));
+                }
+                Ok(proto::DeleteServiceResponse { revision: index })
+            },
+            async |mut c, r| c.delete_service(r).await,
+        )
+        .await
+    }
+
+    async fn get_service(
+        &self,
+        request: Request<proto::GetServiceRequest>,
+    ) -> Result<Response<proto::GetServiceResponse>, Status> {
+        let req = request.into_inner();
+        check_name("service", &req.name).map_err(Status::invalid_argument)?;
+        let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
+        let rec = view
+            .state
+            .service(&req.name)
+            .ok_or_else(|| Status::not_found(format!("service {:?} does not exist", req.name)))?;
+        Ok(Response::new(proto::GetServiceResponse {
+            service: Some(record_to_proto(rec)),
+        }))
+    }
+
+    async fn trigger_snapshot(
+        &self,
+        _request: Request<proto::TriggerSnapshotRequest>,
+    ) -> Result<Response<proto::TriggerSnapshotResponse>, Status> {
+        let applied = self.ctx.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+        self.ctx
+            .raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| Status::internal(format!("raft stopped: {e}")))?;
+        let m = self
+            .ctx
+            .raft
+            .wait(Some(Duration::from_secs(30)))
+            .metrics(|m| m.snapshot.is_some_and(|s| s.index >= applied), "snapshot built")
+            .await
+            .map_err(|e| Status::deadline_exceeded(format!("snapshot not built in time: {e}")))?;
+        Ok(Response::new(proto::TriggerSnapshotResponse {
+            snapshot_index: m.snapshot.map_or(0, |s| s.index),
+        }))
+    }
+}
+
+fn spec_proto_name(r: &proto::PutServiceRequest) -> String {
+    r.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default()
+}
+
+impl AdminService {
+    /// The target side of a leadership transfer: wait until the old leader's lease on the
+    /// other voters has run out, then start an election.
+    async fn campaign(&self) -> Result<proto::TransferLeadershipResponse, Status> {
+        super::transfer::campaign(&self.ctx).await.map(|leader_id| proto::TransferLeadershipResponse { leader_id })
+    }
+}

@@ -1,0 +1,84 @@
+//! `KeepAlive`: agents of the holding region renew the lease and acknowledge demotion.
+//!
+//! Each renewal is answered only after a read barrier that started after it arrived, so a
+//! RENEWED answer proves this node led when the renewal was received: a deposed leader that
+//! does not know it yet cannot extend a lease the new leader has already counted out.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
+
+use super::Ctx;
+use crate::control::Renewal;
+use crate::convert::lease_to_proto;
+use crate::proto::{self, KeepAliveStatus};
+use crate::state::names::check_name;
+
+/// Longest agent id accepted.
+pub const MAX_AGENT_ID: usize = 128;
+
+fn check(req: &proto::KeepAliveRequest) -> Result<(), Status> {
+    check_name("service", &req.service).map_err(Status::invalid_argument)?;
+    check_name("region", &req.region).map_err(Status::invalid_argument)?;
+    if req.agent_id.is_empty() || req.agent_id.len() > MAX_AGENT_ID {
+        return Err(Status::invalid_argument(format!(
+            "agent_id must be 1-{MAX_AGENT_ID} bytes (for example the host name)"
+        )));
+    }
+    Ok(())
+}
+
+/// Serves one agent's keepalive stream.
+pub fn open(
+    ctx: Arc<Ctx>,
+    mut incoming: Streaming<proto::KeepAliveRequest>,
+) -> impl Stream<Item = Result<proto::KeepAliveResponse, Status>> {
+    let (tx, out) = mpsc::channel(16);
+    let mut shutdown = ctx.shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            let msg = tokio::select! {
+                _ = shutdown.changed() => return,
+                m = incoming.message() => m,
+            };
+            let req = match msg {
+                Ok(Some(r)) => r,
+                Ok(None) | Err(_) => return,
+            };
+            let received = Instant::now();
+            let answer = async {
+                check(&req)?;
+                ctx.reads.linearize().await.map_err(|e| ctx.control_status(e))?;
+                let renewal = ctx.keeper.renew(&req.service, &req.region, &req.agent_id, received, req.demoted);
+                let status = match renewal {
+                    Renewal::Renewed { .. } => KeepAliveStatus::Renewed,
+                    Renewal::Revoke { .. } => KeepAliveStatus::Revoke,
+                    Renewal::NotHolder => KeepAliveStatus::NotHolder,
+                    Renewal::UnknownService => {
+                        return Err(Status::not_found(format!("service {:?} does not exist", req.service)))
+                    }
+                };
+                let lease = {
+                    let view = ctx.shared.read().unwrap_or_else(|e| e.into_inner());
+                    view.state.service(&req.service).map(|r| lease_to_proto(&req.service, &r.lease))
+                };
+                Ok(proto::KeepAliveResponse {
+                    seq: req.seq,
+                    status: status as i32,
+                    lease,
+                    leader_id: ctx.id,
+                })
+            }
+            .await;
+            let stop = answer.is_err();
+            if tx.send(answer).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+    ReceiverStream::new(out)
+}

@@ -1,0 +1,251 @@
+//! The public gRPC services: `baton.v1.Coordinator` ([`coordinator`], [`watch`],
+//! [`keepalive`]) and `baton.v1.Admin` ([`admin`]).
+//!
+//! Reads go to `state` (through the read barrier when linearizable); writes go through
+//! Raft (`control::propose`). A leader-only request that reaches a follower is forwarded
+//! once to the leader; when that is impossible the answer is `UNAVAILABLE` with the leader's
+//! address in the `x-baton-leader` metadata so the client can follow.
+
+pub mod admin;
+pub mod coordinator;
+pub mod keepalive;
+pub mod transfer;
+pub mod watch;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch as tokio_watch;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::config::TimingConfig;
+use crate::control::{ControlError, Keeper, ReadBarrier};
+use crate::raft::{Changes, LeaderContact, NodeId, NodeInfo, Raft, SharedState};
+use crate::state::{AuditEntry, Rejection};
+
+/// Metadata key carrying the leader's `host:port` on a not-leader answer.
+pub const LEADER_HEADER: &str = "x-baton-leader";
+/// Metadata key naming the caller (until authentication lands, a self-declared principal).
+pub const ACTOR_HEADER: &str = "x-baton-actor";
+/// Metadata key marking a request a follower already forwarded (never forwarded twice).
+pub const FORWARDED_HEADER: &str = "x-baton-forwarded";
+/// Metadata key of a caller-chosen request id, echoed in logs.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Read access to the replicated audit trail as stored on this node.
+pub trait AuditSource: Send + Sync + 'static {
+    /// Up to `limit` entries with seq >= `from_seq`, optionally of one service only.
+    fn list(&self, from_seq: u64, limit: usize, service: Option<&str>) -> Result<Vec<AuditEntry>, String>;
+    /// Hash of the entry before `seq` (None for seq 0).
+    fn hash_before(&self, seq: u64) -> Result<Option<String>, String>;
+}
+
+/// Everything a request handler needs from its node.
+pub struct Ctx {
+    /// This node.
+    pub id: NodeId,
+    /// This node's region.
+    pub region: String,
+    /// Cluster name.
+    pub cluster: String,
+    /// Raft handle.
+    pub raft: Raft,
+    /// Applied state.
+    pub shared: SharedState,
+    /// Applied changes, for watches.
+    pub changes: Changes,
+    /// The audit trail.
+    pub audit: Arc<dyn AuditSource>,
+    /// Batched linearizable read barrier.
+    pub reads: ReadBarrier,
+    /// The lease keeper.
+    pub keeper: Keeper,
+    /// Last contact with a leader.
+    pub contact: Arc<LeaderContact>,
+    /// Timing configuration.
+    pub timing: TimingConfig,
+    /// Channels to other nodes for forwarding.
+    pub links: Links,
+    /// Flips to true when the node stops: streams end.
+    pub shutdown: tokio_watch::Receiver<bool>,
+    next_request: AtomicU64,
+}
+
+impl Ctx {
+    /// Bundles a node's parts.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: NodeId,
+        region: String,
+        cluster: String,
+        raft: Raft,
+        shared: SharedState,
+        changes: Changes,
+        audit: Arc<dyn AuditSource>,
+        reads: ReadBarrier,
+        keeper: Keeper,
+        contact: Arc<LeaderContact>,
+        timing: TimingConfig,
+        links: Links,
+        shutdown: tokio_watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            id,
+            region,
+            cluster,
+            raft,
+            shared,
+            changes,
+            audit,
+            reads,
+            keeper,
+            contact,
+            timing,
+            links,
+            shutdown,
+            next_request: AtomicU64::new(1),
+        }
+    }
+
+    /// A request id: the caller's `x-request-id`, or a fresh one.
+    pub fn request_id<T>(&self, req: &tonic::Request<T>) -> String {
+        match req.metadata().get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()) {
+            Some(id) if !id.is_empty() && id.len() <= 64 => id.to_string(),
+            _ => format!("{}-{}", self.id, self.next_request.fetch_add(1, Ordering::Relaxed)),
+        }
+    }
+
+    /// The known leader (id and node), from this node's Raft metrics.
+    pub fn leader(&self) -> Option<(NodeId, NodeInfo)> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, node))
+    }
+
+    /// `UNAVAILABLE` naming the leader, with its address in metadata.
+    pub fn not_leader(&self, leader: Option<(NodeId, NodeInfo)>) -> Status {
+        match leader {
+            Some((lid, node)) if lid != self.id => {
+                let mut s = Status::unavailable(format!(
+                    "node {} is not the leader; the leader is node {lid} at {} (clients follow it)",
+                    self.id, node.addr
+                ));
+                if let Ok(v) = MetadataValue::try_from(node.addr.as_str()) {
+                    s.metadata_mut().insert(LEADER_HEADER, v);
+                }
+                s
+            }
+            _ => Status::unavailable(format!(
+                "node {} knows no leader right now (an election may be in progress); retry shortly",
+                self.id
+            )),
+        }
+    }
+
+    /// Maps a control error to a status a person can act on.
+    pub fn control_status(&self, e: ControlError) -> Status {
+        match e {
+            ControlError::NotLeader(l) => self.not_leader(l.or_else(|| self.leader())),
+            ControlError::NoQuorum(m) => Status::unavailable(format!(
+                "no quorum ({m}); nothing was changed — the cluster needs a majority of nodes up"
+            )),
+            ControlError::LeadershipLost(m) => {
+                Status::unavailable(format!("leadership changed while {m}; check the state and retry"))
+            }
+            ControlError::Timeout(m) => Status::deadline_exceeded(m),
+            ControlError::ShuttingDown => Status::unavailable("the node is shutting down; use another node"),
+            ControlError::Fatal(m) => Status::internal(format!("raft stopped: {m}")),
+        }
+    }
+
+    /// Whether this request was already forwarded by a follower.
+    pub fn was_forwarded<T>(req: &tonic::Request<T>) -> bool {
+        req.metadata().contains_key(FORWARDED_HEADER)
+    }
+
+    /// A channel to the leader for forwarding, or the not-leader status if there is none.
+    pub fn leader_channel(&self) -> Result<Channel, Status> {
+        match self.leader() {
+            Some((lid, node)) if lid != self.id => self
+                .links
+                .channel(lid, &node.addr)
+                .map_err(|e| Status::unavailable(format!("cannot reach the leader at {}: {e}", node.addr))),
+            other => Err(self.not_leader(other)),
+        }
+    }
+}
+
+/// The principal named by the caller (`x-baton-actor`), or `anonymous`.
+pub fn actor<T>(req: &tonic::Request<T>) -> String {
+    let declared = req
+        .metadata()
+        .get(ACTOR_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty() && s.len() <= 128)
+        .map(str::to_string);
+    declared.unwrap_or_else(|| "anonymous".to_string())
+}
+
+/// Copies the caller's identity onto a forwarded request and marks it forwarded.
+pub fn forwarded<T, U>(orig: &tonic::Request<T>, inner: U) -> tonic::Request<U> {
+    let mut r = tonic::Request::new(inner);
+    for key in [ACTOR_HEADER, REQUEST_ID_HEADER] {
+        if let Some(v) = orig.metadata().get(key) {
+            r.metadata_mut().insert(key, v.clone());
+        }
+    }
+    r.metadata_mut().insert(FORWARDED_HEADER, MetadataValue::from_static("1"));
+    r
+}
+
+/// Maps a state-machine refusal to a gRPC status.
+pub fn rejection_status(r: &Rejection) -> Status {
+    let code = match r {
+        Rejection::UnknownService(_) => Code::NotFound,
+        Rejection::UnknownRegion { .. } | Rejection::Invalid(_) => Code::InvalidArgument,
+        Rejection::NotAllowed { .. } | Rejection::TokenMismatch { .. } | Rejection::WrongState(_) => {
+            Code::FailedPrecondition
+        }
+    };
+    Status::new(code, r.to_string())
+}
+
+/// Lazily connected, reused channels to other nodes.
+#[derive(Clone, Default)]
+pub struct Links {
+    channels: Arc<Mutex<HashMap<NodeId, (String, Channel)>>>,
+    dial: Arc<HashMap<NodeId, String>>,
+}
+
+impl Links {
+    /// Links that dial `dial[id]` instead of a node's advertised address when given.
+    pub fn new(dial: HashMap<NodeId, String>) -> Self {
+        Self {
+            channels: Arc::default(),
+            dial: Arc::new(dial),
+        }
+    }
+
+    /// The channel to node `id` at `addr` (reused while the address is unchanged).
+    pub fn channel(&self, id: NodeId, addr: &str) -> Result<Channel, String> {
+        let addr = self.dial.get(&id).map(String::as_str).unwrap_or(addr);
+        let mut map = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((a, ch)) = map.get(&id) {
+            if a == addr {
+                return Ok(ch.clone());
+            }
+        }
+        let ch = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        map.insert(id, (addr.to_string(), ch.clone()));
+        Ok(ch)
+    }
+}

@@ -1,0 +1,92 @@
+//! Linearizable reads: concurrent readers share one quorum round.
+//!
+//! openraft 0.9 has no lease reads: `ensure_linearizable` costs one heartbeat round to a
+//! quorum. Readers queue here; one task runs rounds back to back, and every reader waiting
+//! when a round *starts* is answered by that round. A reader that arrives during a round
+//! waits for the next one, because a round that started before its request cannot vouch for
+//! it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::ControlError;
+use crate::raft::{NodeId, NodeInfo, Raft};
+
+type Waiter = oneshot::Sender<Result<(), ControlError>>;
+
+/// Batches linearizable read barriers.
+#[derive(Clone)]
+pub struct ReadBarrier {
+    tx: mpsc::UnboundedSender<Waiter>,
+    /// Set during a leadership transfer: reads would refresh the followers' leader lease.
+    paused: Arc<AtomicBool>,
+}
+
+impl ReadBarrier {
+    /// Starts the batching task; it ends when every handle is dropped.
+    pub fn start(raft: Raft, round_timeout: Duration) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Waiter>();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while let Ok(w) = rx.try_recv() {
+                    batch.push(w);
+                }
+                let result = one_round(&raft, round_timeout).await;
+                for w in batch {
+                    // A reader that gave up (dropped its receiver) is no error.
+                    let _ = w.send(result.clone());
+                }
+            }
+        });
+        Self {
+            tx,
+            paused: Arc::default(),
+        }
+    }
+
+    /// Pauses (or resumes) reads; paused reads answer "not leader" so clients retry.
+    pub fn pause(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Relaxed);
+    }
+
+    /// Returns once this node has confirmed, with a quorum, after this call began, that it
+    /// is the leader, and has applied everything committed before that.
+    pub async fn linearize(&self) -> Result<(), ControlError> {
+        if self.paused.load(Ordering::Relaxed) {
+            return Err(ControlError::NotLeader(None));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(tx).map_err(|_| ControlError::ShuttingDown)?;
+        rx.await.map_err(|_| ControlError::ShuttingDown)?
+    }
+}
+
+async fn one_round(raft: &Raft, timeout: Duration) -> Result<(), ControlError> {
+    use openraft::error::{CheckIsLeaderError, RaftError};
+    match tokio::time::timeout(timeout, raft.ensure_linearizable()).await {
+        Err(_) => Err(ControlError::NoQuorum(format!(
+            "no quorum confirmed leadership within {}",
+            humantime::format_duration(timeout)
+        ))),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => Err(
+            ControlError::NotLeader(leader_of(f.leader_id, f.leader_node)),
+        ),
+        Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => {
+            Err(ControlError::NoQuorum(q.to_string()))
+        }
+        Ok(Err(RaftError::Fatal(f))) => Err(ControlError::Fatal(f.to_string())),
+    }
+}
+
+/// The known leader from a forward hint.
+pub(crate) fn leader_of(id: Option<NodeId>, node: Option<NodeInfo>) -> Option<(NodeId, NodeInfo)> {
+    match (id, node) {
+        (Some(id), Some(node)) => Some((id, node)),
+        _ => None,
+    }
+}

@@ -1,0 +1,5 @@
+//! Integration tests against real `baton` processes on 127.0.0.1 (one test binary).
+
+mod support;
+
+mod bad_input;

@@ -1,0 +1,281 @@
+//! Test harness: real `baton server` processes on 127.0.0.1, each with its own data
+//! directory, killed and restarted at will. Waits are on conditions (polling with a
+//! deadline), never fixed sleeps.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use baton::proto::admin_client::AdminClient;
+use baton::proto::coordinator_client::CoordinatorClient;
+use baton::proto::{self, ClusterStatusRequest};
+use tonic::transport::Channel;
+
+/// Free TCP ports on 127.0.0.1 (bound then released; the OS does not hand them out again
+/// immediately).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+/// Polls `f` until it returns Some, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One node of a test cluster.
+pub struct TestNode {
+    pub id: u64,
+    pub region: String,
+    pub addr: String,
+    pub config: PathBuf,
+    pub dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl TestNode {
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+/// A cluster of real processes.
+pub struct TestCluster {
+    pub root: tempfile::TempDir,
+    pub nodes: Vec<TestNode>,
+    pub cluster: String,
+}
+
+pub const REGIONS: [&str; 5] = ["us-east", "eu-west", "ap-south", "sa-east", "af-south"];
+
+pub fn baton_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_baton")
+}
+
+/// The `[[services]]` TOML of a test service with three regions.
+pub fn service_toml(name: &str, ttl: &str) -> String {
+    format!(
+        "[[services]]\nname = \"{name}\"\nregions = [\"us-east\", \"eu-west\", \"ap-south\"]\nlease_ttl = \"{ttl}\"\n"
+    )
+}
+
+impl TestCluster {
+    /// Writes configs for `n` voters (regions in order) plus `services_toml`, starts them.
+    pub async fn start(n: usize, services_toml: &str) -> TestCluster {
+        Self::start_with(n, services_toml, "").await
+    }
+
+    /// Like `start`, with extra top-level TOML in every node config (e.g. `[storage]`).
+    pub async fn start_with(n: usize, services_toml: &str, extra: &str) -> TestCluster {
+        let root = tempfile::tempdir().unwrap();
+        let ports = free_ports(n);
+        let cluster = "test".to_string();
+        let mut peers = String::new();
+        for (i, port) in ports.iter().enumerate() {
+            peers.push_str(&format!(
+                "[[peers]]\nid = {}\naddr = \"127.0.0.1:{port}\"\nregion = \"{}\"\n",
+                i + 1,
+                REGIONS[i]
+            ));
+        }
+        let mut nodes = Vec::new();
+        for (i, port) in ports.iter().enumerate() {
+            let id = i as u64 + 1;
+            let dir = root.path().join(format!("node{id}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let config = dir.join("node.toml");
+            let text = format!(
+                "cluster = \"{cluster}\"\nid = {id}\nregion = \"{}\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n{TIMING}\n{extra}\n{peers}\n{services_toml}",
+                REGIONS[i],
+                dir.join("data").display()
+            );
+            std::fs::write(&config, text).unwrap();
+            nodes.push(TestNode {
+                id,
+                region: REGIONS[i].to_string(),
+                addr: format!("127.0.0.1:{port}"),
+                config,
+                dir,
+                child: None,
+            });
+        }
+        let mut c = TestCluster {
+            root,
+            nodes,
+            cluster,
+        };
+        for i in 0..n {
+            c.spawn(i);
+        }
+        c
+    }
+
+    /// Writes the config of a new node that joins later (no initial peers).
+    pub fn prepare_joiner(&mut self, region: &str, extra: &str) -> usize {
+        let id = self.nodes.len() as u64 + 1;
+        let port = free_ports(1)[0];
+        let dir = self.root.path().join(format!("node{id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("node.toml");
+        let text = format!(
+            "cluster = \"{}\"\nid = {id}\nregion = \"{region}\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n{TIMING}\n{extra}\n",
+            self.cluster,
+            dir.join("data").display()
+        );
+        std::fs::write(&config, text).unwrap();
+        self.nodes.push(TestNode {
+            id,
+            region: region.to_string(),
+            addr: format!("127.0.0.1:{port}"),
+            config,
+            dir,
+            child: None,
+        });
+        self.nodes.len() - 1
+    }
+
+    /// Starts node `i` (index, not id).
+    pub fn spawn(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        assert!(node.child.is_none(), "node {} already running", node.id);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node.dir.join("node.log"))
+            .unwrap();
+        let child = Command::new(baton_bin())
+            .arg("server")
+            .arg("--config")
+            .arg(&node.config)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        node.child = Some(child);
+    }
+
+    /// kill -9 node `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM node `i` and wait for it to exit; returns its exit status success.
+    pub fn terminate(&mut self, i: usize) -> bool {
+        match self.nodes[i].child.take() {
+            Some(mut c) => {
+                unsafe {
+                    libc::kill(c.id() as i32, libc::SIGTERM);
+                }
+                c.wait().map(|s| s.success()).unwrap_or(false)
+            }
+            None => true,
+        }
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.addr.clone()).collect()
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.nodes[i].dir.join("node.log")).unwrap_or_default()
+    }
+
+    pub async fn coordinator(&self, i: usize) -> CoordinatorClient<Channel> {
+        CoordinatorClient::new(channel(&self.nodes[i].addr))
+    }
+
+    pub async fn admin(&self, i: usize) -> AdminClient<Channel> {
+        AdminClient::new(channel(&self.nodes[i].addr))
+    }
+
+    /// Status of running node `i`, if it answers.
+    pub async fn status(&self, i: usize) -> Option<proto::ClusterStatusResponse> {
+        if !self.nodes[i].is_running() {
+            return None;
+        }
+        let mut a = self.admin(i).await;
+        let r = tokio::time::timeout(Duration::from_secs(1), a.cluster_status(ClusterStatusRequest {})).await;
+        r.ok()?.ok().map(|r| r.into_inner())
+    }
+
+    /// Waits until every running node agrees on one leader that is running; returns its index.
+    pub async fn leader(&self, timeout: Duration) -> usize {
+        eventually(timeout, "a leader all running nodes agree on", || async {
+            let mut leader = None;
+            for i in 0..self.nodes.len() {
+                if !self.nodes[i].is_running() {
+                    continue;
+                }
+                let s = self.status(i).await?;
+                if s.leader_id == 0 {
+                    return None;
+                }
+                match leader {
+                    None => leader = Some(s.leader_id),
+                    Some(l) if l != s.leader_id => return None,
+                    _ => {}
+                }
+            }
+            let id = leader?;
+            let idx = self.nodes.iter().position(|n| n.id == id)?;
+            self.nodes[idx].is_running().then_some(idx)
+        })
+        .await
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+        if std::thread::panicking() {
+            for (i, n) in self.nodes.iter().enumerate() {
+                eprintln!("---- log of node {} ----\n{}", n.id, tail(&self.log(i), 60));
+            }
+        }
+    }
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+pub fn channel(addr: &str) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(10))
+        .connect_lazy()
+}
+
+/// Short timings so tests run quickly.
+pub const TIMING: &str =
+    "[timing]\nheartbeat = \"50ms\"\nelection_timeout_min = \"300ms\"\nelection_timeout_max = \"600ms\"\n";
