@@ -155,11 +155,13 @@ pub fn event_to_proto(e: &Event) -> proto::WatchEvent {
             EventKind::ModeChanged => proto::EventKind::ModeChanged,
             EventKind::ServicePut => proto::EventKind::ServicePut,
             EventKind::ServiceDeleted => proto::EventKind::ServiceDeleted,
+            EventKind::FreezeChanged => proto::EventKind::FreezeChanged,
         } as i32,
         service: e.service.clone(),
         revision: e.revision,
         lease: Some(lease_to_proto(&e.service, &e.lease)),
         reason: e.reason.clone(),
+        frozen: e.frozen,
     }
 }
 
@@ -171,6 +173,7 @@ pub fn snapshot_event(r: &ServiceRecord) -> proto::WatchEvent {
         revision: r.lease.revision,
         lease: Some(lease_to_proto(&r.spec.name, &r.lease)),
         reason: String::new(),
+        frozen: r.frozen,
     }
 }
 

@@ -116,7 +116,10 @@ pub fn verify(entries: &[AuditEntry], prev_hash: Option<&str>) -> Result<(), Cha
     for e in entries {
         if let Some(p) = prev_seq {
             if e.seq != p + 1 {
-                return Err(ChainError::Gap { prev: p, seq: e.seq });
+                return Err(ChainError::Gap {
+                    prev: p,
+                    seq: e.seq,
+                });
             }
         } else if e.seq == 0 && expected_prev.is_none() {
             expected_prev = Some(GENESIS.to_string());

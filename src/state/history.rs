@@ -24,6 +24,8 @@ pub enum EventKind {
     ServicePut,
     /// The service was deleted.
     ServiceDeleted,
+    /// Automation was paused or resumed (maintenance).
+    FreezeChanged,
 }
 
 /// One change to one service.
@@ -39,6 +41,8 @@ pub struct Event {
     pub lease: Lease,
     /// Why (operator's reason or automation's explanation).
     pub reason: String,
+    /// Whether automation is paused for the service after the change.
+    pub frozen: bool,
 }
 
 /// Every event of the last `limit` changing revisions, oldest first.
@@ -92,7 +96,7 @@ impl History {
 
     /// Every kept revision `>= from`, in order; an error if part of that range was dropped.
     pub fn since(&self, from: u64) -> Result<Vec<(u64, Vec<Event>)>, Compacted> {
-        if from <= self.compacted_through {
+        if self.compacted_through > 0 && from <= self.compacted_through {
             return Err(Compacted {
                 requested: from,
                 oldest: self.oldest_available(),

@@ -219,6 +219,7 @@ impl State {
             revision: index,
             lease: rec.lease.clone(),
             reason: reason.to_string(),
+            frozen: rec.frozen,
         };
         match &req.command {
             Command::PutService { spec, reason } => {
@@ -270,6 +271,14 @@ impl State {
                 }
             }
             Command::DeleteService { name, reason } => {
+                let held = self.record(name)?.lease.state == LeaseState::Held;
+                if held {
+                    // Deleting a held lease would let a re-created service be granted while
+                    // the old holder still acts: revoke and fence first.
+                    return Err(Rejection::WrongState(format!(
+                        "service {name:?} is held: revoke the lease (and fence its holder) before deleting it"
+                    )));
+                }
                 let mut rec = self
                     .services
                     .remove(name)
@@ -354,11 +363,17 @@ impl State {
                 Ok(vec![event(EventKind::ModeChanged, rec, reason)])
             }
             Command::SetFrozen {
-                service, frozen, ..
+                service,
+                frozen,
+                reason,
             } => {
                 let rec = self.record(service)?;
+                if rec.frozen == *frozen {
+                    return Ok(Vec::new());
+                }
                 rec.frozen = *frozen;
-                Ok(Vec::new())
+                rec.lease.revision = index;
+                Ok(vec![event(EventKind::FreezeChanged, rec, reason)])
             }
         }
     }

@@ -9,7 +9,9 @@ pub const MAX_REASON_LEN: usize = 1024;
 /// letter or digit (a DNS label, so names fit in hostnames, metrics and file names).
 pub fn check_name(kind: &str, name: &str) -> Result<(), String> {
     if name.is_empty() {
-        return Err(format!("{kind} name is empty: give a name such as `payments`"));
+        return Err(format!(
+            "{kind} name is empty: give a name such as `payments`"
+        ));
     }
     if name.len() > MAX_NAME_LEN {
         return Err(format!(

@@ -148,7 +148,10 @@ impl ServiceSpec {
         for (i, r) in self.regions.iter().enumerate() {
             check_name("region", r)?;
             if self.regions[..i].contains(r) {
-                return Err(format!("region {r:?} is listed twice in service {:?}", self.name));
+                return Err(format!(
+                    "region {r:?} is listed twice in service {:?}",
+                    self.name
+                ));
             }
         }
         for r in &self.allowed_regions {
