@@ -14,7 +14,7 @@ use crate::convert::{record_to_proto, spec_from_proto};
 use crate::proto::{self, admin_client::AdminClient, admin_server::Admin};
 use crate::raft::{NodeId, NodeInfo};
 use crate::state::names::{check_name, check_reason};
-use crate::state::{Command, Response as StateResponse};
+use crate::state::{Command, LeaseState, Response as StateResponse};
 
 /// The Admin service of one node.
 #[derive(Clone)]
@@ -35,7 +35,11 @@ impl AdminService {
         let matched: BTreeMap<NodeId, u64> = m
             .replication
             .as_ref()
-            .map(|r| r.iter().map(|(id, l)| (*id, l.map_or(0, |l| l.index))).collect())
+            .map(|r| {
+                r.iter()
+                    .map(|(id, l)| (*id, l.map_or(0, |l| l.index)))
+                    .collect()
+            })
             .unwrap_or_default();
         membership
             .nodes()
@@ -55,7 +59,10 @@ impl AdminService {
         &self,
         request: Request<T>,
         local: F,
-        remote: impl AsyncFnOnce(AdminClient<tonic::transport::Channel>, Request<T>) -> Result<Response<R>, Status>,
+        remote: impl AsyncFnOnce(
+            AdminClient<tonic::transport::Channel>,
+            Request<T>,
+        ) -> Result<Response<R>, Status>,
     ) -> Result<Response<R>, Status>
     where
         T: Clone,
@@ -91,7 +98,13 @@ impl Admin for AdminService {
             let voters: Vec<u64> = members
                 .iter()
                 .filter(|n| n.voter)
-                .map(|n| if n.id == self.ctx.id { m.last_log_index.unwrap_or(0) } else { n.matched_index })
+                .map(|n| {
+                    if n.id == self.ctx.id {
+                        m.last_log_index.unwrap_or(0)
+                    } else {
+                        n.matched_index
+                    }
+                })
                 .collect();
             quorum_commit(&voters)
         } else {
@@ -114,14 +127,26 @@ impl Admin for AdminService {
         }))
     }
 
-    async fn add_node(&self, request: Request<proto::AddNodeRequest>) -> Result<Response<proto::AddNodeResponse>, Status> {
+    async fn add_node(
+        &self,
+        request: Request<proto::AddNodeRequest>,
+    ) -> Result<Response<proto::AddNodeResponse>, Status> {
         let req = request.get_ref();
         if req.id == 0 {
-            return Err(Status::invalid_argument("node id must be a positive integer"));
+            return Err(Status::invalid_argument(
+                "node id must be a positive integer",
+            ));
         }
         check_name("region", &req.region).map_err(Status::invalid_argument)?;
-        if req.addr.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
-            return Err(Status::invalid_argument(format!("{:?} is not host:port", req.addr)));
+        if req
+            .addr
+            .rsplit_once(':')
+            .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        {
+            return Err(Status::invalid_argument(format!(
+                "{:?} is not host:port",
+                req.addr
+            )));
         }
         self.on_leader(
             request,
@@ -175,7 +200,9 @@ impl Admin for AdminService {
                     .raft
                     .change_membership(change, false)
                     .await
-                    .map_err(|e| Status::failed_precondition(format!("removing node {id} failed: {e}")))?;
+                    .map_err(|e| {
+                        Status::failed_precondition(format!("removing node {id} failed: {e}"))
+                    })?;
                 if is_voter {
                     // Now a learner; drop it entirely.
                     let _ = self
@@ -184,7 +211,9 @@ impl Admin for AdminService {
                         .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
                         .await;
                 }
-                Ok(proto::RemoveNodeResponse { members: self.members() })
+                Ok(proto::RemoveNodeResponse {
+                    members: self.members(),
+                })
             },
             async |mut c, r| c.remove_node(r).await,
         )
@@ -203,9 +232,9 @@ impl Admin for AdminService {
             let ch = self.ctx.leader_channel()?;
             return AdminClient::new(ch).transfer_leadership(req).await;
         }
-        super::transfer::transfer(&self.ctx, req.to).await.map(|leader_id| {
-            Response::new(proto::TransferLeadershipResponse { leader_id })
-        })
+        super::transfer::transfer(&self.ctx, req.to)
+            .await
+            .map(|leader_id| Response::new(proto::TransferLeadershipResponse { leader_id }))
     }
 
     async fn put_service(
@@ -230,9 +259,10 @@ impl Admin for AdminService {
                     "" => "service definition applied".to_string(),
                     s => s.to_string(),
                 };
-                let (index, resp) = propose(&self.ctx.raft, &who, Command::PutService { spec, reason })
-                    .await
-                    .map_err(|e| self.ctx.control_status(e))?;
+                let (index, resp) =
+                    propose(&self.ctx.raft, &who, Command::PutService { spec, reason })
+                        .await
+                        .map_err(|e| self.ctx.control_status(e))?;
                 if let StateResponse::Rejected(rej) = resp {
                     return Err(rejection_status(&rej));
                 }
@@ -260,6 +290,36 @@ impl Admin for AdminService {
             request,
             |r| async move {
                 let r = r.into_inner();
+                self.ctx.reads.linearize().await.map_err(|e| self.ctx.control_status(e))?;
+                let lease = {
+                    let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
+                    view.state.service(&r.name).map(|rec| rec.lease.clone())
+                };
+                let lease =
+                    lease.ok_or_else(|| Status::not_found(format!("service {:?} does not exist", r.name)))?;
+                let _guard = self.ctx.keeper.begin_switchover(&r.name).map_err(|e| self.ctx.control_status(e))?;
+                if lease.state == LeaseState::Held {
+                    // Fence the holder first, exactly as a switchover does, so a service
+                    // created again under this name cannot be granted while it still acts.
+                    let revoke = Command::Revoke {
+                        service: r.name.clone(),
+                        token: lease.token,
+                        reason: r.reason.clone(),
+                    };
+                    let (_, resp) = propose(&self.ctx.raft, &who, revoke)
+                        .await
+                        .map_err(|e| self.ctx.control_status(e))?;
+                    if let StateResponse::Rejected(rej) = resp {
+                        return Err(rejection_status(&rej));
+                    }
+                }
+                if lease.state != LeaseState::Vacant {
+                    self.ctx
+                        .keeper
+                        .wait_fenced(&r.name, lease.token)
+                        .await
+                        .map_err(|e| self.ctx.control_status(e))?;
+                }
                 let (index, resp) = propose(
                     &self.ctx.raft,
                     &who,
@@ -300,7 +360,13 @@ impl Admin for AdminService {
         &self,
         _request: Request<proto::TriggerSnapshotRequest>,
     ) -> Result<Response<proto::TriggerSnapshotResponse>, Status> {
-        let applied = self.ctx.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+        let applied = self
+            .ctx
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |l| l.index);
         self.ctx
             .raft
             .trigger()
@@ -311,7 +377,10 @@ impl Admin for AdminService {
             .ctx
             .raft
             .wait(Some(Duration::from_secs(30)))
-            .metrics(|m| m.snapshot.is_some_and(|s| s.index >= applied), "snapshot built")
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= applied),
+                "snapshot built",
+            )
             .await
             .map_err(|e| Status::deadline_exceeded(format!("snapshot not built in time: {e}")))?;
         Ok(Response::new(proto::TriggerSnapshotResponse {
@@ -328,6 +397,8 @@ impl AdminService {
     /// The target side of a leadership transfer: wait until the old leader's lease on the
     /// other voters has run out, then start an election.
     async fn campaign(&self) -> Result<proto::TransferLeadershipResponse, Status> {
-        super::transfer::campaign(&self.ctx).await.map(|leader_id| proto::TransferLeadershipResponse { leader_id })
+        super::transfer::campaign(&self.ctx)
+            .await
+            .map(|leader_id| proto::TransferLeadershipResponse { leader_id })
     }
 }

@@ -41,7 +41,11 @@ fn linearizable(c: i32) -> bool {
 impl CoordinatorService {
     /// Waits for a linearizable read point, or says where the leader is.
     async fn barrier(&self) -> Result<(), Status> {
-        self.ctx.reads.linearize().await.map_err(|e| self.ctx.control_status(e))
+        self.ctx
+            .reads
+            .linearize()
+            .await
+            .map_err(|e| self.ctx.control_status(e))
     }
 
     fn staleness_ms(&self) -> u64 {
@@ -51,13 +55,19 @@ impl CoordinatorService {
         self.ctx.contact.age_ms().unwrap_or(u64::MAX)
     }
 
-    async fn read_primary(&self, service: &str, lin: bool) -> Result<proto::GetPrimaryResponse, Status> {
+    async fn read_primary(
+        &self,
+        service: &str,
+        lin: bool,
+    ) -> Result<proto::GetPrimaryResponse, Status> {
         if lin {
             self.barrier().await?;
         }
         let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
         let rec = view.state.service(service).ok_or_else(|| {
-            Status::not_found(format!("service {service:?} does not exist; `baton services` lists them"))
+            Status::not_found(format!(
+                "service {service:?} does not exist; `baton services` lists them"
+            ))
         })?;
         Ok(proto::GetPrimaryResponse {
             lease: Some(lease_to_proto(service, &rec.lease)),
@@ -68,7 +78,11 @@ impl CoordinatorService {
         })
     }
 
-    async fn do_failover(&self, req: &proto::FailoverRequest, who: &str) -> Result<proto::FailoverResponse, Status> {
+    async fn do_failover(
+        &self,
+        req: &proto::FailoverRequest,
+        who: &str,
+    ) -> Result<proto::FailoverResponse, Status> {
         let started = Instant::now();
         check_name("service", &req.service).map_err(invalid)?;
         check_name("region", &req.to_region).map_err(invalid)?;
@@ -79,7 +93,10 @@ impl CoordinatorService {
         let (spec, before) = {
             let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
             let rec = view.state.service(&req.service).ok_or_else(|| {
-                Status::not_found(format!("service {:?} does not exist; `baton services` lists them", req.service))
+                Status::not_found(format!(
+                    "service {:?} does not exist; `baton services` lists them",
+                    req.service
+                ))
             })?;
             (rec.spec.clone(), rec.lease.clone())
         };
@@ -93,7 +110,11 @@ impl CoordinatorService {
             passed
         };
         let region_ok = match state::check_region(&spec, &req.to_region) {
-            Ok(()) => check("target-allowed", true, format!("{} is an allowed candidate", req.to_region)),
+            Ok(()) => check(
+                "target-allowed",
+                true,
+                format!("{} is an allowed candidate", req.to_region),
+            ),
             Err(e) => {
                 let _ = check("target-allowed", false, e.to_string());
                 if !req.dry_run {
@@ -107,9 +128,15 @@ impl CoordinatorService {
             "target-not-primary",
             !already,
             if already {
-                format!("{} already holds the lease (token {})", req.to_region, before.token)
+                format!(
+                    "{} already holds the lease (token {})",
+                    req.to_region, before.token
+                )
             } else {
-                format!("current holder: {}", before.holder.as_deref().unwrap_or("none"))
+                format!(
+                    "current holder: {}",
+                    before.holder.as_deref().unwrap_or("none")
+                )
             },
         );
         let token_ok = req.expected_token == 0 || req.expected_token == before.token;
@@ -121,10 +148,17 @@ impl CoordinatorService {
             } else if token_ok {
                 format!("current token is {}", before.token)
             } else {
-                format!("current token is {}, not {}", before.token, req.expected_token)
+                format!(
+                    "current token is {}, not {}",
+                    before.token, req.expected_token
+                )
             },
         );
-        check("quorum", true, format!("leader {} confirmed with a quorum", self.ctx.id));
+        check(
+            "quorum",
+            true,
+            format!("leader {} confirmed with a quorum", self.ctx.id),
+        );
         let fence_plan = match before.state {
             LeaseState::Held => format!(
                 "revoke token {} from {}; wait for its agents' demotion acks or its TTL ({} ms + drift + margin)",
@@ -138,7 +172,11 @@ impl CoordinatorService {
             ),
             LeaseState::Vacant => "lease is vacant: nothing to fence".to_string(),
         };
-        check("plan", true, format!("{fence_plan}; then grant {} a new token", req.to_region));
+        check(
+            "plan",
+            true,
+            format!("{fence_plan}; then grant {} a new token", req.to_region),
+        );
         let all_pass = region_ok && not_primary && token_ok;
         if req.dry_run {
             return Ok(proto::FailoverResponse {
@@ -165,7 +203,11 @@ impl CoordinatorService {
             }));
         }
         debug_assert!(all_pass);
-        let _guard = self.ctx.keeper.begin_switchover(&req.service).map_err(|e| self.ctx.control_status(e))?;
+        let _guard = self
+            .ctx
+            .keeper
+            .begin_switchover(&req.service)
+            .map_err(|e| self.ctx.control_status(e))?;
         let token = before.token;
         if before.state == LeaseState::Held {
             let (_, resp) = propose(
@@ -216,7 +258,11 @@ impl CoordinatorService {
         let after = match resp {
             StateResponse::Applied { lease: Some(l), .. } => l,
             StateResponse::Rejected(r) => return Err(rejection_status(&r)),
-            other => return Err(Status::internal(format!("unexpected answer to a grant: {other:?}"))),
+            other => {
+                return Err(Status::internal(format!(
+                    "unexpected answer to a grant: {other:?}"
+                )))
+            }
         };
         tracing::info!(service = %req.service, to = %req.to_region, token = after.token,
             fenced_by = fenced_by.as_str(), fence_ms, "switchover complete");
@@ -247,7 +293,11 @@ impl Coordinator for CoordinatorService {
             check_name("service", &req.service).map_err(invalid)?;
             let lin = linearizable(req.consistency);
             match self.read_primary(&req.service, lin).await {
-                Err(s) if lin && s.code() == tonic::Code::Unavailable && !Ctx::was_forwarded(&request) => {
+                Err(s)
+                    if lin
+                        && s.code() == tonic::Code::Unavailable
+                        && !Ctx::was_forwarded(&request) =>
+                {
                     let ch = match self.ctx.leader_channel() {
                         Ok(ch) => ch,
                         Err(_) => return Err(s),
@@ -274,7 +324,9 @@ impl Coordinator for CoordinatorService {
                     return Err(s);
                 }
                 let ch = self.ctx.leader_channel().map_err(|_| s)?;
-                return CoordinatorClient::new(ch).list_services(forwarded(&request, req.clone())).await;
+                return CoordinatorClient::new(ch)
+                    .list_services(forwarded(&request, req.clone()))
+                    .await;
             }
         }
         let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
@@ -286,7 +338,10 @@ impl Coordinator for CoordinatorService {
 
     type WatchStream = BoxStream<proto::WatchResponse>;
 
-    async fn watch(&self, request: Request<proto::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        request: Request<proto::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         let stream = super::watch::open(self.ctx.clone(), request.into_inner())?;
         Ok(Response::new(Box::pin(stream)))
     }
@@ -317,7 +372,9 @@ impl Coordinator for CoordinatorService {
                     return Err(s);
                 }
                 let ch = self.ctx.leader_channel().map_err(|_| s)?;
-                return CoordinatorClient::new(ch).validate_token(forwarded(&request, req.clone())).await;
+                return CoordinatorClient::new(ch)
+                    .validate_token(forwarded(&request, req.clone()))
+                    .await;
             }
         }
         let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
@@ -342,7 +399,9 @@ impl Coordinator for CoordinatorService {
             let req = request.get_ref();
             if !self.ctx.keeper.is_leading() && !Ctx::was_forwarded(&request) {
                 let ch = self.ctx.leader_channel()?;
-                return CoordinatorClient::new(ch).failover(forwarded(&request, req.clone())).await;
+                return CoordinatorClient::new(ch)
+                    .failover(forwarded(&request, req.clone()))
+                    .await;
             }
             self.do_failover(req, &who).await.map(Response::new)
         }

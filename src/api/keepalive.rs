@@ -52,19 +52,33 @@ pub fn open(
             let received = Instant::now();
             let answer = async {
                 check(&req)?;
-                ctx.reads.linearize().await.map_err(|e| ctx.control_status(e))?;
-                let renewal = ctx.keeper.renew(&req.service, &req.region, &req.agent_id, received, req.demoted);
+                ctx.reads
+                    .linearize()
+                    .await
+                    .map_err(|e| ctx.control_status(e))?;
+                let renewal = ctx.keeper.renew(
+                    &req.service,
+                    &req.region,
+                    &req.agent_id,
+                    received,
+                    req.demoted,
+                );
                 let status = match renewal {
                     Renewal::Renewed { .. } => KeepAliveStatus::Renewed,
                     Renewal::Revoke { .. } => KeepAliveStatus::Revoke,
                     Renewal::NotHolder => KeepAliveStatus::NotHolder,
                     Renewal::UnknownService => {
-                        return Err(Status::not_found(format!("service {:?} does not exist", req.service)))
+                        return Err(Status::not_found(format!(
+                            "service {:?} does not exist",
+                            req.service
+                        )))
                     }
                 };
                 let lease = {
                     let view = ctx.shared.read().unwrap_or_else(|e| e.into_inner());
-                    view.state.service(&req.service).map(|r| lease_to_proto(&req.service, &r.lease))
+                    view.state
+                        .service(&req.service)
+                        .map(|r| lease_to_proto(&req.service, &r.lease))
                 };
                 Ok(proto::KeepAliveResponse {
                     seq: req.seq,

@@ -39,7 +39,12 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// Read access to the replicated audit trail as stored on this node.
 pub trait AuditSource: Send + Sync + 'static {
     /// Up to `limit` entries with seq >= `from_seq`, optionally of one service only.
-    fn list(&self, from_seq: u64, limit: usize, service: Option<&str>) -> Result<Vec<AuditEntry>, String>;
+    fn list(
+        &self,
+        from_seq: u64,
+        limit: usize,
+        service: Option<&str>,
+    ) -> Result<Vec<AuditEntry>, String>;
     /// Hash of the entry before `seq` (None for seq 0).
     fn hash_before(&self, seq: u64) -> Result<Option<String>, String>;
 }
@@ -113,9 +118,17 @@ impl Ctx {
 
     /// A request id: the caller's `x-request-id`, or a fresh one.
     pub fn request_id<T>(&self, req: &tonic::Request<T>) -> String {
-        match req.metadata().get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()) {
+        match req
+            .metadata()
+            .get(REQUEST_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+        {
             Some(id) if !id.is_empty() && id.len() <= 64 => id.to_string(),
-            _ => format!("{}-{}", self.id, self.next_request.fetch_add(1, Ordering::Relaxed)),
+            _ => format!(
+                "{}-{}",
+                self.id,
+                self.next_request.fetch_add(1, Ordering::Relaxed)
+            ),
         }
     }
 
@@ -154,11 +167,13 @@ impl Ctx {
             ControlError::NoQuorum(m) => Status::unavailable(format!(
                 "no quorum ({m}); nothing was changed — the cluster needs a majority of nodes up"
             )),
-            ControlError::LeadershipLost(m) => {
-                Status::unavailable(format!("leadership changed while {m}; check the state and retry"))
-            }
+            ControlError::LeadershipLost(m) => Status::unavailable(format!(
+                "leadership changed while {m}; check the state and retry"
+            )),
             ControlError::Timeout(m) => Status::deadline_exceeded(m),
-            ControlError::ShuttingDown => Status::unavailable("the node is shutting down; use another node"),
+            ControlError::ShuttingDown => {
+                Status::unavailable("the node is shutting down; use another node")
+            }
             ControlError::Fatal(m) => Status::internal(format!("raft stopped: {m}")),
         }
     }
@@ -171,10 +186,11 @@ impl Ctx {
     /// A channel to the leader for forwarding, or the not-leader status if there is none.
     pub fn leader_channel(&self) -> Result<Channel, Status> {
         match self.leader() {
-            Some((lid, node)) if lid != self.id => self
-                .links
-                .channel(lid, &node.addr)
-                .map_err(|e| Status::unavailable(format!("cannot reach the leader at {}: {e}", node.addr))),
+            Some((lid, node)) if lid != self.id => {
+                self.links.channel(lid, &node.addr).map_err(|e| {
+                    Status::unavailable(format!("cannot reach the leader at {}: {e}", node.addr))
+                })
+            }
             other => Err(self.not_leader(other)),
         }
     }
@@ -199,7 +215,8 @@ pub fn forwarded<T, U>(orig: &tonic::Request<T>, inner: U) -> tonic::Request<U> 
             r.metadata_mut().insert(key, v.clone());
         }
     }
-    r.metadata_mut().insert(FORWARDED_HEADER, MetadataValue::from_static("1"));
+    r.metadata_mut()
+        .insert(FORWARDED_HEADER, MetadataValue::from_static("1"));
     r
 }
 
@@ -208,9 +225,9 @@ pub fn rejection_status(r: &Rejection) -> Status {
     let code = match r {
         Rejection::UnknownService(_) => Code::NotFound,
         Rejection::UnknownRegion { .. } | Rejection::Invalid(_) => Code::InvalidArgument,
-        Rejection::NotAllowed { .. } | Rejection::TokenMismatch { .. } | Rejection::WrongState(_) => {
-            Code::FailedPrecondition
-        }
+        Rejection::NotAllowed { .. }
+        | Rejection::TokenMismatch { .. }
+        | Rejection::WrongState(_) => Code::FailedPrecondition,
     };
     Status::new(code, r.to_string())
 }

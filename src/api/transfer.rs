@@ -19,7 +19,9 @@ pub async fn transfer(ctx: &Ctx, to: NodeId) -> Result<NodeId, Status> {
     let matched = m.replication.clone().unwrap_or_default();
     let target = if to != 0 {
         if !membership.voter_ids().any(|v| v == to) {
-            return Err(Status::invalid_argument(format!("node {to} is not a voter")));
+            return Err(Status::invalid_argument(format!(
+                "node {to} is not a voter"
+            )));
         }
         if to == ctx.id {
             return Ok(ctx.id);
@@ -30,7 +32,9 @@ pub async fn transfer(ctx: &Ctx, to: NodeId) -> Result<NodeId, Status> {
             .voter_ids()
             .filter(|v| *v != ctx.id)
             .max_by_key(|v| matched.get(v).copied().flatten().map_or(0, |l| l.index))
-            .ok_or_else(|| Status::failed_precondition("there is no other voter to transfer leadership to"))?
+            .ok_or_else(|| {
+                Status::failed_precondition("there is no other voter to transfer leadership to")
+            })?
     };
     let node = membership
         .get_node(&target)
@@ -41,18 +45,33 @@ pub async fn transfer(ctx: &Ctx, to: NodeId) -> Result<NodeId, Status> {
         .channel(target, &node.addr)
         .map_err(|e| Status::unavailable(format!("cannot reach node {target}: {e}")))?;
     let election_max = ctx.timing.election_timeout_max;
-    tracing::info!(target, "transferring leadership: going quiet so node {target} can win an election");
+    tracing::info!(
+        target,
+        "transferring leadership: going quiet so node {target} can win an election"
+    );
     ctx.reads.pause(true);
     ctx.raft.runtime_config().heartbeat(false);
-    let mut req = Request::new(TransferLeadershipRequest { to: target, campaign: true });
-    req.metadata_mut().insert(FORWARDED_HEADER, tonic::metadata::MetadataValue::from_static("1"));
-    let result = tokio::time::timeout(election_max * 6, AdminClient::new(channel).transfer_leadership(req)).await;
+    let mut req = Request::new(TransferLeadershipRequest {
+        to: target,
+        campaign: true,
+    });
+    req.metadata_mut().insert(
+        FORWARDED_HEADER,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    let result = tokio::time::timeout(
+        election_max * 6,
+        AdminClient::new(channel).transfer_leadership(req),
+    )
+    .await;
     ctx.raft.runtime_config().heartbeat(true);
     ctx.reads.pause(false);
     match result {
         Ok(Ok(r)) => Ok(r.into_inner().leader_id),
         Ok(Err(s)) => Err(s),
-        Err(_) => Err(Status::deadline_exceeded(format!("node {target} did not win an election in time"))),
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "node {target} did not win an election in time"
+        ))),
     }
 }
 
@@ -63,7 +82,10 @@ pub async fn campaign(ctx: &Ctx) -> Result<NodeId, Status> {
     let deadline = Instant::now() + election_max * 5;
     let start_term = ctx.raft.metrics().borrow().current_term;
     while Instant::now() < deadline {
-        let quiet = ctx.contact.age_ms().is_none_or(|a| Duration::from_millis(a) > election_max);
+        let quiet = ctx
+            .contact
+            .age_ms()
+            .is_none_or(|a| Duration::from_millis(a) > election_max);
         if quiet {
             ctx.raft
                 .trigger()
@@ -73,7 +95,10 @@ pub async fn campaign(ctx: &Ctx) -> Result<NodeId, Status> {
             let waited = ctx
                 .raft
                 .wait(Some(election_max))
-                .metrics(|m| m.current_term > start_term && m.current_leader.is_some(), "new leader")
+                .metrics(
+                    |m| m.current_term > start_term && m.current_leader.is_some(),
+                    "new leader",
+                )
                 .await;
             if let Ok(m) = waited {
                 if let Some(l) = m.current_leader {
@@ -84,5 +109,7 @@ pub async fn campaign(ctx: &Ctx) -> Result<NodeId, Status> {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-    Err(Status::deadline_exceeded("no new leader was elected in time"))
+    Err(Status::deadline_exceeded(
+        "no new leader was elected in time",
+    ))
 }

@@ -51,7 +51,12 @@ impl Filter {
 }
 
 /// Revisions `>= from` from the history, as responses, and the new cursor.
-fn replay(ctx: &Ctx, state: &State, filter: &Filter, from: u64) -> Result<(Vec<proto::WatchResponse>, u64), Status> {
+fn replay(
+    ctx: &Ctx,
+    state: &State,
+    filter: &Filter,
+    from: u64,
+) -> Result<(Vec<proto::WatchResponse>, u64), Status> {
     let entries = state.history().since(from).map_err(compacted)?;
     let out = entries
         .iter()
@@ -98,7 +103,8 @@ pub fn open(
         }
     };
     let (tx, out) = mpsc::channel::<Result<proto::WatchResponse, Status>>(256);
-    let progress = (req.progress_interval_ms > 0).then(|| Duration::from_millis(req.progress_interval_ms.max(10)));
+    let progress = (req.progress_interval_ms > 0)
+        .then(|| Duration::from_millis(req.progress_interval_ms.max(10)));
     let mut shutdown = ctx.shutdown.clone();
     tokio::spawn(async move {
         for r in first {
@@ -142,7 +148,10 @@ pub fn open(
                         continue;
                     }
                     cursor = revision;
-                    Ok(filter.response(&ctx, revision, &events).into_iter().collect())
+                    Ok(filter
+                        .response(&ctx, revision, &events)
+                        .into_iter()
+                        .collect())
                 }
                 // Missed broadcasts, or the state was replaced by a snapshot: re-read.
                 Ok(Change::Reset { .. }) | Err(broadcast::error::RecvError::Lagged(_)) => {

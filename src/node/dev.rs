@@ -81,7 +81,9 @@ pub async fn run(opts: DevOptions) -> Result<(), NodeError> {
             let t = tempfile::Builder::new()
                 .prefix("baton-dev-")
                 .tempdir()
-                .map_err(|e| NodeError::Other(format!("cannot create a temporary directory: {e}")))?;
+                .map_err(|e| {
+                    NodeError::Other(format!("cannot create a temporary directory: {e}"))
+                })?;
             (t.path().to_path_buf(), Some(t))
         }
     };
@@ -115,7 +117,10 @@ pub async fn run(opts: DevOptions) -> Result<(), NodeError> {
     println!("  service payments: us-east > eu-west > ap-south, primary us-east, lease TTL 2s;");
     println!("  one agent per region keeps the lease alive (the holder's renews it).");
     println!();
-    println!("Try, in another terminal (the CLI talks to {} by default):", endpoints.join(","));
+    println!(
+        "Try, in another terminal (the CLI talks to {} by default):",
+        endpoints.join(",")
+    );
     println!("  baton status");
     println!("  baton primary payments");
     println!("  baton watch payments");

@@ -58,7 +58,12 @@ pub enum NodeError {
 }
 
 impl AuditSource for AuditLog {
-    fn list(&self, from_seq: u64, limit: usize, service: Option<&str>) -> Result<Vec<AuditEntry>, String> {
+    fn list(
+        &self,
+        from_seq: u64,
+        limit: usize,
+        service: Option<&str>,
+    ) -> Result<Vec<AuditEntry>, String> {
         AuditLog::list(self, from_seq, limit, service).map_err(|e| e.to_string())
     }
 
@@ -101,16 +106,21 @@ fn raft_config(cfg: &NodeConfig) -> Result<openraft::Config, NodeError> {
 impl Node {
     /// Starts a node from its config. Returns once it serves; Raft elects in the background.
     pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
-        let listener = TcpListener::bind(&cfg.listen).await.map_err(|source| NodeError::Bind {
-            addr: cfg.listen.clone(),
-            source,
-        })?;
-        let addr = listener.local_addr().map_err(|e| NodeError::Other(e.to_string()))?;
+        let listener = TcpListener::bind(&cfg.listen)
+            .await
+            .map_err(|source| NodeError::Bind {
+                addr: cfg.listen.clone(),
+                source,
+            })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| NodeError::Other(e.to_string()))?;
         let raft_dir = cfg.data_dir.join("raft");
-        let (log, sm, audit) = store::open(&raft_dir, cfg.storage.watch_history).map_err(|e| NodeError::Storage {
-            dir: raft_dir.display().to_string(),
-            message: e.to_string(),
-        })?;
+        let (log, sm, audit) =
+            store::open(&raft_dir, cfg.storage.watch_history).map_err(|e| NodeError::Storage {
+                dir: raft_dir.display().to_string(),
+                message: e.to_string(),
+            })?;
         let shared = sm.shared();
         let changes = sm.changes();
         let dial: HashMap<NodeId, String> = cfg
@@ -118,7 +128,7 @@ impl Node {
             .iter()
             .filter_map(|(k, v)| k.parse().ok().map(|id| (id, v.clone())))
             .collect();
-        let peers = Peers::new(cfg.cluster.clone(), cfg.id); // DIAL-PENDING
+        let peers = Peers::new(cfg.cluster.clone(), cfg.id).with_dial(dial.clone());
         let config = Arc::new(raft_config(&cfg)?);
         let raft = Raft::new(cfg.id, config, peers.factory(), log, sm)
             .await
@@ -201,7 +211,11 @@ impl Node {
         if first != cfg.id {
             return Ok(());
         }
-        let initialized = self.raft.is_initialized().await.map_err(|e| NodeError::Raft(e.to_string()))?;
+        let initialized = self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
         if initialized {
             return Ok(());
         }
@@ -223,7 +237,11 @@ impl Node {
             .initialize(members)
             .await
             .map_err(|e| NodeError::Raft(format!("initialising the cluster: {e}")))?;
-        let specs: Vec<_> = cfg.services.iter().filter_map(|s| s.to_spec().ok()).collect();
+        let specs: Vec<_> = cfg
+            .services
+            .iter()
+            .filter_map(|s| s.to_spec().ok())
+            .collect();
         if specs.is_empty() {
             return Ok(());
         }
@@ -243,7 +261,10 @@ impl Node {
                 return;
             }
             for spec in specs {
-                let exists = shared.read().map(|v| v.state.service(&spec.name).is_some()).unwrap_or(true);
+                let exists = shared
+                    .read()
+                    .map(|v| v.state.service(&spec.name).is_some())
+                    .unwrap_or(true);
                 if exists {
                     continue;
                 }
@@ -253,8 +274,12 @@ impl Node {
                     reason: "created from the node configuration at bootstrap".into(),
                 };
                 match propose(&raft, AUTOMATION, cmd).await {
-                    Ok((_, StateResponse::Applied { .. })) => tracing::info!(service = %name, "service created"),
-                    Ok((_, other)) => tracing::warn!(service = %name, "service not created: {other:?}"),
+                    Ok((_, StateResponse::Applied { .. })) => {
+                        tracing::info!(service = %name, "service created")
+                    }
+                    Ok((_, other)) => {
+                        tracing::warn!(service = %name, "service not created: {other:?}")
+                    }
                     Err(e) => tracing::warn!(service = %name, "service not created: {e}"),
                 }
             }
@@ -271,10 +296,24 @@ impl Node {
     /// watch and keepalive stream, stops Raft and flushes storage.
     pub async fn stop(self) -> Result<(), NodeError> {
         if self.ctx.keeper.is_leading() {
-            let voters = self.raft.metrics().borrow().membership_config.membership().voter_ids().count();
+            let voters = self
+                .raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .count();
             if voters > 1 {
-                match tokio::time::timeout(Duration::from_secs(5), crate::api::transfer::transfer(&self.ctx, 0)).await {
-                    Ok(Ok(l)) => tracing::info!(new_leader = l, "handed leadership over before stopping"),
+                match tokio::time::timeout(
+                    Duration::from_secs(5),
+                    crate::api::transfer::transfer(&self.ctx, 0),
+                )
+                .await
+                {
+                    Ok(Ok(l)) => {
+                        tracing::info!(new_leader = l, "handed leadership over before stopping")
+                    }
                     Ok(Err(e)) => tracing::warn!("could not hand leadership over: {}", e.message()),
                     Err(_) => tracing::warn!("could not hand leadership over in time"),
                 }

@@ -7,6 +7,13 @@ pub mod network;
 pub mod service;
 pub mod store;
 
+#[cfg(test)]
+mod cluster_tests;
+
+pub use network::{ForwardError, NetworkFactory, Peers, MAX_MESSAGE_SIZE};
+pub use service::server;
+pub use store::{open as open_store, AuditLog, LogStore, StateMachineStore, StoreError};
+
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};

@@ -1,0 +1,524 @@
+//! Outbound Raft transport over tonic, and client-write forwarding to the leader.
+//!
+//! One [`Channel`] per peer address, created lazily and shared by the Raft replication tasks
+//! and the API layer (through [`Peers`]). Payloads are bincode of openraft's structures; a
+//! Raft error from the remote travels bincode-encoded in `RaftReply.error`.
+//!
+//! Failures are classified so openraft backs off correctly: a peer we cannot connect to is
+//! [`Unreachable`] (openraft then waits per [`RaftNetwork::backoff`]), other transport
+//! failures and timeouts are [`NetworkError`]s (retried at once), and an error the remote
+//! Raft returned is a [`RemoteError`].
+
+use std::collections::HashMap;
+use std::error::Error as StdError;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tonic::transport::{Channel, Endpoint};
+
+use super::{NodeId, NodeInfo, TypeConfig};
+use crate::proto::raft_client::RaftClient;
+use crate::proto::RaftRequest;
+use crate::state::{Request, Response};
+
+/// Largest gRPC message between nodes, both directions (snapshot chunks, log batches).
+pub const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
+
+/// Time to establish a TCP connection to a peer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// HTTP/2 keepalive: detects a silently dead peer (half-open TCP) within ~15 s.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default time a forwarded write may take.
+pub const DEFAULT_FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a forwarded write did not produce an answer, as the leader encodes it in
+/// `RaftReply.error`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForwardReject {
+    /// The node asked is not the leader.
+    NotLeader {
+        /// The leader it knows of.
+        leader_id: Option<NodeId>,
+        /// Its address and region.
+        leader: Option<NodeInfo>,
+    },
+    /// Raft failed the write (shutting down, storage error, ...).
+    Failed(String),
+}
+
+/// Why [`Peers::forward`] failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ForwardError {
+    /// The node asked is not the leader any more; the write was not applied.
+    #[error("{addr} is not the leader any more; {}", leader_hint(*.leader_id, .leader.as_ref()))]
+    NotLeader {
+        /// The node asked.
+        addr: String,
+        /// The leader it knows of, if any.
+        leader_id: Option<NodeId>,
+        /// Its address and region, if known.
+        leader: Option<NodeInfo>,
+    },
+    /// Could not connect to the leader; the write was not sent.
+    #[error("cannot reach the leader at {addr}: {reason}")]
+    Unreachable {
+        /// The leader's address.
+        addr: String,
+        /// What failed.
+        reason: String,
+    },
+    /// Anything else: the write may or may not have been applied.
+    #[error(
+        "forwarding the write to {addr} failed (it may or may not have been applied): {reason}"
+    )]
+    Other {
+        /// The leader's address.
+        addr: String,
+        /// What failed.
+        reason: String,
+    },
+}
+
+fn leader_hint(id: Option<NodeId>, node: Option<&NodeInfo>) -> String {
+    match (id, node) {
+        (Some(id), Some(n)) => format!("the leader is node {id} at {n}"),
+        (Some(id), None) => format!("the leader is node {id}"),
+        _ => "no leader is known yet; retry shortly".to_string(),
+    }
+}
+
+/// The channels to the other nodes, shared by the Raft network and the API layer.
+#[derive(Clone)]
+pub struct Peers {
+    inner: Arc<PeersInner>,
+}
+
+struct PeersInner {
+    cluster: String,
+    me: NodeId,
+    forward_timeout: Duration,
+    /// Per-node dial address overrides (e.g. through a fault-injecting proxy).
+    dial: HashMap<NodeId, String>,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl Peers {
+    /// Channels for node `me` of cluster `cluster`.
+    pub fn new(cluster: impl Into<String>, me: NodeId) -> Self {
+        Self {
+            inner: Arc::new(PeersInner {
+                cluster: cluster.into(),
+                me,
+                forward_timeout: DEFAULT_FORWARD_TIMEOUT,
+                dial: HashMap::new(),
+                channels: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    fn rebuild(self, f: impl FnOnce(&mut PeersInner)) -> Self {
+        let old = &self.inner;
+        let channels = old
+            .channels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let mut inner = PeersInner {
+            cluster: old.cluster.clone(),
+            me: old.me,
+            forward_timeout: old.forward_timeout,
+            dial: old.dial.clone(),
+            channels: Mutex::new(channels),
+        };
+        f(&mut inner);
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Dials node `id` at the given address instead of the one in its [`NodeInfo`] (a proxy
+    /// in fault-injection tests, a different network path).
+    pub fn with_dial(self, dial: HashMap<NodeId, String>) -> Self {
+        self.rebuild(|i| i.dial = dial)
+    }
+
+    /// Sets the time a forwarded write may take (default [`DEFAULT_FORWARD_TIMEOUT`]).
+    pub fn with_forward_timeout(self, timeout: Duration) -> Self {
+        self.rebuild(|i| i.forward_timeout = timeout)
+    }
+
+    /// The address to dial for node `id` advertised as `node`.
+    pub fn dial_addr<'a>(&'a self, id: NodeId, node: &'a NodeInfo) -> &'a str {
+        self.inner
+            .dial
+            .get(&id)
+            .map_or(node.addr.as_str(), String::as_str)
+    }
+
+    /// The cluster name every request carries.
+    pub fn cluster(&self) -> &str {
+        &self.inner.cluster
+    }
+
+    /// This node's id, sent as the sender of every request.
+    pub fn me(&self) -> NodeId {
+        self.inner.me
+    }
+
+    /// The openraft network factory over these channels.
+    pub fn factory(&self) -> NetworkFactory {
+        NetworkFactory {
+            peers: self.clone(),
+        }
+    }
+
+    /// The (lazily connecting) channel to `addr` (`host:port` or a URL), created on first use
+    /// and reused afterwards.
+    pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut channels = self
+            .inner
+            .channels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(ch) = channels.get(addr) {
+            return Ok(ch.clone());
+        }
+        let uri = if addr.contains("://") {
+            addr.to_string()
+        } else {
+            format!("http://{addr}")
+        };
+        let ch = Endpoint::from_shared(uri)?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        channels.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    /// Drops the channel to `addr` (e.g. after the node left the cluster).
+    pub fn forget(&self, addr: &str) {
+        self.inner
+            .channels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(addr);
+    }
+
+    /// A Raft gRPC client for `addr` with the message size limits set.
+    pub fn client(&self, addr: &str) -> Result<RaftClient<Channel>, tonic::transport::Error> {
+        Ok(RaftClient::new(self.channel(addr)?)
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE))
+    }
+
+    fn request(&self, payload: Vec<u8>, timeout: Duration) -> tonic::Request<RaftRequest> {
+        let mut req = tonic::Request::new(RaftRequest {
+            cluster: self.inner.cluster.clone(),
+            from: self.inner.me,
+            payload,
+        });
+        // Lets the receiver give up on work whose answer nobody waits for.
+        req.set_timeout(timeout);
+        req
+    }
+
+    /// Sends a client write to `leader` (its `Forward` RPC, at its advertised address) and
+    /// returns the applied response.
+    pub async fn forward(
+        &self,
+        leader: &NodeInfo,
+        req: &Request,
+    ) -> Result<Response, ForwardError> {
+        self.forward_at(&leader.addr, req).await
+    }
+
+    /// Like [`Peers::forward`], honouring the dial override of node `leader_id`.
+    pub async fn forward_to(
+        &self,
+        leader_id: NodeId,
+        leader: &NodeInfo,
+        req: &Request,
+    ) -> Result<Response, ForwardError> {
+        self.forward_at(self.dial_addr(leader_id, leader), req)
+            .await
+    }
+
+    async fn forward_at(&self, addr: &str, req: &Request) -> Result<Response, ForwardError> {
+        let addr = addr.to_string();
+        let other = |reason: String| ForwardError::Other {
+            addr: addr.clone(),
+            reason,
+        };
+        let mut client = self.client(&addr).map_err(|e| ForwardError::Unreachable {
+            addr: addr.clone(),
+            reason: format!("bad address: {e}"),
+        })?;
+        let payload = bincode::serialize(req).map_err(|e| other(format!("encoding: {e}")))?;
+        let timeout = self.inner.forward_timeout;
+        let call = client.forward(self.request(payload, timeout));
+        let reply = match tokio::time::timeout(timeout, call).await {
+            Err(_) => return Err(other(format!("no answer within {timeout:?}"))),
+            Ok(Err(status)) if is_connect_error(&status) => {
+                return Err(ForwardError::Unreachable {
+                    addr: addr.clone(),
+                    reason: status.message().to_string(),
+                })
+            }
+            Ok(Err(status)) => {
+                return Err(other(format!("{}: {}", status.code(), status.message())))
+            }
+            Ok(Ok(reply)) => reply.into_inner(),
+        };
+        if !reply.error.is_empty() {
+            let reject: ForwardReject = bincode::deserialize(&reply.error)
+                .map_err(|e| other(format!("undecodable error reply: {e}")))?;
+            return Err(match reject {
+                ForwardReject::NotLeader { leader_id, leader } => ForwardError::NotLeader {
+                    addr: addr.clone(),
+                    leader_id,
+                    leader,
+                },
+                ForwardReject::Failed(reason) => other(reason),
+            });
+        }
+        bincode::deserialize(&reply.payload).map_err(|e| other(format!("undecodable reply: {e}")))
+    }
+}
+
+/// Whether `status` means the connection could not be established (nothing was sent).
+fn is_connect_error(status: &tonic::Status) -> bool {
+    let mut source: Option<&(dyn StdError + 'static)> = status.source();
+    while let Some(e) = source {
+        if e.is::<tonic::ConnectError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Creates a [`PeerNetwork`] per replication target.
+#[derive(Clone)]
+pub struct NetworkFactory {
+    peers: Peers,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerNetwork;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerNetwork {
+        PeerNetwork {
+            client: self
+                .peers
+                .client(self.peers.dial_addr(target, node))
+                .map_err(|e| e.to_string()),
+            peers: self.peers.clone(),
+            target,
+            node: node.clone(),
+        }
+    }
+}
+
+/// The connection to one peer, as openraft uses it.
+pub struct PeerNetwork {
+    peers: Peers,
+    target: NodeId,
+    node: NodeInfo,
+    /// `Err` when the address does not parse: every call is then `Unreachable`.
+    client: Result<RaftClient<Channel>, String>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Rpc {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+}
+
+/// The error type of an RPC whose remote Raft error is `E`.
+type RpcErr<E> = RPCError<NodeId, NodeInfo, RaftError<NodeId, E>>;
+
+impl PeerNetwork {
+    async fn call<Req, Resp, E>(
+        &mut self,
+        rpc: Rpc,
+        req: &Req,
+        ttl: Duration,
+    ) -> Result<Resp, RpcErr<E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: StdError + DeserializeOwned,
+    {
+        let mut client = match &self.client {
+            Ok(c) => c.clone(),
+            Err(e) => {
+                let e = std::io::Error::other(format!("bad address {:?}: {e}", self.node.addr));
+                return Err(RPCError::Unreachable(Unreachable::new(&e)));
+            }
+        };
+        let payload =
+            bincode::serialize(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let request = self.peers.request(payload, ttl);
+        let call = async {
+            match rpc {
+                Rpc::AppendEntries => client.append_entries(request).await,
+                Rpc::Vote => client.vote(request).await,
+                Rpc::InstallSnapshot => client.install_snapshot(request).await,
+            }
+        };
+        let reply = match tokio::time::timeout(ttl, call).await {
+            Err(_) => {
+                let e = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("{rpc:?} to node {} timed out after {ttl:?}", self.target),
+                );
+                return Err(RPCError::Network(NetworkError::new(&e)));
+            }
+            Ok(Err(status)) => return Err(classify(status)),
+            Ok(Ok(reply)) => reply.into_inner(),
+        };
+        let bad = |e: bincode::Error| RPCError::Network(NetworkError::new(&e));
+        if !reply.error.is_empty() {
+            let err: RaftError<NodeId, E> = bincode::deserialize(&reply.error).map_err(bad)?;
+            return Err(RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                self.node.clone(),
+                err,
+            )));
+        }
+        bincode::deserialize(&reply.payload).map_err(bad)
+    }
+}
+
+fn classify<E: StdError>(status: tonic::Status) -> RpcErr<E> {
+    // A peer of another cluster will not start answering: treat it like a dead one so
+    // openraft backs off instead of hammering it.
+    if is_connect_error(&status) || status.code() == tonic::Code::FailedPrecondition {
+        RPCError::Unreachable(Unreachable::new(&status))
+    } else {
+        RPCError::Network(NetworkError::new(&status))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerNetwork {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
+        self.call(Rpc::AppendEntries, &rpc, option.hard_ttl()).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
+        self.call(Rpc::InstallSnapshot, &rpc, option.hard_ttl())
+            .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
+        self.call(Rpc::Vote, &rpc, option.hard_ttl()).await
+    }
+
+    fn backoff(&self) -> Backoff {
+        // 100 ms doubling to 2 s: a restarting peer is found again quickly, a dead one is not
+        // hammered.
+        Backoff::new(
+            (0..).map(|i: u32| {
+                Duration::from_millis(100u64 << i.min(5)).min(Duration::from_secs(2))
+            }),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::raft::VoteRequest;
+    use openraft::Vote;
+
+    use super::*;
+
+    fn node(addr: &str) -> NodeInfo {
+        NodeInfo {
+            addr: addr.into(),
+            region: "r".into(),
+        }
+    }
+
+    async fn vote(peers: &Peers, addr: &str) -> RpcErr<openraft::error::Infallible> {
+        let mut factory = peers.factory();
+        let mut net = factory.new_client(2, &node(addr)).await;
+        let req = VoteRequest::new(Vote::new(1, 1), None);
+        net.vote(req, RPCOption::new(Duration::from_millis(300)))
+            .await
+            .unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn failures_are_classified_for_backoff() {
+        let peers = Peers::new("c", 1);
+        // Nothing listens: unreachable, so openraft backs off.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let closed_addr = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        assert!(matches!(
+            vote(&peers, &closed_addr).await,
+            RPCError::Unreachable(_)
+        ));
+        // Accepts TCP but never speaks HTTP/2: a timeout, a plain network error.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent_addr = silent.local_addr().unwrap().to_string();
+        let hold = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((c, _)) = silent.accept().await {
+                conns.push(c);
+            }
+        });
+        assert!(matches!(
+            vote(&peers, &silent_addr).await,
+            RPCError::Network(_)
+        ));
+        hold.abort();
+        // An address that does not parse.
+        assert!(matches!(
+            vote(&peers, "bad addr with spaces").await,
+            RPCError::Unreachable(_)
+        ));
+    }
+
+    #[test]
+    fn dial_overrides_and_messages() {
+        let peers = Peers::new("c", 1).with_dial(HashMap::from([(2, "proxy:7000".to_string())]));
+        assert_eq!(peers.dial_addr(2, &node("n2:1")), "proxy:7000");
+        assert_eq!(peers.dial_addr(3, &node("n3:1")), "n3:1");
+        assert_eq!(peers.cluster(), "c");
+        let e = ForwardError::NotLeader {
+            addr: "a:1".into(),
+            leader_id: Some(3),
+            leader: Some(node("n3:1")),
+        };
+        assert!(e.to_string().contains("the leader is node 3 at n3:1@r"));
+    }
+}

@@ -1,0 +1,435 @@
+//! The state machine: [`State`] in memory, persisted only through snapshots.
+//!
+//! On restart the store loads the latest snapshot and openraft re-applies the committed log
+//! entries after it (the log store keeps `committed`). Applying writes each audit entry to
+//! the `audit` tree keyed by seq, so a replay rewrites the same bytes.
+
+use std::io::Cursor;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    Entry, EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
+    StorageError, StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use super::{blocking, key, key_to_u64, StoreError, Trees};
+use crate::raft::{Change, Changes, LogId, NodeId, NodeInfo, SharedState, StateView, TypeConfig};
+use crate::state::{AuditEntry, Response, State};
+
+type Result<T> = std::result::Result<T, StorageError<NodeId>>;
+type Membership = StoredMembership<NodeId, NodeInfo>;
+type Meta = SnapshotMeta<NodeId, NodeInfo>;
+
+/// Capacity of the [`Changes`] broadcast.
+const CHANGES_CAPACITY: usize = 4096;
+
+/// Snapshot bytes are stored in chunks of this size. sled writes any page image above ~128 KiB
+/// (a quarter of its 512 KiB segment) to a separate, never-synced blob file, and a leaf page
+/// holds up to 17 values before it splits: 17 x 4 KiB stays well below that.
+pub(super) const CHUNK: usize = 4 * 1024;
+
+const HEADER: &[u8] = b"header";
+const CHUNK_PREFIX: u8 = b'c';
+
+/// What a snapshot holds. Field order is the encoding: keep [`PayloadRef`] in step.
+#[derive(Deserialize)]
+struct Payload {
+    state: State,
+    last_applied: Option<LogId>,
+    last_membership: Membership,
+    audit: Vec<AuditEntry>,
+}
+
+/// The borrowed twin of [`Payload`] (bincode encodes both identically), so building a
+/// snapshot does not copy the state a second time.
+#[derive(Serialize)]
+struct PayloadRef<'a> {
+    state: &'a State,
+    last_applied: &'a Option<LogId>,
+    last_membership: &'a Membership,
+    audit: &'a [AuditEntry],
+}
+
+/// How the stored snapshot is laid out in the `snapshot` tree.
+#[derive(Serialize, Deserialize)]
+struct Header {
+    meta: Meta,
+    len: u64,
+    chunks: u32,
+}
+
+fn chunk_key(i: u32) -> [u8; 5] {
+    let b = i.to_be_bytes();
+    [CHUNK_PREFIX, b[0], b[1], b[2], b[3]]
+}
+
+/// Reads the stored snapshot, if any.
+fn load_snapshot(trees: &Trees) -> std::result::Result<Option<(Meta, Vec<u8>)>, StoreError> {
+    let Some(h) = trees.snapshot.get(HEADER)? else {
+        return Ok(None);
+    };
+    let header: Header = bincode::deserialize(&h)?;
+    let mut data = Vec::with_capacity(usize::try_from(header.len).unwrap_or(0));
+    for i in 0..header.chunks {
+        let chunk = trees
+            .snapshot
+            .get(chunk_key(i))?
+            .ok_or_else(|| StoreError::Corrupt(format!("snapshot chunk {i} is missing")))?;
+        data.extend_from_slice(&chunk);
+    }
+    if data.len() as u64 != header.len {
+        return Err(StoreError::Corrupt(format!(
+            "snapshot is {} bytes, its header says {}",
+            data.len(),
+            header.len
+        )));
+    }
+    Ok(Some((header.meta, data)))
+}
+
+/// Replaces the stored snapshot in one atomic batch, unless (without `force`) the stored one
+/// is newer. Not synced: the caller syncs. Returns whether it replaced.
+fn store_snapshot(
+    trees: &Trees,
+    lock: &Mutex<()>,
+    meta: &Meta,
+    data: &[u8],
+    force: bool,
+) -> std::result::Result<bool, StoreError> {
+    // Serializes compare-and-replace between a builder and an install running concurrently.
+    let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+    let old: Option<Header> = match trees.snapshot.get(HEADER)? {
+        Some(h) => Some(bincode::deserialize(&h)?),
+        None => None,
+    };
+    if !force {
+        if let Some(old) = &old {
+            if old.meta.last_log_id > meta.last_log_id {
+                return Ok(false);
+            }
+        }
+    }
+    let chunks = u32::try_from(data.len().div_ceil(CHUNK))
+        .map_err(|_| StoreError::Corrupt("snapshot too large".into()))?;
+    let mut batch = sled::Batch::default();
+    for (i, chunk) in (0u32..).zip(data.chunks(CHUNK)) {
+        batch.insert(&chunk_key(i)[..], chunk);
+    }
+    for i in chunks..old.map_or(0, |h| h.chunks) {
+        batch.remove(&chunk_key(i)[..]);
+    }
+    let header = Header {
+        meta: meta.clone(),
+        len: data.len() as u64,
+        chunks,
+    };
+    batch.insert(HEADER, bincode::serialize(&header)?);
+    trees.snapshot.apply_batch(batch)?;
+    Ok(true)
+}
+
+/// Every audit entry with `seq < next_seq`, checked to be complete.
+fn read_audit(trees: &Trees, next_seq: u64) -> std::result::Result<Vec<AuditEntry>, StoreError> {
+    let mut out = Vec::with_capacity(usize::try_from(next_seq).unwrap_or(0));
+    for kv in trees.audit.range(..key(next_seq)) {
+        let (k, v) = kv?;
+        let seq = key_to_u64(&k)?;
+        if seq != out.len() as u64 {
+            return Err(StoreError::Corrupt(format!(
+                "audit entry {} is missing",
+                out.len()
+            )));
+        }
+        out.push(bincode::deserialize(&v)?);
+    }
+    if out.len() as u64 != next_seq {
+        return Err(StoreError::Corrupt(format!(
+            "audit trail ends at {}, the state expects {next_seq}",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
+/// The state machine. Readers use [`StateMachineStore::shared`]; watchers subscribe to
+/// [`StateMachineStore::changes`].
+pub struct StateMachineStore {
+    trees: Trees,
+    shared: SharedState,
+    changes: Changes,
+    last_applied: Option<LogId>,
+    last_membership: Membership,
+    snapshot_lock: Arc<Mutex<()>>,
+}
+
+impl StateMachineStore {
+    pub(super) fn open(
+        trees: Trees,
+        history_limit: usize,
+    ) -> std::result::Result<Self, StoreError> {
+        let (changes, _) = broadcast::channel(CHANGES_CAPACITY);
+        let mut sm = Self {
+            trees,
+            shared: Arc::new(std::sync::RwLock::new(StateView {
+                state: State::new(history_limit),
+                applied: 0,
+            })),
+            changes,
+            last_applied: None,
+            last_membership: Membership::default(),
+            snapshot_lock: Arc::new(Mutex::new(())),
+        };
+        if let Some((meta, data)) = load_snapshot(&sm.trees)? {
+            let payload: Payload = bincode::deserialize(&data)?;
+            check_payload(&meta, &payload)?;
+            // The builder syncs after the audit entries it read, so they are normally all
+            // here; restore any that a damaged tree lost, from the snapshot's copy.
+            for entry in &payload.audit {
+                if !sm.trees.audit.contains_key(key(entry.seq))? {
+                    sm.trees
+                        .audit
+                        .insert(key(entry.seq), bincode::serialize(entry)?)?;
+                }
+            }
+            sm.set_state(payload);
+        }
+        Ok(sm)
+    }
+
+    /// The applied state, shared with readers.
+    pub fn shared(&self) -> SharedState {
+        self.shared.clone()
+    }
+
+    /// The sender of applied changes; `subscribe()` to watch.
+    pub fn changes(&self) -> Changes {
+        self.changes.clone()
+    }
+
+    fn set_state(&mut self, payload: Payload) {
+        let applied = payload.last_applied.map_or(0, |l| l.index);
+        let mut view = self.shared.write().unwrap_or_else(PoisonError::into_inner);
+        view.state = payload.state;
+        view.applied = applied;
+        drop(view);
+        self.last_applied = payload.last_applied;
+        self.last_membership = payload.last_membership;
+    }
+
+    fn set_applied(&self, index: u64) -> std::result::Result<(), StoreError> {
+        let mut view = self.write_view()?;
+        view.applied = index;
+        Ok(())
+    }
+
+    fn write_view(
+        &self,
+    ) -> std::result::Result<std::sync::RwLockWriteGuard<'_, StateView>, StoreError> {
+        // A poisoned lock means a panic mid-apply: the state may be half-changed, stop here.
+        self.shared
+            .write()
+            .map_err(|_| StoreError::Corrupt("state lock poisoned by a panic in apply".into()))
+    }
+
+    /// Applies one normal entry; returns the answer and the events to publish.
+    fn apply_request(
+        &self,
+        log_id: LogId,
+        req: &crate::state::Request,
+    ) -> std::result::Result<(Response, Option<Change>), StoreError> {
+        let mut view = self.write_view()?;
+        let applied = view.state.apply(log_id.index, req);
+        view.applied = log_id.index;
+        // Written under the lock: a snapshot builder that saw this state's `next_seq` must
+        // find the entry in the tree.
+        self.trees
+            .audit
+            .insert(key(applied.audit.seq), bincode::serialize(&applied.audit)?)?;
+        drop(view);
+        let change = (!applied.events.is_empty()).then(|| Change::Events {
+            revision: log_id.index,
+            events: Arc::new(applied.events),
+        });
+        Ok((applied.response, change))
+    }
+}
+
+fn check_payload(meta: &Meta, payload: &Payload) -> std::result::Result<(), StoreError> {
+    if payload.last_applied != meta.last_log_id {
+        return Err(StoreError::Corrupt(format!(
+            "snapshot meta says {:?}, its data {:?}",
+            meta.last_log_id, payload.last_applied
+        )));
+    }
+    Ok(())
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership)> {
+        Ok((self.last_applied, self.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + openraft::OptionalSend,
+        I::IntoIter: openraft::OptionalSend,
+    {
+        let mut out = Vec::new();
+        for entry in entries {
+            let log_id = entry.log_id;
+            let err = |e: StoreError| e.into_raft(ErrorSubject::Apply(log_id), ErrorVerb::Write);
+            let (response, change) = match &entry.payload {
+                EntryPayload::Normal(req) => self.apply_request(log_id, req).map_err(err)?,
+                EntryPayload::Blank => {
+                    self.set_applied(log_id.index).map_err(err)?;
+                    (Response::Internal, None)
+                }
+                EntryPayload::Membership(m) => {
+                    self.last_membership = Membership::new(Some(log_id), m.clone());
+                    self.set_applied(log_id.index).map_err(err)?;
+                    (Response::Internal, None)
+                }
+            };
+            self.last_applied = Some(log_id);
+            if let Some(change) = change {
+                // Fails only when nobody is watching.
+                let _ = self.changes.send(change);
+            }
+            out.push(response);
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        // A consistent copy: `apply` takes `&mut self`, so nothing changes these meanwhile;
+        // the read lock only orders us after readers/writers of the view.
+        let state = {
+            let view = self.shared.read().unwrap_or_else(PoisonError::into_inner);
+            Arc::new(view.state.clone())
+        };
+        SnapshotBuilder {
+            trees: self.trees.clone(),
+            lock: self.snapshot_lock.clone(),
+            state,
+            last_applied: self.last_applied,
+            last_membership: self.last_membership.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &Meta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<()> {
+        let sig = Some(meta.signature());
+        let err =
+            |e: StoreError| e.into_raft(ErrorSubject::Snapshot(sig.clone()), ErrorVerb::Write);
+        let data = snapshot.into_inner();
+        let payload: Payload = bincode::deserialize(&data)
+            .map_err(StoreError::from)
+            .map_err(err)?;
+        check_payload(meta, &payload).map_err(err)?;
+
+        // Disk first (audit, then snapshot, then one sync), memory after.
+        let trees = self.trees.clone();
+        let lock = self.snapshot_lock.clone();
+        let meta_c = meta.clone();
+        let payload = blocking(move || {
+            let next_seq = payload.state.audit_head().next_seq;
+            let mut batch = sled::Batch::default();
+            for k in trees.audit.range(key(next_seq)..).keys() {
+                batch.remove(k?);
+            }
+            for entry in &payload.audit {
+                batch.insert(&key(entry.seq)[..], bincode::serialize(entry)?);
+            }
+            trees.audit.apply_batch(batch)?;
+            store_snapshot(&trees, &lock, &meta_c, &data, true)?;
+            trees.disk.sync()?;
+            Ok(payload)
+        })
+        .await
+        .map_err(err)?;
+
+        let applied = payload.last_applied.map_or(0, |l| l.index);
+        self.set_state(payload);
+        let _ = self.changes.send(Change::Reset { applied });
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>> {
+        let trees = self.trees.clone();
+        let got = blocking(move || load_snapshot(&trees))
+            .await
+            .map_err(|e| e.into_raft(ErrorSubject::Snapshot(None), ErrorVerb::Read))?;
+        Ok(got.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}
+
+/// Builds a snapshot from a copy of the state taken by
+/// [`RaftStateMachine::get_snapshot_builder`], so applying continues meanwhile.
+pub struct SnapshotBuilder {
+    trees: Trees,
+    lock: Arc<Mutex<()>>,
+    state: Arc<State>,
+    last_applied: Option<LogId>,
+    last_membership: Membership,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>> {
+        let trees = self.trees.clone();
+        let lock = self.lock.clone();
+        let state = self.state.clone();
+        let last_applied = self.last_applied;
+        let last_membership = self.last_membership.clone();
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let snapshot_id = match last_applied {
+            Some(l) => format!(
+                "{}-{}-{}-{nanos}",
+                l.leader_id.term, l.leader_id.node_id, l.index
+            ),
+            None => format!("none-{nanos}"),
+        };
+        let meta = Meta {
+            last_log_id: last_applied,
+            last_membership: last_membership.clone(),
+            snapshot_id,
+        };
+        let meta_c = meta.clone();
+        let data = blocking(move || {
+            let audit = read_audit(&trees, state.audit_head().next_seq)?;
+            let data = bincode::serialize(&PayloadRef {
+                state: &state,
+                last_applied: &last_applied,
+                last_membership: &last_membership,
+                audit: &audit,
+            })?;
+            store_snapshot(&trees, &lock, &meta_c, &data, false)?;
+            // A snapshot allows purging the log before it: it must be on disk first.
+            trees.disk.sync()?;
+            Ok(data)
+        })
+        .await
+        .map_err(|e| e.into_raft(ErrorSubject::Snapshot(None), ErrorVerb::Write))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}

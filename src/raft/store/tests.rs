@@ -1,0 +1,303 @@
+//! Storage tests: openraft's conformance suite plus restart, snapshot and audit behaviour.
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+
+use openraft::storage::{RaftLogStorage, RaftStateMachine};
+use openraft::testing::{log_id, StoreBuilder, Suite};
+use openraft::{
+    Entry, EntryPayload, Membership, RaftLogReader, RaftSnapshotBuilder, StorageError, Vote,
+};
+use tempfile::TempDir;
+
+use super::*;
+use crate::raft::{Change, NodeInfo, TypeConfig};
+use crate::state::{audit, Command, Request, Response, ServiceSpec, State};
+
+struct Builder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for Builder {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError<NodeId>> {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, sm, _audit) = open(dir.path(), 100).unwrap();
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn openraft_storage_suite() {
+    Suite::test_all(Builder).unwrap();
+}
+
+fn put(i: u64) -> Request {
+    Request {
+        at_ms: 1_000 + i as i64,
+        actor: "tester".into(),
+        command: Command::PutService {
+            spec: ServiceSpec::new(&format!("svc-{}", i % 7), &["us-east", "eu-west"]),
+            reason: format!("put {i}"),
+        },
+    }
+}
+
+fn normal(index: u64) -> Entry<TypeConfig> {
+    Entry {
+        log_id: log_id(1, 1, index),
+        payload: EntryPayload::Normal(put(index)),
+    }
+}
+
+fn membership(index: u64) -> Entry<TypeConfig> {
+    let nodes = BTreeMap::from([(
+        1,
+        NodeInfo {
+            addr: "127.0.0.1:1".into(),
+            region: "us-east".into(),
+        },
+    )]);
+    Entry {
+        log_id: log_id(1, 1, index),
+        payload: EntryPayload::Membership(Membership::new(vec![[1].into()], nodes)),
+    }
+}
+
+/// Appends entries through openraft's API and waits for the flush callback.
+async fn append(log: &mut LogStore, entries: Vec<Entry<TypeConfig>>) {
+    use openraft::storage::RaftLogStorageExt;
+    log.blocking_append(entries).await.unwrap();
+}
+
+fn state_of(sm: &StateMachineStore) -> (State, u64) {
+    let view = sm.shared().read().unwrap().clone();
+    (view.state, view.applied)
+}
+
+/// Entries 1..=n: a membership entry first, then normal ones.
+fn entries(n: u64) -> Vec<Entry<TypeConfig>> {
+    (1..=n)
+        .map(|i| if i == 1 { membership(i) } else { normal(i) })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_vote_logs_committed_and_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let snap_meta;
+    {
+        let (mut log, mut sm, _) = open(dir.path(), 100).unwrap();
+        log.save_vote(&Vote::new(3, 2)).await.unwrap();
+        append(&mut log, entries(10)).await;
+        log.save_committed(Some(log_id(1, 1, 8))).await.unwrap();
+        sm.apply(entries(6)).await.unwrap();
+        let snap = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        snap_meta = snap.meta;
+        log.purge(log_id(1, 1, 3)).await.unwrap();
+    }
+    let (mut log, mut sm, _) = open(dir.path(), 100).unwrap();
+    assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(3, 2)));
+    assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 1, 8)));
+    let st = log.get_log_state().await.unwrap();
+    assert_eq!(st.last_purged_log_id, Some(log_id(1, 1, 3)));
+    assert_eq!(st.last_log_id, Some(log_id(1, 1, 10)));
+    let got = log.try_get_log_entries(0..100).await.unwrap();
+    assert_eq!(
+        got.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
+        (4..=10).collect::<Vec<_>>()
+    );
+    let cur = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(cur.meta, snap_meta);
+    let (applied, mem) = sm.applied_state().await.unwrap();
+    assert_eq!(applied, Some(log_id(1, 1, 6)));
+    assert_eq!(mem.log_id(), &Some(log_id(1, 1, 1)));
+    assert_eq!(sm.shared().read().unwrap().applied, 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_and_reapply_reproduces_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let (before, audit_before);
+    {
+        let (mut log, mut sm, audit) = open(dir.path(), 100).unwrap();
+        append(&mut log, entries(30)).await;
+        sm.apply(entries(30).into_iter().take(12)).await.unwrap();
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        sm.apply(entries(30).into_iter().skip(12)).await.unwrap();
+        before = state_of(&sm);
+        audit_before = audit.list(0, 1000, None).unwrap();
+        assert_eq!(audit_before.len(), 29);
+    }
+    let (mut log, mut sm, audit) = open(dir.path(), 100).unwrap();
+    let (applied, _) = sm.applied_state().await.unwrap();
+    assert_eq!(applied, Some(log_id(1, 1, 12)));
+    // What openraft does on restart: re-apply the committed entries after the snapshot.
+    let rest = log.try_get_log_entries(13..=30).await.unwrap();
+    sm.apply(rest).await.unwrap();
+    assert_eq!(state_of(&sm), before);
+    assert_eq!(audit.list(0, 1000, None).unwrap(), audit_before);
+    audit::verify(&audit_before, None).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_built_while_applying_is_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm, _) = open(dir.path(), 100).unwrap();
+    sm.apply(entries(20)).await.unwrap();
+    let at_builder = state_of(&sm);
+    let mut builder = sm.get_snapshot_builder().await;
+    // Keep applying while the snapshot is serialized.
+    let more: Vec<_> = (21..=60).map(normal).collect();
+    let (snap, applied) = tokio::join!(builder.build_snapshot(), sm.apply(more));
+    applied.unwrap();
+    let snap = snap.unwrap();
+    assert_eq!(snap.meta.last_log_id, Some(log_id(1, 1, 20)));
+
+    // Install it on a fresh store: the state is exactly the one the builder copied.
+    let dir2 = tempfile::tempdir().unwrap();
+    let (_log2, mut sm2, audit2) = open(dir2.path(), 100).unwrap();
+    let mut rx = sm2.changes().subscribe();
+    sm2.install_snapshot(&snap.meta, snap.snapshot)
+        .await
+        .unwrap();
+    assert_eq!(state_of(&sm2), at_builder);
+    let trail = audit2.list(0, 1000, None).unwrap();
+    assert_eq!(trail.len() as u64, at_builder.0.audit_head().next_seq);
+    audit::verify(&trail, None).unwrap();
+    assert!(matches!(rx.try_recv(), Ok(Change::Reset { applied: 20 })));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_survives_snapshot_install_on_fresh_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm, audit) = open(dir.path(), 100).unwrap();
+    sm.apply(entries(15)).await.unwrap();
+    let snap = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let source_trail = audit.list(0, 1000, None).unwrap();
+
+    let dir2 = tempfile::tempdir().unwrap();
+    {
+        let (_log2, mut sm2, _) = open(dir2.path(), 100).unwrap();
+        let mut data = sm2.begin_receiving_snapshot().await.unwrap();
+        *data = Cursor::new(snap.snapshot.into_inner());
+        sm2.install_snapshot(&snap.meta, data).await.unwrap();
+    }
+    // ...and across a restart of the receiving store.
+    let (_log2, mut sm2, audit2) = open(dir2.path(), 100).unwrap();
+    assert_eq!(audit2.list(0, 1000, None).unwrap(), source_trail);
+    assert_eq!(
+        audit2.hash_before(5).unwrap(),
+        Some(source_trail[4].hash.clone())
+    );
+    assert_eq!(
+        audit2.hash_before(0).unwrap().as_deref(),
+        Some(audit::GENESIS)
+    );
+    assert_eq!(audit2.next_seq().unwrap(), 14);
+    let svc = audit2.list(0, 100, Some("svc-3")).unwrap();
+    assert!(!svc.is_empty() && svc.iter().all(|e| e.service == "svc-3"));
+    assert_eq!(audit2.list(10, 2, None).unwrap().len(), 2);
+    assert_eq!(sm2.applied_state().await.unwrap().0, Some(log_id(1, 1, 15)));
+    audit2.flush().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_publishes_events_and_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm, _) = open(dir.path(), 100).unwrap();
+    let mut rx = sm.changes().subscribe();
+    let out = sm.apply(entries(3)).await.unwrap();
+    assert_eq!(out[0], Response::Internal);
+    assert!(matches!(out[1], Response::Applied { revision: 2, .. }));
+    match rx.try_recv().unwrap() {
+        Change::Events { revision, events } => {
+            assert_eq!(revision, 2);
+            assert!(!events.is_empty());
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_snapshots_are_chunked() {
+    let dir = tempfile::tempdir().unwrap();
+    let built;
+    {
+        let (_log, mut sm, _) = open(dir.path(), 100).unwrap();
+        sm.apply(entries(2_000)).await.unwrap();
+        built = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+    }
+    let bytes = built.snapshot.into_inner();
+    assert!(bytes.len() > 1 << 20, "snapshot is {} bytes", bytes.len());
+    let (_log, mut sm, _) = open(dir.path(), 100).unwrap();
+    let cur = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(cur.meta, built.meta);
+    assert_eq!(cur.snapshot.into_inner(), bytes);
+    // Nothing spilled into sled's unsynced blob files.
+    let blobs = std::fs::read_dir(dir.path().join("blobs")).unwrap().count();
+    assert_eq!(blobs, 0);
+}
+
+/// Counts syncs and delegates to the real disk.
+struct Counting(Arc<dyn Durable>, Arc<std::sync::atomic::AtomicUsize>);
+
+impl Durable for Counting {
+    fn sync(&self) -> std::io::Result<()> {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.sync()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_sync_per_append_vote_and_snapshot() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let n = Arc::new(AtomicUsize::new(0));
+    let n2 = n.clone();
+    let (mut log, mut sm, _) = open_with(dir.path(), 100, |d| {
+        Arc::new(Counting(d, n2)) as Arc<dyn Durable>
+    })
+    .unwrap();
+    append(&mut log, entries(50)).await;
+    assert_eq!(n.load(Ordering::SeqCst), 1, "one batch, one sync");
+    log.save_vote(&Vote::new(1, 1)).await.unwrap();
+    assert_eq!(
+        n.load(Ordering::SeqCst),
+        2,
+        "a vote is synced before returning"
+    );
+    log.save_committed(Some(log_id(1, 1, 50))).await.unwrap();
+    sm.apply(entries(50)).await.unwrap();
+    assert_eq!(
+        n.load(Ordering::SeqCst),
+        2,
+        "apply and committed ride on later syncs"
+    );
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    assert_eq!(
+        n.load(Ordering::SeqCst),
+        3,
+        "a snapshot is synced before purging is allowed"
+    );
+}
