@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use baton::proto::{
-    Consistency, DeleteServiceRequest, FailoverRequest, GetPrimaryRequest, ListAuditRequest, PutServiceRequest,
-    ServiceSpec, ValidateTokenRequest, WatchRequest,
+    Consistency, DeleteServiceRequest, FailoverRequest, GetPrimaryRequest, ListAuditRequest,
+    PutServiceRequest, ServiceSpec, ValidateTokenRequest, WatchRequest,
 };
 use tonic::Code;
 
@@ -22,7 +22,11 @@ async fn snapshot(c: &TestCluster, leader: usize) -> (u64, u64, usize) {
         .unwrap()
         .into_inner();
     let audit = co
-        .list_audit(ListAuditRequest { from_seq: 0, limit: 1000, service: String::new() })
+        .list_audit(ListAuditRequest {
+            from_seq: 0,
+            limit: 1000,
+            service: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -37,9 +41,12 @@ async fn bad_input_is_refused_with_the_right_code_and_changes_nothing() {
     eventually(Duration::from_secs(10), "payments to exist", || {
         let mut co = co.clone();
         async move {
-            co.get_primary(GetPrimaryRequest { service: "payments".into(), consistency: 0 })
-                .await
-                .ok()
+            co.get_primary(GetPrimaryRequest {
+                service: "payments".into(),
+                consistency: 0,
+            })
+            .await
+            .ok()
         }
     })
     .await;
@@ -53,31 +60,85 @@ async fn bad_input_is_refused_with_the_right_code_and_changes_nothing() {
         dry_run: false,
     };
     let cases: Vec<(FailoverRequest, Code, &str)> = vec![
-        (failover("nope", "eu-west", "r", 0), Code::NotFound, "does not exist"),
-        (failover("payments", "mars-1", "r", 0), Code::InvalidArgument, "not a candidate region"),
-        (failover("payments", "eu-west", "", 0), Code::InvalidArgument, "reason is required"),
-        (failover("payments", "eu-west", "  ", 0), Code::InvalidArgument, "reason is required"),
-        (failover(&"p".repeat(300), "eu-west", "r", 0), Code::InvalidArgument, "limit is 63"),
-        (failover("payments", &"r".repeat(64), "r", 0), Code::InvalidArgument, "limit is 63"),
-        (failover("Pay$", "eu-west", "r", 0), Code::InvalidArgument, "contains"),
-        (failover("payments", "eu-west", "r", before.1 + 1000), Code::FailedPrecondition, "not the expected"),
-        (failover("payments", "us-east", "r", 0), Code::FailedPrecondition, "already primary"),
-        (failover("payments", "eu-west", &"x".repeat(2000), 0), Code::InvalidArgument, "limit is 1024"),
+        (
+            failover("nope", "eu-west", "r", 0),
+            Code::NotFound,
+            "does not exist",
+        ),
+        (
+            failover("payments", "mars-1", "r", 0),
+            Code::InvalidArgument,
+            "not a candidate region",
+        ),
+        (
+            failover("payments", "eu-west", "", 0),
+            Code::InvalidArgument,
+            "reason is required",
+        ),
+        (
+            failover("payments", "eu-west", "  ", 0),
+            Code::InvalidArgument,
+            "reason is required",
+        ),
+        (
+            failover(&"p".repeat(300), "eu-west", "r", 0),
+            Code::InvalidArgument,
+            "limit is 63",
+        ),
+        (
+            failover("payments", &"r".repeat(64), "r", 0),
+            Code::InvalidArgument,
+            "limit is 63",
+        ),
+        (
+            failover("Pay$", "eu-west", "r", 0),
+            Code::InvalidArgument,
+            "contains",
+        ),
+        (
+            failover("payments", "eu-west", "r", before.1 + 1000),
+            Code::FailedPrecondition,
+            "not the expected",
+        ),
+        (
+            failover("payments", "us-east", "r", 0),
+            Code::FailedPrecondition,
+            "already primary",
+        ),
+        (
+            failover("payments", "eu-west", &"x".repeat(2000), 0),
+            Code::InvalidArgument,
+            "limit is 1024",
+        ),
     ];
     for (node, (req, code, needle)) in [leader, (leader + 1) % 3].into_iter().cycle().zip(cases) {
         let mut co = c.coordinator(node).await;
-        let err = co.failover(req.clone()).await.expect_err(&format!("{req:?} must fail"));
+        let err = co
+            .failover(req.clone())
+            .await
+            .expect_err(&format!("{req:?} must fail"));
         assert_eq!(err.code(), code, "{req:?}: {}", err.message());
-        assert!(err.message().contains(needle), "{req:?}: message {:?} lacks {needle:?}", err.message());
+        assert!(
+            err.message().contains(needle),
+            "{req:?}: message {:?} lacks {needle:?}",
+            err.message()
+        );
     }
 
     let err = co
-        .get_primary(GetPrimaryRequest { service: "nope".into(), consistency: 0 })
+        .get_primary(GetPrimaryRequest {
+            service: "nope".into(),
+            consistency: 0,
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     let err = co
-        .validate_token(ValidateTokenRequest { service: "UPPER".into(), token: 1, consistency: 0 })
+        .validate_token(ValidateTokenRequest {
+            service: "UPPER".into(),
+            token: 1,
+            consistency: 0,
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -90,7 +151,10 @@ async fn bad_input_is_refused_with_the_right_code_and_changes_nothing() {
         ..Default::default()
     };
     let err = admin
-        .put_service(PutServiceRequest { spec: Some(bad_spec), reason: String::new() })
+        .put_service(PutServiceRequest {
+            spec: Some(bad_spec),
+            reason: String::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -102,27 +166,44 @@ async fn bad_input_is_refused_with_the_right_code_and_changes_nothing() {
         ..Default::default()
     };
     let err = admin
-        .put_service(PutServiceRequest { spec: Some(short_ttl), reason: String::new() })
+        .put_service(PutServiceRequest {
+            spec: Some(short_ttl),
+            reason: String::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(err.message().contains("three heartbeats"), "{}", err.message());
+    assert!(
+        err.message().contains("three heartbeats"),
+        "{}",
+        err.message()
+    );
     let err = admin
-        .delete_service(DeleteServiceRequest { name: "payments".into(), reason: String::new() })
+        .delete_service(DeleteServiceRequest {
+            name: "payments".into(),
+            reason: String::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 
     // A watch from a revision that never existed yet is fine; a malformed name is not.
     let err = co
-        .watch(WatchRequest { services: vec!["a b".into()], start_revision: 0, progress_interval_ms: 0 })
+        .watch(WatchRequest {
+            services: vec!["a b".into()],
+            start_revision: 0,
+            progress_interval_ms: 0,
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 
     // Oversized request bodies are refused by the transport limit, not half-applied.
     let after = snapshot(&c, leader).await;
-    assert_eq!(before, after, "bad input changed the state or the audit trail");
+    assert_eq!(
+        before, after,
+        "bad input changed the state or the audit trail"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,3 +3,7 @@
 mod support;
 
 mod bad_input;
+mod lifecycle;
+mod membership;
+mod switchover;
+mod watch;

@@ -101,6 +101,23 @@ struct Leadership {
     agents: HashMap<String, HashMap<String, Agent>>,
     /// Services with a switchover in progress (the keeper leaves their fencing to it).
     in_flight: BTreeSet<String>,
+    /// service -> (token, when this leader first saw it): a fresh grant counts as renewed
+    /// when it is first seen, so it is not expired against renewals of an older lease.
+    first_seen: HashMap<String, (u64, Instant)>,
+}
+
+impl Leadership {
+    /// When this leader first saw `token` for `service` (now, if never).
+    fn baseline(&mut self, service: &str, token: u64) -> Instant {
+        match self.first_seen.get(service) {
+            Some((t, at)) if *t == token => *at,
+            _ => {
+                let now = Instant::now();
+                self.first_seen.insert(service.to_string(), (token, now));
+                now
+            }
+        }
+    }
 }
 
 struct Inner {
@@ -138,6 +155,7 @@ impl Keeper {
                 since: Instant::now(),
                 agents: HashMap::new(),
                 in_flight: BTreeSet::new(),
+                first_seen: HashMap::new(),
             }),
             changed: Notify::new(),
         });
@@ -232,13 +250,14 @@ impl Keeper {
     /// `region`) may still consider its lease valid.
     fn holder_deadline(
         &self,
-        lead: &Leadership,
+        lead: &mut Leadership,
         service: &str,
+        token: u64,
         region: &str,
         ttl: Duration,
     ) -> Instant {
         let wait = ttl.mul_f64(1.0 + self.inner.timing.drift) + self.inner.timing.margin;
-        let mut last = lead.since;
+        let mut last = lead.since.max(lead.baseline(service, token));
         if let Some(agents) = lead.agents.get(service) {
             for a in agents.values().filter(|a| a.region == region) {
                 if let Some(t) = a.renewed_at {
@@ -264,7 +283,7 @@ impl Keeper {
         let Some(region) = lease.holder.clone() else {
             return Ok(Some(FenceOutcome::Vacant));
         };
-        let lead = self.lock();
+        let mut lead = self.lock();
         if lead.term.is_none() {
             return Err(ControlError::LeadershipLost(
                 "fencing the old holder".into(),
@@ -272,7 +291,7 @@ impl Keeper {
         }
         let now = Instant::now();
         let ttl = Duration::from_millis(lease.ttl_ms);
-        if now >= self.holder_deadline(&lead, service, &region, ttl) {
+        if now >= self.holder_deadline(&mut lead, service, token, &region, ttl) {
             return Ok(Some(FenceOutcome::TtlExpired));
         }
         if lease.state != LeaseState::Revoking {
@@ -361,11 +380,13 @@ impl Keeper {
                 lead.term = Some(m.current_term);
                 lead.since = Instant::now();
                 lead.agents.clear();
+                lead.first_seen.clear();
             }
             (false, Some(_)) => {
                 tracing::info!("no longer leader");
                 lead.term = None;
                 lead.agents.clear();
+                lead.first_seen.clear();
                 drop(lead);
                 self.inner.changed.notify_waiters();
             }
@@ -404,12 +425,13 @@ impl Keeper {
         };
         for (service, token, region, ttl_ms, state) in candidates {
             let due = {
-                let lead = self.lock();
+                let mut lead = self.lock();
                 if lead.in_flight.contains(&service) {
                     continue;
                 }
-                Instant::now()
-                    >= self.holder_deadline(&lead, &service, &region, Duration::from_millis(ttl_ms))
+                let ttl = Duration::from_millis(ttl_ms);
+                let deadline = self.holder_deadline(&mut lead, &service, token, &region, ttl);
+                Instant::now() >= deadline
             };
             let fenced_by_ack = state == LeaseState::Revoking
                 && matches!(

@@ -220,7 +220,11 @@ impl TestCluster {
             return None;
         }
         let mut a = self.admin(i).await;
-        let r = tokio::time::timeout(Duration::from_secs(1), a.cluster_status(ClusterStatusRequest {})).await;
+        let r = tokio::time::timeout(
+            Duration::from_secs(1),
+            a.cluster_status(ClusterStatusRequest {}),
+        )
+        .await;
         r.ok()?.ok().map(|r| r.into_inner())
     }
 
@@ -279,3 +283,59 @@ pub fn channel(addr: &str) -> Channel {
 /// Short timings so tests run quickly.
 pub const TIMING: &str =
     "[timing]\nheartbeat = \"50ms\"\nelection_timeout_min = \"300ms\"\nelection_timeout_max = \"600ms\"\n";
+
+/// A client of the whole cluster, endpoints in node order.
+pub fn client(c: &TestCluster) -> baton::client::Client {
+    baton::client::Client::new(c.endpoints()).unwrap()
+}
+
+/// A client whose endpoint list starts with node `first`.
+pub fn client_first(c: &TestCluster, first: usize) -> baton::client::Client {
+    let mut e = c.endpoints();
+    let f = e.remove(first);
+    e.insert(0, f);
+    baton::client::Client::new(e).unwrap()
+}
+
+/// An agent for `region` that acknowledges demotion at once.
+pub fn agent(c: &TestCluster, service: &str, region: &str) -> baton::client::LeaseHandle {
+    client(c).keep_alive(
+        service,
+        region,
+        &format!("test-agent-{region}"),
+        baton::client::LeaseOptions {
+            auto_ack_demotion: true,
+            ..Default::default()
+        },
+    )
+}
+
+/// Linearizable lease of `service`, retried until it answers.
+pub async fn lease(cl: &baton::client::Client, service: &str) -> proto::Lease {
+    eventually(Duration::from_secs(20), "a linearizable read", || async {
+        cl.primary(service, proto::Consistency::Linearizable)
+            .await
+            .ok()
+            .and_then(|r| r.lease)
+    })
+    .await
+}
+
+/// Waits until an agent holds its lease; returns the token.
+pub async fn held(a: &baton::client::LeaseHandle) -> u64 {
+    tokio::time::timeout(Duration::from_secs(20), a.held())
+        .await
+        .expect("the agent did not get the lease in time")
+        .expect("the lease session ended")
+}
+
+/// A switchover request.
+pub fn switchover(service: &str, to: &str, expected: u64) -> proto::FailoverRequest {
+    proto::FailoverRequest {
+        service: service.into(),
+        to_region: to.into(),
+        reason: format!("test: move {service} to {to}"),
+        expected_token: expected,
+        dry_run: false,
+    }
+}

@@ -1,0 +1,103 @@
+//! (d) A switchover fences the old holder, raises the token, and `ValidateToken` calls the old
+//! token superseded.
+
+use std::time::Duration;
+
+use baton::proto::{self, Consistency, TokenValidity};
+
+use crate::support::{agent, client, held, lease, service_toml, switchover, TestCluster};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switchover_raises_the_token_and_supersedes_the_old_one() {
+    let c = TestCluster::start(3, &service_toml("payments", "1s")).await;
+    c.leader(Duration::from_secs(20)).await;
+    let cl = client(&c);
+    let us = agent(&c, "payments", "us-east");
+    let eu = agent(&c, "payments", "eu-west");
+    let old = held(&us).await;
+    assert_eq!(lease(&cl, "payments").await.holder_region, "us-east");
+
+    // Dry run: explains, changes nothing.
+    let mut dry = switchover("payments", "eu-west", old);
+    dry.dry_run = true;
+    let plan = cl.failover(dry).await.unwrap();
+    assert!(plan.dry_run);
+    assert!(plan.checks.iter().all(|c| c.passed), "{:?}", plan.checks);
+    assert_eq!(lease(&cl, "payments").await.token, old);
+
+    let r = cl.failover(switchover("payments", "eu-west", old)).await.unwrap();
+    let after = r.after.unwrap();
+    assert_eq!(after.holder_region, "eu-west");
+    assert!(after.token > old, "token must rise: {old} -> {}", after.token);
+    assert_eq!(after.state, proto::LeaseState::Held as i32);
+    assert!(
+        ["demotion-ack", "ttl-expired"].contains(&r.fenced_by.as_str()),
+        "fenced by {}",
+        r.fenced_by
+    );
+    // The old holder stopped acting before the new one was granted.
+    assert!(!us.is_valid(), "us-east still believes it holds the lease");
+
+    let v = cl.validate_token("payments", old).await.unwrap();
+    assert_eq!(v.validity, TokenValidity::Superseded as i32);
+    let v = cl.validate_token("payments", after.token).await.unwrap();
+    assert_eq!(v.validity, TokenValidity::Current as i32);
+    let v = cl.validate_token("payments", after.token + 100).await.unwrap();
+    assert_eq!(v.validity, TokenValidity::Unknown as i32);
+
+    // The new holder's agent picks the lease up with the new token.
+    let new = held(&eu).await;
+    assert_eq!(new, after.token);
+
+    // A stale compare-and-set is refused and changes nothing.
+    let err = cl.failover(switchover("payments", "ap-south", old)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    assert_eq!(lease(&cl, "payments").await.token, after.token);
+
+    // The audit trail records who moved it and why, and its chain verifies.
+    let audit = cl.audit(0, 1000, None).await.unwrap();
+    assert!(audit.chain_ok);
+    let actions: Vec<&str> = audit.entries.iter().map(|e| e.action.as_str()).collect();
+    assert!(actions.contains(&"revoke") && actions.contains(&"grant"), "{actions:?}");
+    assert!(audit.entries.iter().any(|e| e.reason == "test: move payments to eu-west"));
+
+    // Local reads on every node converge on the new holder.
+    for i in 0..3 {
+        let mut co = c.coordinator(i).await;
+        crate::support::eventually(Duration::from_secs(10), "local read to converge", || {
+            let mut co = co.clone();
+            async move {
+                let r = co
+                    .get_primary(proto::GetPrimaryRequest {
+                        service: "payments".into(),
+                        consistency: Consistency::Local as i32,
+                    })
+                    .await
+                    .ok()?
+                    .into_inner();
+                (r.lease?.token == new).then_some(())
+            }
+        })
+        .await;
+        let _ = &mut co;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_holder_is_fenced_by_its_ttl_before_the_new_grant() {
+    let c = TestCluster::start(3, &service_toml("payments", "1s")).await;
+    c.leader(Duration::from_secs(20)).await;
+    let cl = client(&c);
+    let us = agent(&c, "payments", "us-east");
+    let old = held(&us).await;
+    // The holder's agent dies without acknowledging anything.
+    drop(us);
+    let r = cl.failover(switchover("payments", "eu-west", 0)).await.unwrap();
+    let after = r.after.unwrap();
+    assert!(after.token > old);
+    assert!(
+        r.fenced_by == "ttl-expired" || r.fenced_by == "vacant",
+        "nobody acknowledged, so only the TTL (or an expiry) can fence: {}",
+        r.fenced_by
+    );
+}
