@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::lease::{Lease, LeaseMode};
 use super::service::ServiceSpec;
+use super::workflow::{Effect, PhaseMark, RunKind, StepOutcome, StepSpec, Trigger};
 
 /// A command with what the leader stamped on it. Time enters the state only here.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +83,73 @@ pub enum Command {
         /// Why.
         reason: String,
     },
+    /// A vantage node's health verdict about a region changed.
+    Observe {
+        /// Service name.
+        service: String,
+        /// Region observed.
+        region: String,
+        /// Observing node.
+        vantage_node: u64,
+        /// Its region.
+        vantage_region: String,
+        /// Healthy from there?
+        healthy: bool,
+        /// What the probe said (the reason of the audit entry).
+        reason: String,
+    },
+    /// Start a workflow run (at most one per service).
+    StartRun {
+        /// Service name.
+        service: String,
+        /// Kind of run.
+        kind: RunKind,
+        /// What started it.
+        trigger: Trigger,
+        /// Target region.
+        to: String,
+        /// Steps.
+        plan: Vec<StepSpec>,
+        /// Why.
+        reason: String,
+        /// When the trigger was observed (leader wall clock).
+        detected_ms: i64,
+    },
+    /// Record a step's outcome, applying its effect in the same entry.
+    AdvanceRun {
+        /// Service name.
+        service: String,
+        /// Run id.
+        run: u64,
+        /// Index of the step (refused unless it is the current one: no step applies twice).
+        step: usize,
+        /// What happened.
+        outcome: StepOutcome,
+        /// Lease change to apply atomically with the outcome.
+        effect: Option<Effect>,
+        /// Phase this completion marks.
+        phase: Option<PhaseMark>,
+        /// What happened, for people (the reason of the audit entry).
+        reason: String,
+    },
+    /// An operator approves or rejects a run waiting at an approval step.
+    DecideRun {
+        /// Service name.
+        service: String,
+        /// Run id.
+        run: u64,
+        /// Approve (true) or reject.
+        approve: bool,
+        /// Why.
+        reason: String,
+    },
+    /// An operator acknowledges a flap pause: automation resumes.
+    AckFlap {
+        /// Service name.
+        service: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl Command {
@@ -95,6 +163,16 @@ impl Command {
             Command::Expire { .. } => "expire",
             Command::SetMode { .. } => "set-mode",
             Command::SetFrozen { .. } => "set-frozen",
+            Command::Observe { .. } => "observe",
+            Command::StartRun { .. } => "run.start",
+            Command::AdvanceRun { outcome, .. } => match outcome {
+                StepOutcome::Started => "run.step-started",
+                StepOutcome::Done => "run.step-done",
+                StepOutcome::Failed => "run.step-failed",
+            },
+            Command::DecideRun { approve: true, .. } => "run.approve",
+            Command::DecideRun { approve: false, .. } => "run.reject",
+            Command::AckFlap { .. } => "ack",
         }
     }
 
@@ -107,7 +185,12 @@ impl Command {
             | Command::Grant { service, .. }
             | Command::Expire { service, .. }
             | Command::SetMode { service, .. }
-            | Command::SetFrozen { service, .. } => service,
+            | Command::SetFrozen { service, .. }
+            | Command::Observe { service, .. }
+            | Command::StartRun { service, .. }
+            | Command::AdvanceRun { service, .. }
+            | Command::DecideRun { service, .. }
+            | Command::AckFlap { service, .. } => service,
         }
     }
 
@@ -120,7 +203,12 @@ impl Command {
             | Command::Grant { reason, .. }
             | Command::Expire { reason, .. }
             | Command::SetMode { reason, .. }
-            | Command::SetFrozen { reason, .. } => reason,
+            | Command::SetFrozen { reason, .. }
+            | Command::Observe { reason, .. }
+            | Command::StartRun { reason, .. }
+            | Command::AdvanceRun { reason, .. }
+            | Command::DecideRun { reason, .. }
+            | Command::AckFlap { reason, .. } => reason,
         }
     }
 }

@@ -18,7 +18,10 @@ pub mod history;
 pub mod lease;
 pub mod names;
 pub mod service;
+pub mod workflow;
 
+#[cfg(test)]
+mod run_tests;
 #[cfg(test)]
 mod tests;
 
@@ -31,6 +34,10 @@ pub use command::{Command, Rejection, Request, Response};
 pub use history::{Compacted, Event, EventKind, History};
 pub use lease::{Lease, LeaseMode, LeaseState};
 pub use service::{FailbackMode, HealthCheck, ServiceSpec};
+pub use workflow::{
+    default_plan, Effect, OnFailure, PhaseMark, Phases, Run, RunKind, RunState, Step, StepKind,
+    StepOutcome, StepSpec, StepState, Trigger,
+};
 
 /// A service with its lease.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,7 +50,31 @@ pub struct ServiceRecord {
     pub tokens: Vec<u64>,
     /// Automation paused (maintenance).
     pub frozen: bool,
+    /// Health as each vantage node last reported it: region -> node -> observation.
+    pub observations: BTreeMap<String, BTreeMap<u64, Observation>>,
+    /// Leader times of recent automatic moves (for cooldown and the flap limit).
+    pub auto_moves: Vec<i64>,
+    /// Why automation is paused by the flap limit, until an operator acknowledges.
+    pub paused: Option<String>,
+    /// The run in progress, if any (at most one per service).
+    pub active_run: Option<u64>,
 }
+
+/// What one vantage node last reported about one region of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observation {
+    /// The vantage node's region.
+    pub vantage_region: String,
+    /// Healthy from there?
+    pub healthy: bool,
+    /// What the probe said.
+    pub detail: String,
+    /// Leader time the observation was committed.
+    pub at_ms: i64,
+}
+
+/// Finished runs kept for `ListWorkflows` (the audit trail keeps everything).
+pub const FINISHED_RUNS_KEPT: usize = 1000;
 
 /// How a token relates to a service's lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +105,7 @@ pub struct State {
     revision: u64,
     history: History,
     audit: AuditHead,
+    runs: BTreeMap<u64, Run>,
 }
 
 impl Default for State {
@@ -90,7 +122,18 @@ impl State {
             revision: 0,
             history: History::new(history_limit),
             audit: AuditHead::default(),
+            runs: BTreeMap::new(),
         }
+    }
+
+    /// One workflow run.
+    pub fn run(&self, id: u64) -> Option<&Run> {
+        self.runs.get(&id)
+    }
+
+    /// Every kept run, oldest first.
+    pub fn runs(&self) -> impl Iterator<Item = &Run> {
+        self.runs.values()
     }
 
     /// Revision of the last change.
@@ -260,6 +303,10 @@ impl State {
                             spec: spec.clone(),
                             tokens: vec![index],
                             frozen: false,
+                            observations: BTreeMap::new(),
+                            auto_moves: Vec::new(),
+                            paused: None,
+                            active_run: None,
                         };
                         let events = vec![
                             event(EventKind::ServicePut, &rec, reason),
@@ -294,17 +341,10 @@ impl State {
                 reason,
             } => {
                 let rec = self.record(service)?;
-                check_token(service, *token, rec.lease.token)?;
-                match rec.lease.state {
-                    LeaseState::Held => {
-                        rec.lease.state = LeaseState::Revoking;
-                        rec.lease.revision = index;
-                        Ok(vec![event(EventKind::Revoking, rec, reason)])
-                    }
-                    LeaseState::Revoking => Ok(Vec::new()),
-                    LeaseState::Vacant => Err(Rejection::WrongState(format!(
-                        "service {service:?} has no holder to revoke"
-                    ))),
+                if revoke_lease(rec, *token, index)? {
+                    Ok(vec![event(EventKind::Revoking, rec, reason)])
+                } else {
+                    Ok(Vec::new())
                 }
             }
             Command::Grant {
@@ -314,24 +354,7 @@ impl State {
                 reason,
             } => {
                 let rec = self.record(service)?;
-                check_region(&rec.spec, region)?;
-                check_token(service, *expected_token, rec.lease.token)?;
-                if rec.lease.state == LeaseState::Held {
-                    return Err(Rejection::WrongState(format!(
-                        "service {service:?} is held by {:?}: revoke it before granting it elsewhere",
-                        rec.lease.holder.as_deref().unwrap_or("")
-                    )));
-                }
-                rec.lease = Lease {
-                    holder: Some(region.clone()),
-                    token: index,
-                    revision: index,
-                    granted_at_ms: at_ms,
-                    ttl_ms: rec.spec.lease_ttl_ms,
-                    state: LeaseState::Held,
-                    mode: rec.lease.mode,
-                };
-                rec.tokens.push(index);
+                grant_lease(rec, region, *expected_token, index, at_ms)?;
                 Ok(vec![event(EventKind::Granted, rec, reason)])
             }
             Command::Expire {
@@ -375,8 +398,391 @@ impl State {
                 rec.lease.revision = index;
                 Ok(vec![event(EventKind::FreezeChanged, rec, reason)])
             }
+            Command::Observe {
+                service,
+                region,
+                vantage_node,
+                vantage_region,
+                healthy,
+                reason,
+            } => {
+                let rec = self.record(service)?;
+                if !rec.spec.regions.contains(region) {
+                    return Err(Rejection::UnknownRegion {
+                        service: service.clone(),
+                        region: region.clone(),
+                        candidates: rec.spec.regions.join(", "),
+                    });
+                }
+                rec.observations.entry(region.clone()).or_default().insert(
+                    *vantage_node,
+                    Observation {
+                        vantage_region: vantage_region.clone(),
+                        healthy: *healthy,
+                        detail: reason.clone(),
+                        at_ms,
+                    },
+                );
+                Ok(Vec::new())
+            }
+            Command::AckFlap { service, .. } => {
+                let rec = self.record(service)?;
+                rec.paused = None;
+                rec.auto_moves.clear();
+                Ok(Vec::new())
+            }
+            Command::StartRun {
+                service,
+                kind,
+                trigger,
+                to,
+                plan,
+                reason,
+                detected_ms,
+            } => {
+                let rec = self.record(service)?;
+                if let Some(active) = rec.active_run {
+                    return Err(Rejection::WrongState(format!(
+                        "run {active} is in progress for {service:?}: at most one run per service"
+                    )));
+                }
+                check_region(&rec.spec, to)?;
+                if plan.is_empty() {
+                    return Err(Rejection::Invalid("a run needs at least one step".into()));
+                }
+                if rec.lease.primary() == Some(to.as_str()) {
+                    return Err(Rejection::WrongState(format!(
+                        "{to} already holds {service:?} (token {})",
+                        rec.lease.token
+                    )));
+                }
+                if trigger.is_automatic() {
+                    if rec.frozen {
+                        return Err(Rejection::WrongState(format!(
+                            "{service:?} is frozen: automation is off until `baton unfreeze {service}`"
+                        )));
+                    }
+                    if let Some(why) = &rec.paused {
+                        return Err(Rejection::WrongState(why.clone()));
+                    }
+                    if !rec.spec.auto_failover {
+                        return Err(Rejection::WrongState(format!(
+                            "automatic failover is off for {service:?}"
+                        )));
+                    }
+                    let window = rec.spec.flap_window_ms as i64;
+                    rec.auto_moves.retain(|t| at_ms - *t < window);
+                    rec.auto_moves.push(at_ms);
+                    let limit = rec.spec.flap_limit as usize;
+                    if limit > 0 && rec.auto_moves.len() >= limit {
+                        rec.paused = Some(format!(
+                            "{} automatic moves of {service:?} within {} ms reached the flap limit: automation is \
+                             paused until an operator runs `baton ack {service}`",
+                            rec.auto_moves.len(),
+                            rec.spec.flap_window_ms
+                        ));
+                    }
+                }
+                rec.active_run = Some(index);
+                let run = Run {
+                    id: index,
+                    service: service.clone(),
+                    kind: *kind,
+                    trigger: trigger.clone(),
+                    from: rec.lease.holder.clone(),
+                    to: to.clone(),
+                    actor: req.actor.clone(),
+                    reason: reason.clone(),
+                    steps: plan
+                        .iter()
+                        .map(|spec| Step {
+                            spec: spec.clone(),
+                            state: StepState::Pending,
+                            attempts: 0,
+                            started_ms: None,
+                            finished_ms: None,
+                            detail: String::new(),
+                        })
+                        .collect(),
+                    current: 0,
+                    state: RunState::Running,
+                    phases: Phases {
+                        detected_ms: Some(*detected_ms),
+                        decided_ms: Some(at_ms),
+                        ..Phases::default()
+                    },
+                    token_before: rec.lease.token,
+                    token_after: None,
+                    error: None,
+                    finished_ms: None,
+                };
+                self.runs.insert(index, run);
+                self.prune_runs();
+                Ok(Vec::new())
+            }
+            Command::AdvanceRun {
+                service,
+                run,
+                step,
+                outcome,
+                effect,
+                phase,
+                reason,
+            } => self.advance_run(
+                index,
+                at_ms,
+                service,
+                *run,
+                *step,
+                outcome,
+                effect.as_ref(),
+                *phase,
+                reason,
+            ),
+            Command::DecideRun {
+                service,
+                run,
+                approve,
+                reason,
+            } => {
+                let mut r = self
+                    .runs
+                    .get(run)
+                    .filter(|r| r.service == *service)
+                    .cloned()
+                    .ok_or_else(|| {
+                        Rejection::Invalid(format!("there is no run {run} of {service:?}"))
+                    })?;
+                let waiting = r
+                    .current_step()
+                    .is_some_and(|s| s.spec.kind == StepKind::Approval);
+                if !waiting {
+                    return Err(Rejection::WrongState(format!(
+                        "run {run} is not waiting for approval (state {}, step {})",
+                        r.state.as_str(),
+                        r.current_step().map_or("none", |s| s.spec.kind.name())
+                    )));
+                }
+                if *approve {
+                    finish_step(&mut r, at_ms, StepState::Done, reason);
+                } else {
+                    finish_step(&mut r, at_ms, StepState::Failed, reason);
+                    end_run(
+                        &mut r,
+                        at_ms,
+                        RunState::Rejected,
+                        format!("rejected: {reason}"),
+                    );
+                }
+                self.store_run(r);
+                Ok(Vec::new())
+            }
         }
     }
+
+    /// Stores a changed run and keeps the service's `active_run` in step with it.
+    fn store_run(&mut self, run: Run) {
+        if run.state.is_final() {
+            if let Some(rec) = self.services.get_mut(&run.service) {
+                if rec.active_run == Some(run.id) {
+                    rec.active_run = None;
+                }
+            }
+        }
+        self.runs.insert(run.id, run);
+        self.prune_runs();
+    }
+
+    fn prune_runs(&mut self) {
+        let finished: Vec<u64> = self
+            .runs
+            .values()
+            .filter(|r| r.state.is_final())
+            .map(|r| r.id)
+            .collect();
+        if finished.len() > FINISHED_RUNS_KEPT {
+            for id in &finished[..finished.len() - FINISHED_RUNS_KEPT] {
+                self.runs.remove(id);
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn advance_run(
+        &mut self,
+        index: u64,
+        at_ms: i64,
+        service: &str,
+        run_id: u64,
+        step: usize,
+        outcome: &StepOutcome,
+        effect: Option<&Effect>,
+        phase: Option<PhaseMark>,
+        reason: &str,
+    ) -> Result<Vec<Event>, Rejection> {
+        let mut run = self
+            .runs
+            .get(&run_id)
+            .filter(|r| r.service == service)
+            .cloned()
+            .ok_or_else(|| {
+                Rejection::Invalid(format!("there is no run {run_id} of {service:?}"))
+            })?;
+        if run.state.is_final() || run.current != step {
+            return Err(Rejection::WrongState(format!(
+                "run {run_id} is at step {} ({}), not step {step}: this outcome was already recorded",
+                run.current,
+                run.state.as_str()
+            )));
+        }
+        let mut events = Vec::new();
+        if let Some(effect) = effect {
+            let rec = self.record(service)?;
+            let kind = match effect {
+                Effect::Revoke { token } => {
+                    revoke_lease(rec, *token, index)?.then_some(EventKind::Revoking)
+                }
+                Effect::Grant { expected_token } => {
+                    grant_lease(rec, &run.to, *expected_token, index, at_ms)?;
+                    run.token_after = Some(index);
+                    Some(EventKind::Granted)
+                }
+                Effect::GrantBack { expected_token } => {
+                    let back = run.from.clone().ok_or_else(|| {
+                        Rejection::WrongState(
+                            "the run had no previous holder to roll back to".into(),
+                        )
+                    })?;
+                    grant_lease(rec, &back, *expected_token, index, at_ms)?;
+                    Some(EventKind::Granted)
+                }
+            };
+            if let Some(kind) = kind {
+                events.push(Event {
+                    kind,
+                    service: service.to_string(),
+                    revision: index,
+                    lease: rec.lease.clone(),
+                    reason: reason.to_string(),
+                    frozen: rec.frozen,
+                });
+            }
+        }
+        match outcome {
+            StepOutcome::Started => {
+                let s = &mut run.steps[step];
+                s.state = StepState::Running;
+                s.attempts += 1;
+                s.started_ms = Some(at_ms);
+                s.detail = reason.to_string();
+            }
+            StepOutcome::Done => {
+                if let Some(p) = phase {
+                    let slot = match p {
+                        PhaseMark::Fenced => &mut run.phases.fenced_ms,
+                        PhaseMark::Granted => &mut run.phases.granted_ms,
+                        PhaseMark::Verified => &mut run.phases.verified_ms,
+                    };
+                    *slot = Some(at_ms);
+                }
+                finish_step(&mut run, at_ms, StepState::Done, reason);
+            }
+            StepOutcome::Failed => {
+                let policy = run.steps[step].spec.on_failure;
+                let attempts = run.steps[step].attempts;
+                match policy {
+                    OnFailure::Retry(n) if attempts <= n => {
+                        let s = &mut run.steps[step];
+                        s.state = StepState::Pending;
+                        s.detail = format!("attempt {attempts} failed: {reason}; retrying");
+                    }
+                    OnFailure::Rollback if matches!(effect, Some(Effect::GrantBack { .. })) => {
+                        finish_step(&mut run, at_ms, StepState::Failed, reason);
+                        end_run(&mut run, at_ms, RunState::RolledBack, reason.to_string());
+                    }
+                    _ => {
+                        finish_step(&mut run, at_ms, StepState::Failed, reason);
+                        end_run(&mut run, at_ms, RunState::Failed, reason.to_string());
+                    }
+                }
+            }
+        }
+        self.store_run(run);
+        Ok(events)
+    }
+}
+
+/// Ends the current step with `state` and moves on (or ends the run after the last step).
+fn finish_step(run: &mut Run, at_ms: i64, state: StepState, detail: &str) {
+    if let Some(s) = run.steps.get_mut(run.current) {
+        s.state = state;
+        s.finished_ms = Some(at_ms);
+        s.detail = detail.to_string();
+    }
+    if state == StepState::Done {
+        run.current += 1;
+        if run.current >= run.steps.len() {
+            run.state = RunState::Succeeded;
+            run.finished_ms = Some(at_ms);
+        }
+    }
+}
+
+/// Ends a run early: the remaining steps are skipped.
+fn end_run(run: &mut Run, at_ms: i64, state: RunState, error: String) {
+    for s in run.steps.iter_mut().skip(run.current + 1) {
+        s.state = StepState::Skipped;
+    }
+    run.state = state;
+    run.error = Some(error);
+    run.finished_ms = Some(at_ms);
+}
+
+/// Held -> Revoking for `token`; Ok(false) when already revoking.
+fn revoke_lease(rec: &mut ServiceRecord, token: u64, index: u64) -> Result<bool, Rejection> {
+    check_token(&rec.spec.name, token, rec.lease.token)?;
+    match rec.lease.state {
+        LeaseState::Held => {
+            rec.lease.state = LeaseState::Revoking;
+            rec.lease.revision = index;
+            Ok(true)
+        }
+        LeaseState::Revoking => Ok(false),
+        LeaseState::Vacant => Err(Rejection::WrongState(format!(
+            "service {:?} has no holder to revoke",
+            rec.spec.name
+        ))),
+    }
+}
+
+/// Vacant or Revoking (fenced by the leader) -> Held by `region` with token `index`.
+fn grant_lease(
+    rec: &mut ServiceRecord,
+    region: &str,
+    expected_token: u64,
+    index: u64,
+    at_ms: i64,
+) -> Result<(), Rejection> {
+    check_region(&rec.spec, region)?;
+    check_token(&rec.spec.name, expected_token, rec.lease.token)?;
+    if rec.lease.state == LeaseState::Held {
+        return Err(Rejection::WrongState(format!(
+            "service {:?} is held by {:?}: revoke it before granting it elsewhere",
+            rec.spec.name,
+            rec.lease.holder.as_deref().unwrap_or("")
+        )));
+    }
+    rec.lease = Lease {
+        holder: Some(region.to_string()),
+        token: index,
+        revision: index,
+        granted_at_ms: at_ms,
+        ttl_ms: rec.spec.lease_ttl_ms,
+        state: LeaseState::Held,
+        mode: rec.lease.mode,
+    };
+    rec.tokens.push(index);
+    Ok(())
 }
 
 fn check_token(service: &str, expected: u64, actual: u64) -> Result<(), Rejection> {
