@@ -106,6 +106,69 @@ pub fn record_to_proto(r: &ServiceRecord) -> proto::ServiceStatus {
         spec: Some(spec_to_proto(&r.spec)),
         lease: Some(lease_to_proto(&r.spec.name, &r.lease)),
         frozen: r.frozen,
+        paused_reason: r.paused.clone().unwrap_or_default(),
+        active_run: r.active_run.unwrap_or(0),
+        observations: r
+            .observations
+            .iter()
+            .flat_map(|(region, by_node)| {
+                by_node.iter().map(move |(node, o)| proto::HealthObservation {
+                    region: region.clone(),
+                    vantage_node: *node,
+                    vantage_region: o.vantage_region.clone(),
+                    healthy: o.healthy,
+                    detail: o.detail.clone(),
+                    at_unix_ms: o.at_ms,
+                })
+            })
+            .collect(),
+    }
+}
+
+/// A workflow run on the wire.
+pub fn run_to_proto(r: &state::Run) -> proto::Workflow {
+    let ms = |v: Option<i64>| v.unwrap_or(0);
+    proto::Workflow {
+        id: r.id,
+        service: r.service.clone(),
+        kind: r.kind.as_str().to_string(),
+        trigger: r.trigger.describe(),
+        from_region: r.from.clone().unwrap_or_default(),
+        to_region: r.to.clone(),
+        actor: r.actor.clone(),
+        reason: r.reason.clone(),
+        state: r.state.as_str().to_string(),
+        steps: r
+            .steps
+            .iter()
+            .map(|s| proto::WorkflowStep {
+                kind: s.spec.kind.name().to_string(),
+                state: match s.state {
+                    state::StepState::Pending => "pending",
+                    state::StepState::Running => "running",
+                    state::StepState::Done => "done",
+                    state::StepState::Failed => "failed",
+                    state::StepState::Skipped => "skipped",
+                }
+                .to_string(),
+                attempts: s.attempts,
+                started_unix_ms: ms(s.started_ms),
+                finished_unix_ms: ms(s.finished_ms),
+                detail: s.detail.clone(),
+                timeout_ms: s.spec.timeout_ms,
+                on_failure: s.spec.on_failure.describe(),
+            })
+            .collect(),
+        current_step: r.current as u32,
+        token_before: r.token_before,
+        token_after: r.token_after.unwrap_or(0),
+        error: r.error.clone().unwrap_or_default(),
+        detected_unix_ms: ms(r.phases.detected_ms),
+        decided_unix_ms: ms(r.phases.decided_ms),
+        fenced_unix_ms: ms(r.phases.fenced_ms),
+        granted_unix_ms: ms(r.phases.granted_ms),
+        verified_unix_ms: ms(r.phases.verified_ms),
+        finished_unix_ms: ms(r.finished_ms),
     }
 }
 

@@ -18,10 +18,15 @@
 //! - [`state`]: the pure replicated model: services, leases, tokens, history, audit.
 //! - [`proto`]: the generated protobuf types and gRPC stubs.
 
+pub mod agent;
 pub mod api;
+pub mod bench;
+pub mod cli;
+pub mod client;
 pub mod config;
 pub mod control;
 pub mod convert;
+pub mod health;
 pub mod node;
 pub mod raft;
 pub mod state;

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use baton::proto::{self, TokenValidity};
 
-use crate::support::{agent, client, eventually, held, lease, service_toml, switchover, TestCluster};
+use crate::support::{
+    agent, client, eventually, held, lease, service_toml, switchover, TestCluster,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leader_elects_a_new_one_and_keeps_lease_and_token() {
@@ -28,16 +30,26 @@ async fn killing_the_leader_elects_a_new_one_and_keeps_lease_and_token() {
     // and the agent keeps renewing with it.
     let l = lease(&cl, "payments").await;
     assert_eq!((l.holder_region.as_str(), l.token), ("us-east", token));
-    assert!(us.is_valid(), "the holder lost its lease across a leader change");
+    assert!(
+        us.is_valid(),
+        "the holder lost its lease across a leader change"
+    );
 
     // Writes and watches continue.
-    let r = cl.failover(switchover("payments", "eu-west", token)).await.unwrap();
+    let r = cl
+        .failover(switchover("payments", "eu-west", token))
+        .await
+        .unwrap();
     let new_token = r.after.unwrap().token;
     assert!(new_token > token);
     let ev = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             let resp = watcher.next().await.unwrap().unwrap();
-            if let Some(e) = resp.events.iter().find(|e| e.kind == proto::EventKind::Granted as i32) {
+            if let Some(e) = resp
+                .events
+                .iter()
+                .find(|e| e.kind == proto::EventKind::Granted as i32)
+            {
                 return e.clone();
             }
         }
@@ -50,27 +62,35 @@ async fn killing_the_leader_elects_a_new_one_and_keeps_lease_and_token() {
     // The killed node comes back and catches up.
     c.spawn(leader);
     let mut co = c.coordinator(leader).await;
-    eventually(Duration::from_secs(20), "the restarted node to catch up", || {
-        let mut co = co.clone();
-        async move {
-            let r = co
-                .get_primary(proto::GetPrimaryRequest {
-                    service: "payments".into(),
-                    consistency: proto::Consistency::Local as i32,
-                })
-                .await
-                .ok()?
-                .into_inner();
-            (r.lease?.token == new_token).then_some(())
-        }
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the restarted node to catch up",
+        || {
+            let mut co = co.clone();
+            async move {
+                let r = co
+                    .get_primary(proto::GetPrimaryRequest {
+                        service: "payments".into(),
+                        consistency: proto::Consistency::Local as i32,
+                    })
+                    .await
+                    .ok()?
+                    .into_inner();
+                (r.lease?.token == new_token).then_some(())
+            }
+        },
+    )
     .await;
     let _ = &mut co;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_every_node_loses_nothing_acknowledged() {
-    let services = format!("{}{}", service_toml("payments", "1s"), service_toml("orders", "1h"));
+    let services = format!(
+        "{}{}",
+        service_toml("payments", "1s"),
+        service_toml("orders", "1h")
+    );
     let mut c = TestCluster::start(3, &services).await;
     c.leader(Duration::from_secs(20)).await;
     let cl = client(&c);
@@ -78,12 +98,25 @@ async fn killing_every_node_loses_nothing_acknowledged() {
     let eu = agent(&c, "payments", "eu-west");
     let mut acked = vec![held(&us).await];
     for to in ["eu-west", "us-east", "eu-west"] {
-        let r = cl.failover(switchover("payments", to, *acked.last().unwrap())).await.unwrap();
+        let r = cl
+            .failover(switchover("payments", to, *acked.last().unwrap()))
+            .await
+            .unwrap();
         acked.push(r.after.unwrap().token);
     }
-    let mut admin_spec = cl.get_service("orders").await.unwrap().service.unwrap().spec.unwrap();
+    let mut admin_spec = cl
+        .get_service("orders")
+        .await
+        .unwrap()
+        .service
+        .unwrap()
+        .spec
+        .unwrap();
     admin_spec.allowed_regions = vec!["us-east".into(), "eu-west".into()];
-    let put = cl.put_service(admin_spec.clone(), "restrict orders").await.unwrap();
+    let put = cl
+        .put_service(admin_spec.clone(), "restrict orders")
+        .await
+        .unwrap();
     let audit_before = cl.audit(0, 1000, None).await.unwrap().entries;
     assert!(put.revision > 0);
 
@@ -97,24 +130,42 @@ async fn killing_every_node_loses_nothing_acknowledged() {
     c.leader(Duration::from_secs(30)).await;
 
     let l = lease(&cl, "payments").await;
-    assert_eq!(l.token, *acked.last().unwrap(), "the last acknowledged grant was lost");
+    assert_eq!(
+        l.token,
+        *acked.last().unwrap(),
+        "the last acknowledged grant was lost"
+    );
     for t in &acked[..acked.len() - 1] {
         let v = cl.validate_token("payments", *t).await.unwrap();
         assert_eq!(v.validity, TokenValidity::Superseded as i32, "token {t}");
     }
-    let orders = cl.get_service("orders").await.unwrap().service.unwrap().spec.unwrap();
+    let orders = cl
+        .get_service("orders")
+        .await
+        .unwrap()
+        .service
+        .unwrap()
+        .spec
+        .unwrap();
     assert_eq!(orders.allowed_regions, admin_spec.allowed_regions);
     let audit_after = cl.audit(0, 1000, None).await.unwrap();
     assert!(audit_after.chain_ok);
     assert!(audit_after.entries.len() >= audit_before.len());
-    assert_eq!(&audit_after.entries[..audit_before.len()], &audit_before[..], "audit entries changed across a restart");
+    assert_eq!(
+        &audit_after.entries[..audit_before.len()],
+        &audit_before[..],
+        "audit entries changed across a restart"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_hands_leadership_over_and_exits_cleanly() {
     let mut c = TestCluster::start(3, &service_toml("payments", "2s")).await;
     let leader = c.leader(Duration::from_secs(20)).await;
-    assert!(c.terminate(leader), "SIGTERM must end the node with exit code 0");
+    assert!(
+        c.terminate(leader),
+        "SIGTERM must end the node with exit code 0"
+    );
     let new_leader = c.leader(Duration::from_secs(10)).await;
     assert_ne!(new_leader, leader);
     assert!(c.log(leader).contains("node stopped"), "{}", c.log(leader));

@@ -28,8 +28,15 @@ async fn a_fourth_node_joins_by_snapshot_and_becomes_a_voter() {
     let joiner = c.prepare_joiner("eu-west", extra);
     c.spawn(joiner);
     let node = &c.nodes[joiner];
-    let added = cl.add_node(node.id, &node.addr, &node.region, false).await.unwrap();
-    let me = added.members.iter().find(|m| m.id == node.id).expect("node 4 is a member");
+    let added = cl
+        .add_node(node.id, &node.addr, &node.region, false)
+        .await
+        .unwrap();
+    let me = added
+        .members
+        .iter()
+        .find(|m| m.id == node.id)
+        .expect("node 4 is a member");
     assert!(me.voter, "node 4 must be a voter: {:?}", added.members);
 
     let status = eventually(Duration::from_secs(20), "node 4 to catch up", || async {
@@ -41,14 +48,20 @@ async fn a_fourth_node_joins_by_snapshot_and_becomes_a_voter() {
     // It serves local reads of everything, including services it only got by snapshot.
     let mut co = c.coordinator(joiner).await;
     let r = co
-        .list_services(proto::ListServicesRequest { consistency: proto::Consistency::Local as i32 })
+        .list_services(proto::ListServicesRequest {
+            consistency: proto::Consistency::Local as i32,
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(r.services.len(), 41);
     // And its audit trail is the cluster's.
     let a = co
-        .list_audit(proto::ListAuditRequest { from_seq: 0, limit: 1000, service: String::new() })
+        .list_audit(proto::ListAuditRequest {
+            from_seq: 0,
+            limit: 1000,
+            service: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();

@@ -25,10 +25,17 @@ async fn a_switchover_raises_the_token_and_supersedes_the_old_one() {
     assert!(plan.checks.iter().all(|c| c.passed), "{:?}", plan.checks);
     assert_eq!(lease(&cl, "payments").await.token, old);
 
-    let r = cl.failover(switchover("payments", "eu-west", old)).await.unwrap();
+    let r = cl
+        .failover(switchover("payments", "eu-west", old))
+        .await
+        .unwrap();
     let after = r.after.unwrap();
     assert_eq!(after.holder_region, "eu-west");
-    assert!(after.token > old, "token must rise: {old} -> {}", after.token);
+    assert!(
+        after.token > old,
+        "token must rise: {old} -> {}",
+        after.token
+    );
     assert_eq!(after.state, proto::LeaseState::Held as i32);
     assert!(
         ["demotion-ack", "ttl-expired"].contains(&r.fenced_by.as_str()),
@@ -42,7 +49,10 @@ async fn a_switchover_raises_the_token_and_supersedes_the_old_one() {
     assert_eq!(v.validity, TokenValidity::Superseded as i32);
     let v = cl.validate_token("payments", after.token).await.unwrap();
     assert_eq!(v.validity, TokenValidity::Current as i32);
-    let v = cl.validate_token("payments", after.token + 100).await.unwrap();
+    let v = cl
+        .validate_token("payments", after.token + 100)
+        .await
+        .unwrap();
     assert_eq!(v.validity, TokenValidity::Unknown as i32);
 
     // The new holder's agent picks the lease up with the new token.
@@ -50,7 +60,10 @@ async fn a_switchover_raises_the_token_and_supersedes_the_old_one() {
     assert_eq!(new, after.token);
 
     // A stale compare-and-set is refused and changes nothing.
-    let err = cl.failover(switchover("payments", "ap-south", old)).await.unwrap_err();
+    let err = cl
+        .failover(switchover("payments", "ap-south", old))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
     assert_eq!(lease(&cl, "payments").await.token, after.token);
 
@@ -58,8 +71,14 @@ async fn a_switchover_raises_the_token_and_supersedes_the_old_one() {
     let audit = cl.audit(0, 1000, None).await.unwrap();
     assert!(audit.chain_ok);
     let actions: Vec<&str> = audit.entries.iter().map(|e| e.action.as_str()).collect();
-    assert!(actions.contains(&"revoke") && actions.contains(&"grant"), "{actions:?}");
-    assert!(audit.entries.iter().any(|e| e.reason == "test: move payments to eu-west"));
+    assert!(
+        actions.contains(&"run.start") && actions.contains(&"run.step-done"),
+        "{actions:?}"
+    );
+    assert!(audit
+        .entries
+        .iter()
+        .any(|e| e.reason == "test: move payments to eu-west"));
 
     // Local reads on every node converge on the new holder.
     for i in 0..3 {
@@ -92,7 +111,10 @@ async fn a_dead_holder_is_fenced_by_its_ttl_before_the_new_grant() {
     let old = held(&us).await;
     // The holder's agent dies without acknowledging anything.
     drop(us);
-    let r = cl.failover(switchover("payments", "eu-west", 0)).await.unwrap();
+    let r = cl
+        .failover(switchover("payments", "eu-west", 0))
+        .await
+        .unwrap();
     let after = r.after.unwrap();
     assert!(after.token > old);
     assert!(

@@ -40,19 +40,34 @@ async fn a_watcher_resumes_on_another_node_without_gap_or_duplicate() {
     let mut w = watch_client.watch(vec!["payments".into()], 1);
     // Moves before the kill...
     for to in ["eu-west", "us-east"] {
-        token = cl.failover(switchover("payments", to, token)).await.unwrap().after.unwrap().token;
+        token = cl
+            .failover(switchover("payments", to, token))
+            .await
+            .unwrap()
+            .after
+            .unwrap()
+            .token;
     }
     let mut seen = revisions_until(&mut w, token).await;
     c.kill(victim);
     // ...and after it.
     for to in ["eu-west", "us-east"] {
-        token = cl.failover(switchover("payments", to, token)).await.unwrap().after.unwrap().token;
+        token = cl
+            .failover(switchover("payments", to, token))
+            .await
+            .unwrap()
+            .after
+            .unwrap()
+            .token;
     }
     seen.extend(revisions_until(&mut w, token).await);
 
     // Ordered and unique.
     for pair in seen.windows(2) {
-        assert!(pair[0].0 < pair[1].0 || (pair[0].0 == pair[1].0 && pair[0].1 != pair[1].1), "out of order or duplicate: {pair:?}");
+        assert!(
+            pair[0].0 < pair[1].0 || (pair[0].0 == pair[1].0 && pair[0].1 != pair[1].1),
+            "out of order or duplicate: {pair:?}"
+        );
     }
     // Gapless: identical to a fresh replay of the history from revision 1.
     let mut replay = cl.watch(vec!["payments".into()], 1);
@@ -70,18 +85,36 @@ async fn a_compacted_revision_is_an_explicit_error() {
     let _eu = agent(&c, "payments", "eu-west");
     let mut token = held(&us).await;
     for to in ["eu-west", "us-east", "eu-west"] {
-        token = cl.failover(switchover("payments", to, token)).await.unwrap().after.unwrap().token;
+        token = cl
+            .failover(switchover("payments", to, token))
+            .await
+            .unwrap()
+            .after
+            .unwrap()
+            .token;
     }
     let mut co = c.coordinator(0).await;
     let err = match co
-        .watch(WatchRequest { services: vec![], start_revision: 1, progress_interval_ms: 0 })
+        .watch(WatchRequest {
+            services: vec![],
+            start_revision: 1,
+            progress_interval_ms: 0,
+        })
         .await
     {
         Err(e) => e,
-        Ok(mut s) => s.get_mut().message().await.expect_err("a compacted revision must fail"),
+        Ok(mut s) => s
+            .get_mut()
+            .message()
+            .await
+            .expect_err("a compacted revision must fail"),
     };
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
-    assert!(err.message().contains("oldest revision available"), "{}", err.message());
+    assert!(
+        err.message().contains("oldest revision available"),
+        "{}",
+        err.message()
+    );
     // The client surfaces it as a distinct error, never as a silent gap.
     let mut w = cl.watch(vec![], 1);
     match w.next().await {

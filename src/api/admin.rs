@@ -290,14 +290,23 @@ impl Admin for AdminService {
             request,
             |r| async move {
                 let r = r.into_inner();
-                self.ctx.reads.linearize().await.map_err(|e| self.ctx.control_status(e))?;
+                self.ctx
+                    .reads
+                    .linearize()
+                    .await
+                    .map_err(|e| self.ctx.control_status(e))?;
                 let lease = {
                     let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
                     view.state.service(&r.name).map(|rec| rec.lease.clone())
                 };
-                let lease =
-                    lease.ok_or_else(|| Status::not_found(format!("service {:?} does not exist", r.name)))?;
-                let _guard = self.ctx.keeper.begin_switchover(&r.name).map_err(|e| self.ctx.control_status(e))?;
+                let lease = lease.ok_or_else(|| {
+                    Status::not_found(format!("service {:?} does not exist", r.name))
+                })?;
+                let _guard = self
+                    .ctx
+                    .keeper
+                    .begin_switchover(&r.name)
+                    .map_err(|e| self.ctx.control_status(e))?;
                 if lease.state == LeaseState::Held {
                     // Fence the holder first, exactly as a switchover does, so a service
                     // created again under this name cannot be granted while it still acts.

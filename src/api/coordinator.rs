@@ -2,20 +2,24 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use super::{actor, forwarded, rejection_status, Ctx};
-use crate::control::{propose, ControlError, FenceOutcome};
-use crate::convert::{audit_to_proto, lease_to_proto, record_to_proto, validity_to_proto};
+use crate::control::controller::voters;
+use crate::control::{policy, propose, wall_clock_ms};
+use crate::convert::{audit_to_proto, lease_to_proto, record_to_proto, run_to_proto, validity_to_proto};
 use crate::proto::{
     self, coordinator_client::CoordinatorClient, coordinator_server::Coordinator, Consistency,
 };
 use crate::state::names::{check_name, check_reason};
-use crate::state::{self, Command, LeaseState, Response as StateResponse};
+use crate::state::{
+    self, default_plan, Command, FailbackMode, LeaseMode, LeaseState, Response as StateResponse, RunKind, RunState,
+    StepKind, Trigger,
+};
 
 /// The Coordinator service of one node.
 #[derive(Clone)]
@@ -78,28 +82,58 @@ impl CoordinatorService {
         })
     }
 
-    async fn do_failover(
+    /// A move of the lease by an operator (switchover or failback), carried out as a
+    /// workflow run that the controller drives; returns when the run ends.
+    async fn do_move(
         &self,
-        req: &proto::FailoverRequest,
+        service: &str,
+        to: Option<&str>,
+        reason: &str,
+        expected_token: u64,
+        dry_run: bool,
+        kind: RunKind,
         who: &str,
     ) -> Result<proto::FailoverResponse, Status> {
         let started = Instant::now();
-        check_name("service", &req.service).map_err(invalid)?;
-        check_name("region", &req.to_region).map_err(invalid)?;
-        if !req.dry_run {
-            check_reason(&req.reason).map_err(invalid)?;
+        check_name("service", service).map_err(invalid)?;
+        if let Some(to) = to {
+            check_name("region", to).map_err(invalid)?;
+        }
+        if !dry_run {
+            check_reason(reason).map_err(invalid)?;
         }
         self.barrier().await?;
-        let (spec, before) = {
+        let rec = {
             let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
-            let rec = view.state.service(&req.service).ok_or_else(|| {
-                Status::not_found(format!(
-                    "service {:?} does not exist; `baton services` lists them",
-                    req.service
-                ))
-            })?;
-            (rec.spec.clone(), rec.lease.clone())
+            view.state.service(service).cloned().ok_or_else(|| {
+                Status::not_found(format!("service {service:?} does not exist; `baton services` lists them"))
+            })?
         };
+        let (spec, before) = (rec.spec.clone(), rec.lease.clone());
+        if kind == RunKind::Failback && spec.failback == FailbackMode::Never {
+            return Err(Status::failed_precondition(format!(
+                "failback is `never` for {service:?}: use `baton failover` to move it explicitly"
+            )));
+        }
+        let to = match to {
+            Some(t) => t.to_string(),
+            None => spec
+                .regions
+                .iter()
+                .find(|r| spec.is_allowed(r))
+                .cloned()
+                .ok_or_else(|| Status::failed_precondition("the service has no allowed region"))?,
+        };
+        let voters = voters(&self.ctx.raft);
+        let candidates: Vec<proto::CandidateEligibility> = policy::candidates(&rec, &voters)
+            .into_iter()
+            .map(|c| proto::CandidateEligibility {
+                region: c.region,
+                eligible: c.eligible,
+                reasons: c.reasons,
+                health: c.health.explanation,
+            })
+            .collect();
         let mut checks = Vec::new();
         let mut check = |name: &str, passed: bool, detail: String| {
             checks.push(proto::Check {
@@ -109,56 +143,54 @@ impl CoordinatorService {
             });
             passed
         };
-        let region_ok = match state::check_region(&spec, &req.to_region) {
-            Ok(()) => check(
-                "target-allowed",
-                true,
-                format!("{} is an allowed candidate", req.to_region),
-            ),
+        let region_ok = match state::check_region(&spec, &to) {
+            Ok(()) => check("target-allowed", true, format!("{to} is an allowed candidate")),
             Err(e) => {
                 let _ = check("target-allowed", false, e.to_string());
-                if !req.dry_run {
+                if !dry_run {
                     return Err(rejection_status(&e));
                 }
                 false
             }
         };
-        let already = before.primary() == Some(req.to_region.as_str());
-        let not_primary = check(
+        let health = policy::region_health(&rec, &to, &voters);
+        check(
+            "target-healthy",
+            health.health != policy::Health::Down,
+            format!("{to}: {}", health.explanation),
+        );
+        let already = before.primary() == Some(to.as_str());
+        check(
             "target-not-primary",
             !already,
             if already {
-                format!(
-                    "{} already holds the lease (token {})",
-                    req.to_region, before.token
-                )
+                format!("{to} already holds the lease (token {})", before.token)
             } else {
-                format!(
-                    "current holder: {}",
-                    before.holder.as_deref().unwrap_or("none")
-                )
+                format!("current holder: {}", before.holder.as_deref().unwrap_or("none"))
             },
         );
-        let token_ok = req.expected_token == 0 || req.expected_token == before.token;
+        let token_ok = expected_token == 0 || expected_token == before.token;
         check(
             "expected-token",
             token_ok,
-            if req.expected_token == 0 {
+            if expected_token == 0 {
                 "not checked (no expected token given)".to_string()
             } else if token_ok {
                 format!("current token is {}", before.token)
             } else {
-                format!(
-                    "current token is {}, not {}",
-                    before.token, req.expected_token
-                )
+                format!("current token is {}, not {expected_token}", before.token)
             },
         );
+        let idle = rec.active_run.is_none();
         check(
-            "quorum",
-            true,
-            format!("leader {} confirmed with a quorum", self.ctx.id),
+            "no-run-in-progress",
+            idle,
+            match rec.active_run {
+                Some(r) => format!("run {r} is in progress"),
+                None => "no run in progress".into(),
+            },
         );
+        check("quorum", true, format!("leader {} confirmed with a quorum", self.ctx.id));
         let fence_plan = match before.state {
             LeaseState::Held => format!(
                 "revoke token {} from {}; wait for its agents' demotion acks or its TTL ({} ms + drift + margin)",
@@ -166,117 +198,122 @@ impl CoordinatorService {
                 before.holder.as_deref().unwrap_or(""),
                 before.ttl_ms
             ),
-            LeaseState::Revoking => format!(
-                "token {} is already being revoked; wait for demotion acks or the TTL",
-                before.token
-            ),
+            LeaseState::Revoking => format!("token {} is already being revoked; wait for acks or the TTL", before.token),
             LeaseState::Vacant => "lease is vacant: nothing to fence".to_string(),
         };
+        let steps: Vec<&str> = default_plan(kind).iter().map(|s| s.kind.name()).collect();
         check(
             "plan",
             true,
-            format!("{fence_plan}; then grant {} a new token", req.to_region),
+            format!("{} run: {}; {fence_plan}; then grant {to} a new token", kind.as_str(), steps.join(" -> ")),
         );
-        let all_pass = region_ok && not_primary && token_ok;
-        if req.dry_run {
-            return Ok(proto::FailoverResponse {
-                before: Some(lease_to_proto(&req.service, &before)),
-                after: None,
+        let _ = region_ok;
+        let response = |after: Option<proto::Lease>, fenced_by: String, fence_ms: u64, run_id: u64, checks, candidates| {
+            proto::FailoverResponse {
+                before: Some(lease_to_proto(service, &before)),
+                after,
                 checks,
-                dry_run: true,
-                fenced_by: "none".into(),
-                fence_ms: 0,
+                dry_run,
+                fenced_by,
+                fence_ms,
                 total_ms: started.elapsed().as_millis() as u64,
-            });
+                run_id,
+                candidates,
+            }
+        };
+        if dry_run {
+            return Ok(response(None, "none".into(), 0, 0, checks, candidates));
         }
         if already {
             return Err(Status::failed_precondition(format!(
-                "{} is already primary for {} (token {}); nothing to do",
-                req.to_region, req.service, before.token
+                "{to} is already primary for {service} (token {}); nothing to do",
+                before.token
             )));
         }
         if !token_ok {
             return Err(rejection_status(&state::Rejection::TokenMismatch {
-                service: req.service.clone(),
-                expected: req.expected_token,
+                service: service.to_string(),
+                expected: expected_token,
                 actual: before.token,
             }));
         }
-        debug_assert!(all_pass);
-        let _guard = self
-            .ctx
-            .keeper
-            .begin_switchover(&req.service)
-            .map_err(|e| self.ctx.control_status(e))?;
-        let token = before.token;
-        if before.state == LeaseState::Held {
-            let (_, resp) = propose(
-                &self.ctx.raft,
-                who,
-                Command::Revoke {
-                    service: req.service.clone(),
-                    token,
-                    reason: req.reason.clone(),
-                },
-            )
-            .await
-            .map_err(|e| self.ctx.control_status(e))?;
-            if let StateResponse::Rejected(r) = resp {
-                return Err(rejection_status(&r));
-            }
-        }
-        let fence_started = Instant::now();
-        let fenced_by = if before.state == LeaseState::Vacant {
-            FenceOutcome::Vacant
-        } else {
-            self.ctx
-                .keeper
-                .wait_fenced(&req.service, token)
-                .await
-                .map_err(|e| match e {
-                    ControlError::LeadershipLost(_) => Status::unavailable(format!(
-                        "leadership changed while fencing {}: the lease (token {token}) is revoked and no \
-                         region holds it; run the failover again",
-                        req.service
-                    )),
-                    other => self.ctx.control_status(other),
-                })?
-        };
-        let fence_ms = fence_started.elapsed().as_millis() as u64;
-        let (_, resp) = propose(
+        let mut changes = self.ctx.changes.subscribe();
+        let (run_id, resp) = propose(
             &self.ctx.raft,
             who,
-            Command::Grant {
-                service: req.service.clone(),
-                region: req.to_region.clone(),
-                expected_token: token,
-                reason: req.reason.clone(),
+            Command::StartRun {
+                service: service.to_string(),
+                kind,
+                trigger: Trigger::Operator,
+                to: to.clone(),
+                plan: default_plan(kind),
+                reason: reason.to_string(),
+                detected_ms: wall_clock_ms(),
             },
         )
         .await
         .map_err(|e| self.ctx.control_status(e))?;
-        let after = match resp {
-            StateResponse::Applied { lease: Some(l), .. } => l,
-            StateResponse::Rejected(r) => return Err(rejection_status(&r)),
-            other => {
-                return Err(Status::internal(format!(
-                    "unexpected answer to a grant: {other:?}"
-                )))
+        if let StateResponse::Rejected(r) = resp {
+            return Err(rejection_status(&r));
+        }
+        // Wait for the controller to carry the run out (it survives a leader change; this
+        // call does not, and then says so).
+        let deadline = Instant::now() + Duration::from_millis(before.ttl_ms.saturating_mul(3)) + Duration::from_secs(60);
+        let run = loop {
+            let run = {
+                let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
+                view.state.run(run_id).cloned()
+            };
+            if let Some(run) = run {
+                if run.state.is_final() {
+                    break run;
+                }
             }
+            if Instant::now() > deadline {
+                return Err(Status::deadline_exceeded(format!(
+                    "run {run_id} has not finished yet; follow it with `baton workflow {run_id}`"
+                )));
+            }
+            if !self.ctx.keeper.is_leading() {
+                return Err(Status::unavailable(format!(
+                    "leadership changed during run {run_id}; the new leader resumes it — follow it with `baton workflow {run_id}`"
+                )));
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(50), changes.recv()).await;
         };
-        tracing::info!(service = %req.service, to = %req.to_region, token = after.token,
-            fenced_by = fenced_by.as_str(), fence_ms, "switchover complete");
-        Ok(proto::FailoverResponse {
-            before: Some(lease_to_proto(&req.service, &before)),
-            after: Some(lease_to_proto(&req.service, &after)),
-            checks,
-            dry_run: false,
-            fenced_by: fenced_by.as_str().to_string(),
-            fence_ms,
-            total_ms: started.elapsed().as_millis() as u64,
-        })
+        if run.state != RunState::Succeeded {
+            let failed_step = run.steps.get(run.current).map_or("?", |s| s.spec.kind.name());
+            return Err(Status::failed_precondition(format!(
+                "run {run_id} {} at step {failed_step}: {}",
+                run.state.as_str(),
+                run.error.as_deref().unwrap_or("no detail")
+            )));
+        }
+        let after = {
+            let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
+            view.state.service(service).map(|r| lease_to_proto(service, &r.lease))
+        };
+        let fence = run.steps.iter().find(|s| s.spec.kind == StepKind::Fence);
+        let fenced_by = fence.map_or("none".to_string(), |s| s.detail.clone());
+        let fence_ms = fence
+            .and_then(|s| Some((s.finished_ms? - s.started_ms?).max(0) as u64))
+            .unwrap_or(0);
+        tracing::info!(%service, %to, run = run_id, fenced_by = %fenced_by, fence_ms, "{} complete", kind.as_str());
+        Ok(response(after, fenced_by, fence_ms, run_id, checks, candidates))
+    }
+
+    /// Proposes a simple command on the leader (forwarding once when this node does not lead).
+    async fn simple_write(&self, who: &str, command: Command) -> Result<StateResponse, Status> {
+        let (_, resp) = propose(&self.ctx.raft, who, command)
+            .await
+            .map_err(|e| self.ctx.control_status(e))?;
+        match resp {
+            StateResponse::Rejected(r) => Err(rejection_status(&r)),
+            other => Ok(other),
+        }
     }
 }
+
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -403,7 +440,17 @@ impl Coordinator for CoordinatorService {
                     .failover(forwarded(&request, req.clone()))
                     .await;
             }
-            self.do_failover(req, &who).await.map(Response::new)
+            self.do_move(
+                &req.service,
+                Some(&req.to_region),
+                &req.reason,
+                req.expected_token,
+                req.dry_run,
+                RunKind::Switchover,
+                &who,
+            )
+            .await
+            .map(Response::new)
         }
         .instrument(span)
         .await
@@ -446,6 +493,167 @@ impl Coordinator for CoordinatorService {
             entries: entries.iter().map(audit_to_proto).collect(),
             chain_ok,
             next_seq,
+        }))
+    }
+
+    async fn failback(
+        &self,
+        request: Request<proto::FailbackRequest>,
+    ) -> Result<Response<proto::FailoverResponse>, Status> {
+        let who = actor(&request);
+        let req = request.get_ref();
+        if !self.ctx.keeper.is_leading() && !Ctx::was_forwarded(&request) {
+            let ch = self.ctx.leader_channel()?;
+            return CoordinatorClient::new(ch).failback(forwarded(&request, req.clone())).await;
+        }
+        self.do_move(&req.service, None, &req.reason, req.expected_token, req.dry_run, RunKind::Failback, &who)
+            .await
+            .map(Response::new)
+    }
+
+    async fn set_mode(&self, request: Request<proto::SetModeRequest>) -> Result<Response<proto::SetModeResponse>, Status> {
+        let who = actor(&request);
+        let req = request.get_ref();
+        check_name("service", &req.service).map_err(invalid)?;
+        check_reason(&req.reason).map_err(invalid)?;
+        let mode = match proto::LeaseMode::try_from(req.mode) {
+            Ok(proto::LeaseMode::ReadWrite) => LeaseMode::ReadWrite,
+            Ok(proto::LeaseMode::ReadOnly) => LeaseMode::ReadOnly,
+            _ => return Err(invalid("mode must be READ_WRITE or READ_ONLY".into())),
+        };
+        if !self.ctx.keeper.is_leading() && !Ctx::was_forwarded(&request) {
+            let ch = self.ctx.leader_channel()?;
+            return CoordinatorClient::new(ch).set_mode(forwarded(&request, req.clone())).await;
+        }
+        let resp = self
+            .simple_write(&who, Command::SetMode { service: req.service.clone(), mode, reason: req.reason.clone() })
+            .await?;
+        let lease = match resp {
+            StateResponse::Applied { lease, .. } => lease.map(|l| lease_to_proto(&req.service, &l)),
+            _ => None,
+        };
+        Ok(Response::new(proto::SetModeResponse { lease }))
+    }
+
+    async fn freeze(&self, request: Request<proto::FreezeRequest>) -> Result<Response<proto::FreezeResponse>, Status> {
+        let who = actor(&request);
+        let req = request.get_ref();
+        check_name("service", &req.service).map_err(invalid)?;
+        check_reason(&req.reason).map_err(invalid)?;
+        if !self.ctx.keeper.is_leading() && !Ctx::was_forwarded(&request) {
+            let ch = self.ctx.leader_channel()?;
+            return CoordinatorClient::new(ch).freeze(forwarded(&request, req.clone())).await;
+        }
+        self.simple_write(
+            &who,
+            Command::SetFrozen { service: req.service.clone(), frozen: req.freeze, reason: req.reason.clone() },
+        )
+        .await?;
+        Ok(Response::new(proto::FreezeResponse { frozen: req.freeze }))
+    }
+
+    async fn ack(&self, request: Request<proto::AckRequest>) -> Result<Response<proto::AckResponse>, Status> {
+        let who = actor(&request);
+        let req = request.get_ref();
+        check_name("service", &req.service).map_err(invalid)?;
+        check_reason(&req.reason).map_err(invalid)?;
+        if !self.ctx.keeper.is_leading() && !Ctx::was_forwarded(&request) {
+            let ch = self.ctx.leader_channel()?;
+            return CoordinatorClient::new(ch).ack(forwarded(&request, req.clone())).await;
+        }
+        self.simple_write(&who, Command::AckFlap { service: req.service.clone(), reason: req.reason.clone() })
+            .await?;
+        Ok(Response::new(proto::AckResponse {}))
+    }
+
+    async fn approve(&self, request: Request<proto::ApproveRequest>) -> Result<Response<proto::ApproveResponse>, Status> {
+        let who = actor(&request);
+        let req = request.get_ref();
+        check_reason(&req.reason).map_err(invalid)?;
+        if !self.ctx.keeper.is_leading() && !Ctx::was_forwarded(&request) {
+            let ch = self.ctx.leader_channel()?;
+            return CoordinatorClient::new(ch).approve(forwarded(&request, req.clone())).await;
+        }
+        let service = {
+            let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
+            view.state
+                .run(req.run_id)
+                .map(|r| r.service.clone())
+                .ok_or_else(|| Status::not_found(format!("there is no run {}; `baton workflows` lists them", req.run_id)))?
+        };
+        self.simple_write(
+            &who,
+            Command::DecideRun { service, run: req.run_id, approve: req.approve, reason: req.reason.clone() },
+        )
+        .await?;
+        let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
+        Ok(Response::new(proto::ApproveResponse { workflow: view.state.run(req.run_id).map(run_to_proto) }))
+    }
+
+    async fn get_workflow(&self, request: Request<proto::GetWorkflowRequest>) -> Result<Response<proto::Workflow>, Status> {
+        let id = request.get_ref().run_id;
+        let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
+        view.state
+            .run(id)
+            .map(|r| Response::new(run_to_proto(r)))
+            .ok_or_else(|| Status::not_found(format!("there is no run {id} (only the last 1000 finished runs are kept; the audit trail has all)")))
+    }
+
+    async fn list_workflows(
+        &self,
+        request: Request<proto::ListWorkflowsRequest>,
+    ) -> Result<Response<proto::ListWorkflowsResponse>, Status> {
+        let req = request.into_inner();
+        if !req.service.is_empty() {
+            check_name("service", &req.service).map_err(invalid)?;
+        }
+        let limit = match req.limit {
+            0 => 50,
+            n => n.min(1000) as usize,
+        };
+        let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
+        let workflows = view
+            .state
+            .runs()
+            .rev()
+            .filter(|r| req.service.is_empty() || r.service == req.service)
+            .take(limit)
+            .map(run_to_proto)
+            .collect();
+        Ok(Response::new(proto::ListWorkflowsResponse { workflows }))
+    }
+
+    async fn plan(&self, request: Request<proto::PlanRequest>) -> Result<Response<proto::PlanResponse>, Status> {
+        let req = request.into_inner();
+        check_name("service", &req.service).map_err(invalid)?;
+        let rec = {
+            let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
+            view.state
+                .service(&req.service)
+                .cloned()
+                .ok_or_else(|| Status::not_found(format!("service {:?} does not exist", req.service)))?
+        };
+        let voters = voters(&self.ctx.raft);
+        let now = wall_clock_ms();
+        let next_action = match policy::decide(&rec, &voters, now, rec.vacated_ms) {
+            policy::Decision::Wait(why) => format!("nothing: {why}"),
+            policy::Decision::Start { kind, to, reason, .. } => format!("start a {} run to {to}: {reason}", kind.as_str()),
+        };
+        Ok(Response::new(proto::PlanResponse {
+            service: req.service.clone(),
+            holder_region: rec.lease.holder.clone().unwrap_or_default(),
+            candidates: policy::candidates(&rec, &voters)
+                .into_iter()
+                .map(|c| proto::CandidateEligibility {
+                    region: c.region,
+                    eligible: c.eligible,
+                    reasons: c.reasons,
+                    health: c.health.explanation,
+                })
+                .collect(),
+            blockers: policy::blockers(&rec, now),
+            failover_steps: default_plan(RunKind::Failover).iter().map(|s| s.kind.name().to_string()).collect(),
+            next_action,
         }))
     }
 }

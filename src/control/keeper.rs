@@ -169,6 +169,11 @@ impl Keeper {
         self.inner.lead.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Resolves at the next demotion ack or leadership change.
+    pub async fn changed(&self) {
+        self.inner.changed.notified().await
+    }
+
     /// Whether this node currently leads, in the keeper's view.
     pub fn is_leading(&self) -> bool {
         self.lock().term.is_some()
@@ -269,6 +274,24 @@ impl Keeper {
     }
 
     /// Whether the old holder is fenced now, and how.
+    /// Whether the revoked holder of `service` (token `token`) is fenced now, and how;
+    /// `None` while it may still act.
+    pub fn fence_status(&self, service: &str, token: u64) -> Result<Option<FenceOutcome>, ControlError> {
+        self.fenced(service, token)
+    }
+
+    /// Whether an agent of `region` renewed `service`'s lease with token `token` since this
+    /// leader first saw that token (the new holder took the lease up).
+    pub fn holder_renewed(&self, service: &str, region: &str, token: u64) -> bool {
+        let mut lead = self.lock();
+        let since = lead.baseline(service, token);
+        lead.agents.get(service).is_some_and(|agents| {
+            agents
+                .values()
+                .any(|a| a.region == region && a.demoted.is_none() && a.renewed_at.is_some_and(|t| t >= since))
+        })
+    }
+
     fn fenced(&self, service: &str, token: u64) -> Result<Option<FenceOutcome>, ControlError> {
         let lease = {
             let view = self.inner.shared.read().unwrap_or_else(|e| e.into_inner());
@@ -409,7 +432,7 @@ impl Keeper {
             let view = self.inner.shared.read().unwrap_or_else(|e| e.into_inner());
             view.state
                 .services()
-                .filter(|r| r.lease.state != LeaseState::Vacant)
+                .filter(|r| r.lease.state != LeaseState::Vacant && r.active_run.is_none())
                 .filter_map(|r| {
                     r.lease.holder.clone().map(|h| {
                         (

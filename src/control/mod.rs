@@ -1,7 +1,9 @@
 //! The leader-side control plane: linearizable read batching ([`read`]) and the lease
 //! keeper ([`keeper`]): in-memory renewals, expiry, and fencing before a new grant.
 
+pub mod controller;
 pub mod keeper;
+pub mod policy;
 pub mod read;
 
 use std::time::{SystemTime, UNIX_EPOCH};

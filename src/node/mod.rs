@@ -7,6 +7,7 @@
 
 mod agents;
 pub mod dev;
+mod probes;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -16,7 +17,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::api::{admin::AdminService, coordinator::CoordinatorService, AuditSource, Ctx, Links};
 use crate::config::NodeConfig;
@@ -167,6 +168,24 @@ impl Node {
             shutdown_rx.clone(),
         ));
 
+        crate::control::controller::Controller::start(
+            raft.clone(),
+            ctx.shared.clone(),
+            ctx.keeper.clone(),
+            ctx.changes.clone(),
+            (t.heartbeat * 2).max(Duration::from_millis(20)),
+            shutdown_rx.clone(),
+        );
+        probes::start(
+            cfg.id,
+            &cfg.region,
+            raft.clone(),
+            ctx.shared.clone(),
+            ctx.changes.clone(),
+            peers.clone(),
+            shutdown_rx.clone(),
+        );
+
         let coordinator = CoordinatorServer::new(CoordinatorService::new(ctx.clone()))
             .max_decoding_message_size(MAX_API_MESSAGE)
             .max_encoding_message_size(MAX_API_MESSAGE);
@@ -182,7 +201,7 @@ impl Node {
                 .add_service(raft_svc)
                 .add_service(coordinator)
                 .add_service(admin)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
                     let _ = stop.wait_for(|s| *s).await;
                 }),
         );

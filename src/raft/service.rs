@@ -108,7 +108,9 @@ impl RaftRpc for RaftService {
     }
 
     async fn forward(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
-        let req: crate::state::Request = self.decode(request)?;
+        let mut req: crate::state::Request = self.decode(request)?;
+        // Time enters the state only as the leader stamps it: replace the forwarder's clock.
+        req.at_ms = crate::control::wall_clock_ms();
         let res = match self.raft.client_write(req).await {
             Ok(resp) => Ok(resp.data),
             Err(e) => Err(forward_reject(e)),

@@ -58,6 +58,8 @@ pub struct ServiceRecord {
     pub paused: Option<String>,
     /// The run in progress, if any (at most one per service).
     pub active_run: Option<u64>,
+    /// Leader time the lease last became vacant (the detection time of an expiry).
+    pub vacated_ms: Option<i64>,
 }
 
 /// What one vantage node last reported about one region of a service.
@@ -132,7 +134,7 @@ impl State {
     }
 
     /// Every kept run, oldest first.
-    pub fn runs(&self) -> impl Iterator<Item = &Run> {
+    pub fn runs(&self) -> impl DoubleEndedIterator<Item = &Run> {
         self.runs.values()
     }
 
@@ -307,6 +309,7 @@ impl State {
                             auto_moves: Vec::new(),
                             paused: None,
                             active_run: None,
+                            vacated_ms: None,
                         };
                         let events = vec![
                             event(EventKind::ServicePut, &rec, reason),
@@ -370,6 +373,7 @@ impl State {
                 rec.lease.state = LeaseState::Vacant;
                 rec.lease.holder = None;
                 rec.lease.revision = index;
+                rec.vacated_ms = Some(at_ms);
                 Ok(vec![event(EventKind::Vacated, rec, reason)])
             }
             Command::SetMode {

@@ -140,7 +140,14 @@ pub fn default_plan(kind: RunKind) -> Vec<StepSpec> {
     use OnFailure::*;
     use StepKind::*;
     match kind {
-        RunKind::Failover | RunKind::Switchover => vec![
+        // A planned switchover is done once granted: the operator's command returns then.
+        // Add `verify` to a service's switchover plan to wait for the new holder's agent.
+        RunKind::Switchover => vec![
+            StepSpec::new(Precheck, 5_000, Abort),
+            StepSpec::new(Fence, 0, Abort),
+            StepSpec::new(Grant, 5_000, Retry(3)),
+        ],
+        RunKind::Failover => vec![
             StepSpec::new(Precheck, 5_000, Abort),
             StepSpec::new(Fence, 0, Abort),
             StepSpec::new(Grant, 5_000, Retry(3)),

@@ -1,0 +1,328 @@
+//! The `baton` command line: one binary, one subcommand per task, one file per command
+//! family. Every client command talks to any node of the cluster through
+//! [`crate::client`]; `server` and `dev` run nodes.
+//!
+//! `main -> run() -> Result<ExitCode>`: errors are printed once, to stderr, with a hint of
+//! what to do, and map to the named exit codes of [`Exit`]. A closed stdout (`| head`) is
+//! not an error.
+
+mod admin;
+mod audit;
+mod bench;
+mod exit;
+mod failover;
+pub mod output;
+mod read;
+mod server;
+mod service;
+mod status;
+mod watch;
+
+use std::ffi::OsString;
+use std::io::{self, IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::{normalize_endpoint, Client, ClientOptions};
+
+pub use exit::{exit_for_code, CliError, Exit};
+pub use output::{OutputFormat, Table};
+
+/// Endpoints of the local dev cluster (`baton dev`), the default of `--endpoints`.
+pub const DEV_ENDPOINTS: &str = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103";
+
+/// Default deadline of a request, retries included.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// baton — failover coordinator: which region is primary for each service, with which
+/// fencing token.
+#[derive(Debug, Parser)]
+#[command(
+    name = "baton",
+    version,
+    propagate_version = true,
+    after_help = "Try it locally: `baton dev` in one terminal, then `baton status`, \
+                  `baton primary payments`, `baton watch` and \
+                  `baton failover payments --to eu-west --reason test` in another."
+)]
+pub struct Cli {
+    /// Options every command accepts.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command accepts, before or after the subcommand.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Global options")]
+pub struct GlobalArgs {
+    /// Cluster nodes to talk to, comma-separated `host:port` (any node will do: the leader
+    /// is found and followed).
+    #[arg(
+        long,
+        global = true,
+        env = "BATON_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = DEV_ENDPOINTS,
+        value_parser = endpoint_arg,
+        value_name = "HOST:PORT,..."
+    )]
+    pub endpoints: Vec<String>,
+
+    /// Output format.
+    #[arg(
+        short = 'w',
+        long = "output",
+        visible_alias = "write-out",
+        global = true,
+        value_enum,
+        default_value_t = OutputFormat::Table
+    )]
+    pub output: OutputFormat,
+
+    /// Deadline of each request, retries included (`500ms`, `5s`) [default: 5s; 60s for
+    /// `failover`, which may wait out a lease TTL].
+    #[arg(long, global = true, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub timeout: Option<Duration>,
+
+    /// Who you are, recorded as the actor in the audit trail [default: $USER, else
+    /// `anonymous`].
+    #[arg(long, global = true, env = "BATON_ACTOR", value_name = "NAME")]
+    pub actor: Option<String>,
+
+    /// Log as JSON lines (logs go to stderr; the level is set by RUST_LOG).
+    #[arg(long, global = true)]
+    pub log_json: bool,
+}
+
+fn endpoint_arg(s: &str) -> Result<String, String> {
+    normalize_endpoint(s).map_err(|e| e.to_string())
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a coordinator node from its configuration file.
+    Server(server::ServerArgs),
+    /// Run a local three-region cluster (us-east, eu-west, ap-south) to try baton;
+    /// insecure, data in a temporary directory.
+    Dev(server::DevArgs),
+    /// Show every endpoint: id, region, role, term, commit and applied index, leader.
+    Status,
+    /// Who is primary for a service, and with which fencing token.
+    Primary(read::PrimaryArgs),
+    /// List the services with their primary.
+    Services(read::ServicesArgs),
+    /// Print lease changes as they happen, one line per event, until Ctrl-C.
+    Watch(watch::WatchArgs),
+    /// Move a service's primary to another region (planned switchover), fencing the old
+    /// holder first.
+    Failover(failover::FailoverArgs),
+    /// Check whether a fencing token is still the service's current one (exit code 5 when
+    /// it is not).
+    Validate(read::ValidateArgs),
+    /// Read the audit trail, or verify its hash chain (`baton audit verify`).
+    Audit(audit::AuditArgs),
+    /// Create, show and delete service definitions.
+    #[command(subcommand)]
+    Service(service::ServiceCommand),
+    /// Cluster membership and maintenance.
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
+    /// Measure a cluster (prints figures; asserts nothing).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+impl Command {
+    /// Whether this command runs a node (logs at info by default) rather than a client
+    /// (warn by default, so output stays clean).
+    pub fn runs_a_node(&self) -> bool {
+        matches!(
+            self,
+            Command::Server(_)
+                | Command::Dev(_)
+                | Command::Bench(bench::BenchCommand::LeaderKill(_))
+        )
+    }
+}
+
+/// What a command needs: the global options and where to print.
+pub struct Ctx<'a> {
+    /// Global options.
+    pub global: &'a GlobalArgs,
+    /// Standard output (locked once; a closed pipe surfaces as an I/O error).
+    pub out: &'a mut dyn Write,
+}
+
+impl Ctx<'_> {
+    /// The output format.
+    pub fn format(&self) -> OutputFormat {
+        self.global.output
+    }
+
+    /// Prints a table in the chosen format.
+    pub fn print(&mut self, table: &Table) -> io::Result<()> {
+        output::print(self.out, self.global.output, table)
+    }
+
+    /// Prints named tables in the chosen format.
+    pub fn print_sections(&mut self, sections: &[(&str, &Table)]) -> io::Result<()> {
+        output::print_sections(self.out, self.global.output, sections)
+    }
+
+    /// A client with the global deadline (default 5 s).
+    pub fn client(&self) -> Result<Client, CliError> {
+        self.client_with_default_timeout(DEFAULT_TIMEOUT)
+    }
+
+    /// A client whose deadline is `--timeout` if given, else `default`.
+    pub fn client_with_default_timeout(&self, default: Duration) -> Result<Client, CliError> {
+        let actor = self
+            .global
+            .actor
+            .clone()
+            .or_else(|| std::env::var("USER").ok())
+            .or_else(|| std::env::var("LOGNAME").ok())
+            .or_else(|| std::env::var("USERNAME").ok())
+            .filter(|a| !a.is_empty());
+        let options = ClientOptions {
+            timeout: self.global.timeout.unwrap_or(default),
+            actor,
+            ..ClientOptions::default()
+        };
+        Ok(Client::with_options(
+            self.global.endpoints.clone(),
+            options,
+        )?)
+    }
+}
+
+/// Asks `question` on the terminal. Without a terminal on stdin (scripts, CI) nothing is
+/// asked and the answer is yes: a command run without a terminal never waits.
+pub async fn confirm(question: String) -> Result<bool, CliError> {
+    if !io::stdin().is_terminal() {
+        return Ok(true);
+    }
+    let answer = tokio::task::spawn_blocking(move || -> io::Result<String> {
+        let mut err = io::stderr();
+        write!(err, "{question} [y/N] ")?;
+        err.flush()?;
+        let mut line = String::new();
+        io::stdin().read_line(&mut line)?;
+        Ok(line)
+    })
+    .await
+    .map_err(|e| CliError::Other(format!("confirmation prompt failed: {e}")))?
+    .map_err(|source| CliError::Io {
+        context: "reading the confirmation".into(),
+        source,
+    })?;
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
+}
+
+/// Prints a note for people to stderr (never fails: stderr may be closed too).
+pub fn note(message: &str) {
+    let _ = writeln!(io::stderr().lock(), "{message}");
+}
+
+/// Parses `args`, runs the command and returns its exit code. Usage errors (and `--help`)
+/// are printed by clap; other errors are returned for [`report`].
+pub fn run<I, T>(args: I) -> Result<ExitCode, CliError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version are "errors" that go to stdout and exit 0.
+            let code = if e.use_stderr() {
+                Exit::Usage
+            } else {
+                Exit::Ok
+            };
+            let _ = e.print();
+            return Ok(code.into());
+        }
+    };
+    init_tracing(&cli);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| CliError::Io {
+            context: "cannot start the async runtime".into(),
+            source,
+        })?;
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    let result = runtime.block_on(dispatch(cli, &mut out));
+    // Background tasks (a watch's stream, a prompt) must not keep the process alive.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    match result {
+        Ok(exit) => Ok(exit.into()),
+        Err(e) if e.is_broken_pipe() => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(e),
+    }
+}
+
+/// Prints an error once, with its hint, and returns its exit code.
+pub fn report(err: &CliError) -> ExitCode {
+    let mut stderr = io::stderr().lock();
+    let _ = writeln!(stderr, "baton: error: {err}");
+    if let Some(hint) = err.hint() {
+        let _ = writeln!(stderr, "  hint: {hint}");
+    }
+    err.exit().into()
+}
+
+async fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<Exit, CliError> {
+    let mut ctx = Ctx {
+        global: &cli.global,
+        out,
+    };
+    match cli.command {
+        Command::Server(args) => server::server(args).await,
+        Command::Dev(args) => server::dev(args).await,
+        Command::Status => status::run(&mut ctx).await,
+        Command::Primary(args) => read::primary(&mut ctx, args).await,
+        Command::Services(args) => read::services(&mut ctx, args).await,
+        Command::Validate(args) => read::validate(&mut ctx, args).await,
+        Command::Watch(args) => watch::run(&mut ctx, args).await,
+        Command::Failover(args) => failover::run(&mut ctx, args).await,
+        Command::Audit(args) => audit::run(&mut ctx, args).await,
+        Command::Service(cmd) => service::run(&mut ctx, cmd).await,
+        Command::Admin(cmd) => admin::run(&mut ctx, cmd).await,
+        Command::Bench(cmd) => bench::run(&mut ctx, cmd).await,
+    }
+}
+
+/// Logs to stderr: `RUST_LOG` if set, else info for nodes and warn for client commands.
+fn init_tracing(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    let default = if cli.command.runs_a_node() {
+        "info"
+    } else {
+        "warn"
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr);
+    // try_init: a second initialisation (tests) is not an error worth failing for.
+    let _ = if cli.global.log_json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+#[cfg(test)]
+mod tests;

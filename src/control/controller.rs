@@ -1,0 +1,377 @@
+//! The leader-only controller: turns triggers (lease expiry, health verdicts, the failback
+//! window, operator commands) into workflow runs and drives each run's steps.
+//!
+//! Every decision and step outcome is committed through Raft before it counts, so a new
+//! leader picks a run up at the step the old one reached. A step's effect (revoke, grant)
+//! is committed in the same entry as the step's outcome and is refused if the step was
+//! already recorded: no effect is applied twice. Each service is driven by at most one task
+//! at a time; a pass over all services runs on every tick and on every applied change.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+use super::keeper::Keeper;
+use super::policy::{self, Decision, Health};
+use super::{propose, wall_clock_ms, ControlError};
+use crate::raft::{Changes, NodeId, Raft, SharedState};
+use crate::state::{
+    audit::AUTOMATION, default_plan, check_region, Command, Effect, LeaseState, OnFailure, PhaseMark, Response, Run,
+    ServiceRecord, StepKind, StepOutcome, StepState,
+};
+
+/// The controller of one node (active only while the node leads).
+#[derive(Clone)]
+pub struct Controller {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    raft: Raft,
+    shared: SharedState,
+    keeper: Keeper,
+    /// Services a task is working on now.
+    busy: Mutex<BTreeSet<String>>,
+}
+
+/// The current voters: node id -> region (the vantage points).
+pub fn voters(raft: &Raft) -> BTreeMap<NodeId, String> {
+    let m = raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    membership
+        .voter_ids()
+        .filter_map(|id| membership.get_node(&id).map(|n| (id, n.region.clone())))
+        .collect()
+}
+
+impl Controller {
+    /// Starts the controller loop; it acts only while `keeper` says this node leads.
+    pub fn start(raft: Raft, shared: SharedState, keeper: Keeper, changes: Changes, tick: Duration, shutdown: watch::Receiver<bool>) -> Self {
+        let c = Controller {
+            inner: Arc::new(Inner {
+                raft,
+                shared,
+                keeper,
+                busy: Mutex::new(BTreeSet::new()),
+            }),
+        };
+        tokio::spawn(c.clone().run(changes, tick, shutdown));
+        c
+    }
+
+    async fn run(self, changes: Changes, tick: Duration, mut shutdown: watch::Receiver<bool>) {
+        let mut rx = changes.subscribe();
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = ticker.tick() => {}
+                _ = self.inner.keeper.changed() => {}
+                r = rx.recv() => {
+                    if matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                        return;
+                    }
+                }
+            }
+            if self.inner.keeper.is_leading() {
+                self.pass();
+            }
+        }
+    }
+
+    /// One look at every service: start what must start, drive what runs.
+    fn pass(&self) {
+        let now = wall_clock_ms();
+        let voters = voters(&self.inner.raft);
+        let work: Vec<(ServiceRecord, Option<Run>)> = {
+            let view = self.inner.shared.read().unwrap_or_else(|e| e.into_inner());
+            view.state
+                .services()
+                .map(|r| (r.clone(), r.active_run.and_then(|id| view.state.run(id).cloned())))
+                .collect()
+        };
+        for (rec, run) in work {
+            let action = match run {
+                Some(run) => Action::Drive(run),
+                None => match policy::decide(&rec, &voters, now, rec.vacated_ms) {
+                    Decision::Wait(_) => continue,
+                    Decision::Start {
+                        kind,
+                        trigger,
+                        to,
+                        reason,
+                        detected_ms,
+                    } => Action::Start(Command::StartRun {
+                        service: rec.spec.name.clone(),
+                        kind,
+                        trigger,
+                        to,
+                        plan: default_plan(kind),
+                        reason,
+                        detected_ms,
+                    }),
+                },
+            };
+            let name = rec.spec.name.clone();
+            {
+                let mut busy = self.inner.busy.lock().unwrap_or_else(|e| e.into_inner());
+                if !busy.insert(name.clone()) {
+                    continue;
+                }
+            }
+            let this = self.clone();
+            let voters = voters.clone();
+            tokio::spawn(async move {
+                let result = match action {
+                    Action::Start(cmd) => this.commit(cmd).await.map(|_| ()),
+                    Action::Drive(run) => this.drive(rec, run, &voters).await,
+                };
+                if let Err(e) = result {
+                    tracing::warn!(service = %name, "controller: {e}");
+                }
+                this.inner.busy.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
+            });
+        }
+    }
+
+    async fn commit(&self, cmd: Command) -> Result<Response, ControlError> {
+        let what = cmd.action();
+        let service = cmd.service().to_string();
+        let (_, resp) = propose(&self.inner.raft, AUTOMATION, cmd).await?;
+        if let Response::Rejected(r) = &resp {
+            tracing::info!(%service, "controller: {what} refused: {r}");
+        }
+        Ok(resp)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn advance(
+        &self,
+        run: &Run,
+        outcome: StepOutcome,
+        effect: Option<Effect>,
+        phase: Option<PhaseMark>,
+        reason: String,
+    ) -> Result<(), ControlError> {
+        self.commit(Command::AdvanceRun {
+            service: run.service.clone(),
+            run: run.id,
+            step: run.current,
+            outcome,
+            effect,
+            phase,
+            reason,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Takes one action for the run's current step (or none while it waits).
+    async fn drive(&self, rec: ServiceRecord, run: Run, voters: &BTreeMap<NodeId, String>) -> Result<(), ControlError> {
+        let Some(step) = run.current_step().cloned() else {
+            return Ok(());
+        };
+        let lease = rec.lease.clone();
+        let now = wall_clock_ms();
+        if step.state == StepState::Pending {
+            let effect = match step.spec.kind {
+                StepKind::Fence if lease.state == LeaseState::Held && lease.token == run.token_before => {
+                    Some(Effect::Revoke { token: lease.token })
+                }
+                _ => None,
+            };
+            let what = match &effect {
+                Some(_) => format!("revoking token {} from {}", lease.token, lease.holder.as_deref().unwrap_or("")),
+                None => format!("{} started", step.spec.kind.name()),
+            };
+            return self.advance(&run, StepOutcome::Started, effect, None, what).await;
+        }
+        // Running: timed out?
+        if let Some(started) = step.started_ms {
+            if step.spec.timeout_ms > 0 && now > started + step.spec.timeout_ms as i64 {
+                let why = format!("{} timed out after {} ms", step.spec.kind.name(), step.spec.timeout_ms);
+                return self.fail(&rec, &run, step.spec.on_failure, why, voters).await;
+            }
+        }
+        match &step.spec.kind {
+            StepKind::Precheck => {
+                let mut problems = Vec::new();
+                if let Err(e) = check_region(&rec.spec, &run.to) {
+                    problems.push(e.to_string());
+                }
+                let h = policy::region_health(&rec, &run.to, voters);
+                if h.health == Health::Down {
+                    problems.push(format!("{} is {}", run.to, h.explanation));
+                }
+                if lease.token != run.token_before {
+                    problems.push(format!("the lease moved on (token {} -> {})", run.token_before, lease.token));
+                }
+                if problems.is_empty() {
+                    let detail = format!("{} allowed; health: {}", run.to, h.explanation);
+                    self.advance(&run, StepOutcome::Done, None, None, detail).await
+                } else {
+                    self.fail(&rec, &run, step.spec.on_failure, problems.join("; "), voters).await
+                }
+            }
+            StepKind::Fence => {
+                if lease.state == LeaseState::Vacant || lease.token != run.token_before {
+                    return self
+                        .advance(&run, StepOutcome::Done, None, Some(PhaseMark::Fenced), "vacant".into())
+                        .await;
+                }
+                if lease.state == LeaseState::Held {
+                    // Revoked in an entry this run did not record (should not happen): revoke now.
+                    return self
+                        .advance(&run, StepOutcome::Started, Some(Effect::Revoke { token: lease.token }), None, "revoking".into())
+                        .await;
+                }
+                match self.inner.keeper.fence_status(&run.service, lease.token)? {
+                    Some(how) => {
+                        self.advance(&run, StepOutcome::Done, None, Some(PhaseMark::Fenced), how.as_str().to_string())
+                            .await
+                    }
+                    None => Ok(()),
+                }
+            }
+            StepKind::Grant => {
+                if lease.state == LeaseState::Held {
+                    let why = format!("{} holds the lease: it was not fenced", lease.holder.as_deref().unwrap_or(""));
+                    return self.fail(&rec, &run, step.spec.on_failure, why, voters).await;
+                }
+                let effect = Effect::Grant {
+                    expected_token: lease.token,
+                };
+                self.advance(&run, StepOutcome::Done, Some(effect), Some(PhaseMark::Granted), format!("granted {}", run.to))
+                    .await
+            }
+            StepKind::WaitHealthy => {
+                let h = policy::region_health(&rec, &run.to, voters);
+                let healthy = match h.health {
+                    Health::Healthy => true,
+                    Health::Unknown => !rec.spec.health.contains_key(&run.to),
+                    Health::Down => false,
+                };
+                if healthy {
+                    self.advance(&run, StepOutcome::Done, None, None, h.explanation).await
+                } else {
+                    Ok(())
+                }
+            }
+            StepKind::Webhook(url) => {
+                let body = serde_json::json!({
+                    "run": run.id, "service": run.service, "kind": run.kind.as_str(),
+                    "from": run.from, "to": run.to, "token_before": run.token_before,
+                    "trigger": run.trigger.describe(), "reason": run.reason,
+                })
+                .to_string();
+                let timeout = Duration::from_millis(step.spec.timeout_ms.clamp(1, 10_000));
+                match post_json(url, &body, timeout).await {
+                    Ok(status) => self.advance(&run, StepOutcome::Done, None, None, format!("HTTP {status}")).await,
+                    Err(e) => self.fail(&rec, &run, step.spec.on_failure, format!("webhook {url}: {e}"), voters).await,
+                }
+            }
+            StepKind::Approval => Ok(()),
+            StepKind::Verify => {
+                let held = lease.state == LeaseState::Held
+                    && lease.holder.as_deref() == Some(run.to.as_str())
+                    && Some(lease.token) == run.token_after;
+                if !held {
+                    let why = format!("{} does not hold the lease it was granted", run.to);
+                    return self.fail(&rec, &run, step.spec.on_failure, why, voters).await;
+                }
+                let renewed = self.inner.keeper.holder_renewed(&run.service, &run.to, lease.token);
+                let healthy = policy::region_health(&rec, &run.to, voters).health == Health::Healthy;
+                if renewed || healthy {
+                    let how = if renewed { "an agent of the new holder renewed" } else { "the new holder is healthy" };
+                    self.advance(&run, StepOutcome::Done, None, Some(PhaseMark::Verified), how.into()).await
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// Records a step failure; with `rollback`, gives the lease back where that is safe.
+    async fn fail(
+        &self,
+        rec: &ServiceRecord,
+        run: &Run,
+        policy: OnFailure,
+        why: String,
+        voters: &BTreeMap<NodeId, String>,
+    ) -> Result<(), ControlError> {
+        let mut effect = None;
+        if policy == OnFailure::Rollback {
+            // Safe only when nobody holds the lease (the old holder was fenced, the target was
+            // not granted) and the old holder's region is not down.
+            if let Some(from) = &run.from {
+                let from_ok = policy::region_health(rec, from, voters).health != Health::Down;
+                if rec.lease.state != LeaseState::Held && from_ok && rec.spec.is_allowed(from) {
+                    effect = Some(Effect::GrantBack {
+                        expected_token: rec.lease.token,
+                    });
+                }
+            }
+        }
+        self.advance(run, StepOutcome::Failed, effect, None, why).await
+    }
+}
+
+enum Action {
+    Start(Command),
+    Drive(Run),
+}
+
+/// POSTs `body` as JSON to an `http://host:port/path` URL; Ok(status) on 2xx.
+pub async fn post_json(url: &str, body: &str, timeout: Duration) -> Result<u16, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url:?}: only http:// webhooks are supported"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let addr = if authority.contains(':') {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(&addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: baton\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; 1024];
+        let mut read = 0;
+        while read < 12 {
+            let n = stream.read(&mut buf[read..]).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                break;
+            }
+            read += n;
+        }
+        let head = String::from_utf8_lossy(&buf[..read]);
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| "no HTTP status in the answer".to_string())?;
+        if (200..300).contains(&status) {
+            Ok(status)
+        } else {
+            Err(format!("HTTP {status}"))
+        }
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("timeout after {}", humantime::format_duration(timeout))),
+    }
+}
