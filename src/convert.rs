@@ -46,6 +46,29 @@ pub fn spec_to_proto(s: &ServiceSpec) -> proto::ServiceSpec {
         cooldown_ms: s.cooldown_ms,
         flap_limit: s.flap_limit,
         flap_window_ms: s.flap_window_ms,
+        plans: s
+            .plans
+            .iter()
+            .map(|(kind, steps)| {
+                (
+                    kind.clone(),
+                    proto::Plan {
+                        steps: steps
+                            .iter()
+                            .map(|st| proto::PlanStep {
+                                kind: st.kind.name().to_string(),
+                                timeout_ms: st.timeout_ms,
+                                on_failure: st.on_failure.describe(),
+                                url: match &st.kind {
+                                    state::StepKind::Webhook(u) => u.clone(),
+                                    _ => String::new(),
+                                },
+                            })
+                            .collect(),
+                    },
+                )
+            })
+            .collect(),
         health: s
             .health
             .iter()
@@ -79,6 +102,24 @@ pub fn spec_from_proto(p: &proto::ServiceSpec) -> Result<ServiceSpec, String> {
         cooldown_ms: p.cooldown_ms,
         flap_limit: p.flap_limit,
         flap_window_ms: p.flap_window_ms,
+        plans: p
+            .plans
+            .iter()
+            .map(|(kind, plan)| {
+                let steps = plan
+                    .steps
+                    .iter()
+                    .map(|st| {
+                        Ok(state::StepSpec {
+                            kind: state::StepKind::parse(&st.kind, Some(&st.url))?,
+                            timeout_ms: st.timeout_ms,
+                            on_failure: state::OnFailure::parse(&st.on_failure)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, String>>()?;
+                Ok((kind.clone(), steps))
+            })
+            .collect::<Result<_, String>>()?,
         health: p
             .health
             .iter()

@@ -7,3 +7,4 @@ mod lifecycle;
 mod membership;
 mod switchover;
 mod watch;
+mod automation;

@@ -456,3 +456,12 @@ async fn run_refuses_a_busy_http_port_before_starting() {
     let result = run(opts, async {}).await;
     assert!(matches!(result, Err(AgentError::Io { .. })), "{result:?}");
 }
+
+#[test]
+fn run_is_a_send_future() {
+    // The caller may spawn it on a multi-threaded runtime.
+    fn assert_send<T: Send>(_: &T) {}
+    let opts = AgentOptions::new(vec!["127.0.0.1:1".into()], "payments", "us-east");
+    let fut = run(opts, async {});
+    assert_send(&fut);
+}

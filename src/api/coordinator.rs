@@ -17,7 +17,7 @@ use crate::proto::{
 };
 use crate::state::names::{check_name, check_reason};
 use crate::state::{
-    self, default_plan, Command, FailbackMode, LeaseMode, LeaseState, Response as StateResponse, RunKind, RunState,
+    self, plan_for, Command, FailbackMode, LeaseMode, LeaseState, Response as StateResponse, RunKind, RunState,
     StepKind, Trigger,
 };
 
@@ -201,7 +201,8 @@ impl CoordinatorService {
             LeaseState::Revoking => format!("token {} is already being revoked; wait for acks or the TTL", before.token),
             LeaseState::Vacant => "lease is vacant: nothing to fence".to_string(),
         };
-        let steps: Vec<&str> = default_plan(kind).iter().map(|s| s.kind.name()).collect();
+        let plan = plan_for(&spec, kind);
+        let steps: Vec<&str> = plan.iter().map(|s| s.kind.name()).collect();
         check(
             "plan",
             true,
@@ -246,7 +247,7 @@ impl CoordinatorService {
                 kind,
                 trigger: Trigger::Operator,
                 to: to.clone(),
-                plan: default_plan(kind),
+                plan,
                 reason: reason.to_string(),
                 detected_ms: wall_clock_ms(),
             },
@@ -652,7 +653,7 @@ impl Coordinator for CoordinatorService {
                 })
                 .collect(),
             blockers: policy::blockers(&rec, now),
-            failover_steps: default_plan(RunKind::Failover).iter().map(|s| s.kind.name().to_string()).collect(),
+            failover_steps: plan_for(&rec.spec, RunKind::Failover).iter().map(|s| s.kind.name().to_string()).collect(),
             next_action,
         }))
     }

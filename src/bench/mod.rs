@@ -75,7 +75,7 @@ pub async fn leader_kill(
     rounds: usize,
 ) -> Result<Vec<KillRound>, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let configs = cluster_configs(dir.path(), base_port, "bench");
+    let configs = cluster_configs(dir.path(), base_port, "bench", false);
     let mut paths = Vec::new();
     for c in &configs {
         let p = dir.path().join(format!("node{}.toml", c.id));

@@ -9,14 +9,23 @@
 mod admin;
 mod audit;
 mod bench;
+mod control;
+mod drill;
 mod exit;
 mod failover;
+mod moves;
 pub mod output;
+mod plan;
+// `read::services` is superseded by `services::run` (which adds the paused and run
+// columns); remove it when read.rs is next edited.
+#[allow(dead_code)]
 mod read;
 mod server;
 mod service;
+mod services;
 mod status;
 mod watch;
+mod workflow;
 
 use std::ffi::OsString;
 use std::io::{self, IsTerminal, Write};
@@ -85,7 +94,8 @@ pub struct GlobalArgs {
     pub output: OutputFormat,
 
     /// Deadline of each request, retries included (`500ms`, `5s`) [default: 5s; 60s for
-    /// `failover`, which may wait out a lease TTL].
+    /// `failover`, `failback`, `drill`, `approve` and `reject`, which may wait out a lease
+    /// TTL].
     #[arg(long, global = true, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub timeout: Option<Duration>,
 
@@ -122,6 +132,31 @@ pub enum Command {
     /// Move a service's primary to another region (planned switchover), fencing the old
     /// holder first.
     Failover(failover::FailoverArgs),
+    /// Move a service's primary back to its preferred region (a failback run), fencing the
+    /// old holder first.
+    Failback(moves::FailbackArgs),
+    /// What automation would do for a service now, and why every candidate region is or is
+    /// not eligible.
+    Plan(plan::PlanArgs),
+    /// Let a run waiting at an approval step go on.
+    Approve(control::DecideArgs),
+    /// Reject a run waiting at an approval step (the run ends).
+    Reject(control::DecideArgs),
+    /// Pause automation for a service (maintenance); manual commands still work.
+    Freeze(control::ServiceReasonArgs),
+    /// Resume automation for a frozen service.
+    Unfreeze(control::ServiceReasonArgs),
+    /// Acknowledge a flap pause: automation of the service resumes.
+    Ack(control::ServiceReasonArgs),
+    /// Switch a service's lease between read-write and read-only (graceful degradation).
+    SetMode(control::SetModeArgs),
+    /// List workflow runs, newest first.
+    Workflows(workflow::WorkflowsArgs),
+    /// Show one workflow run: its steps and its phase timeline.
+    Workflow(workflow::WorkflowArgs),
+    /// Rehearse a failover: switch over to a region, check, fail back, check, and print
+    /// the timeline of both runs.
+    Drill(drill::DrillArgs),
     /// Check whether a fencing token is still the service's current one (exit code 5 when
     /// it is not).
     Validate(read::ValidateArgs),
@@ -293,10 +328,22 @@ async fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<Exit, CliError> {
         Command::Dev(args) => server::dev(args).await,
         Command::Status => status::run(&mut ctx).await,
         Command::Primary(args) => read::primary(&mut ctx, args).await,
-        Command::Services(args) => read::services(&mut ctx, args).await,
+        Command::Services(args) => services::run(&mut ctx, args).await,
         Command::Validate(args) => read::validate(&mut ctx, args).await,
         Command::Watch(args) => watch::run(&mut ctx, args).await,
+        Command::Failover(args) if args.dry_run => moves::failover_dry_run(&mut ctx, args).await,
         Command::Failover(args) => failover::run(&mut ctx, args).await,
+        Command::Failback(args) => moves::failback(&mut ctx, args).await,
+        Command::Plan(args) => plan::run(&mut ctx, args).await,
+        Command::Approve(args) => control::decide(&mut ctx, args, true).await,
+        Command::Reject(args) => control::decide(&mut ctx, args, false).await,
+        Command::Freeze(args) => control::freeze(&mut ctx, args, true).await,
+        Command::Unfreeze(args) => control::freeze(&mut ctx, args, false).await,
+        Command::Ack(args) => control::ack(&mut ctx, args).await,
+        Command::SetMode(args) => control::set_mode(&mut ctx, args).await,
+        Command::Workflows(args) => workflow::list(&mut ctx, args).await,
+        Command::Workflow(args) => workflow::show(&mut ctx, args).await,
+        Command::Drill(args) => drill::run(&mut ctx, args).await,
         Command::Audit(args) => audit::run(&mut ctx, args).await,
         Command::Service(cmd) => service::run(&mut ctx, cmd).await,
         Command::Admin(cmd) => admin::run(&mut ctx, cmd).await,

@@ -25,8 +25,27 @@ pub struct DevArgs {
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Port of the first node; the others use the next two.
-    #[arg(long, default_value_t = 7101, value_parser = clap::value_parser!(u16).range(1..=65533))]
+    #[arg(long, default_value_t = 7101, value_parser = clap::value_parser!(u16).range(1..=65520))]
     pub base_port: u16,
+    /// Act on a running dev cluster instead of starting one.
+    #[command(subcommand)]
+    pub action: Option<DevAction>,
+}
+
+/// What to do to a running dev cluster.
+#[derive(Debug, clap::Subcommand)]
+pub enum DevAction {
+    /// Simulate an outage of a region: its agent stops renewing and its health endpoint
+    /// answers 503.
+    Outage {
+        /// us-east, eu-west or ap-south.
+        region: String,
+    },
+    /// End a simulated outage.
+    Heal {
+        /// us-east, eu-west or ap-south.
+        region: String,
+    },
 }
 
 /// Runs one node until SIGINT/SIGTERM.
@@ -38,6 +57,22 @@ pub async fn server(args: ServerArgs) -> Result<Exit, CliError> {
 
 /// Runs the dev cluster until Ctrl-C.
 pub async fn dev(args: DevArgs) -> Result<Exit, CliError> {
+    if let Some(action) = args.action {
+        let (region, up) = match action {
+            DevAction::Outage { region } => (region, false),
+            DevAction::Heal { region } => (region, true),
+        };
+        return match node::agents::request(args.base_port, &region, up).await {
+            Ok(_) => {
+                println!("{region}: {}", if up { "healed" } else { "outage started" });
+                Ok(Exit::Ok)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                Ok(Exit::Error)
+            }
+        };
+    }
     node::dev::run(DevOptions {
         data_dir: args.data_dir,
         base_port: args.base_port,

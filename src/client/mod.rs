@@ -46,7 +46,7 @@ use tracing::debug;
 
 use crate::proto::{self, admin_client::AdminClient, coordinator_client::CoordinatorClient};
 
-pub use crate::proto::Consistency;
+pub use crate::proto::{Consistency, LeaseMode};
 pub use endpoint::{normalize_endpoint, parse_endpoints};
 pub use error::{code_name, ClientError, LEADER_METADATA, OLDEST_REVISION_METADATA};
 pub use lease::{LeaseHandle, LeaseOptions, LeaseStatus};
@@ -263,6 +263,181 @@ impl Client {
             effect,
             request,
             move |ch, r| async move { coordinator(ch, max).failover(r).await },
+        )
+        .await
+    }
+
+    /// Moves a service's lease back to its preferred region (the first allowed candidate) as
+    /// a failback run, or, with `dry_run`, explains the plan. The run may wait for the
+    /// preferred region to be healthy and for the old holder to be fenced: give the client a
+    /// deadline like a failover's ([`Client::with_timeout`], e.g. 60 s).
+    pub async fn failback(
+        &self,
+        request: proto::FailbackRequest,
+    ) -> Result<proto::FailoverResponse, ClientError> {
+        let max = self.max();
+        // A dry run changes nothing, so it may be resent like a read.
+        let effect = if request.dry_run {
+            Effect::Read
+        } else {
+            Effect::Write
+        };
+        self.unary(
+            "Failback",
+            Route::Leader,
+            effect,
+            request,
+            move |ch, r| async move { coordinator(ch, max).failback(r).await },
+        )
+        .await
+    }
+
+    /// Switches a service's lease between read-write and read-only (graceful degradation);
+    /// every reader and watcher sees the mode. Answers with the lease after the change.
+    pub async fn set_mode(
+        &self,
+        service: &str,
+        mode: LeaseMode,
+        reason: &str,
+    ) -> Result<proto::SetModeResponse, ClientError> {
+        let max = self.max();
+        let req = proto::SetModeRequest {
+            service: service.to_string(),
+            mode: mode as i32,
+            reason: reason.to_string(),
+        };
+        self.unary(
+            "SetMode",
+            Route::Leader,
+            Effect::Write,
+            req,
+            move |ch, r| async move { coordinator(ch, max).set_mode(r).await },
+        )
+        .await
+    }
+
+    /// Pauses (`freeze = true`) or resumes automation for a service. Manual commands
+    /// (failover, failback) still work while it is frozen.
+    pub async fn freeze(
+        &self,
+        service: &str,
+        freeze: bool,
+        reason: &str,
+    ) -> Result<proto::FreezeResponse, ClientError> {
+        let max = self.max();
+        let req = proto::FreezeRequest {
+            service: service.to_string(),
+            freeze,
+            reason: reason.to_string(),
+        };
+        self.unary(
+            "Freeze",
+            Route::Leader,
+            Effect::Write,
+            req,
+            move |ch, r| async move { coordinator(ch, max).freeze(r).await },
+        )
+        .await
+    }
+
+    /// Acknowledges a flap pause of a service: automation resumes.
+    pub async fn ack(
+        &self,
+        service: &str,
+        reason: &str,
+    ) -> Result<proto::AckResponse, ClientError> {
+        let max = self.max();
+        let req = proto::AckRequest {
+            service: service.to_string(),
+            reason: reason.to_string(),
+        };
+        self.unary(
+            "Ack",
+            Route::Leader,
+            Effect::Write,
+            req,
+            move |ch, r| async move { coordinator(ch, max).ack(r).await },
+        )
+        .await
+    }
+
+    /// Approves (`approve = true`) or rejects a run waiting at an approval step; a rejected
+    /// run ends. Answers with the run after the decision. The leader may take a while to
+    /// commit the decision: give the client a deadline like a failover's.
+    pub async fn approve(
+        &self,
+        run_id: u64,
+        approve: bool,
+        reason: &str,
+    ) -> Result<proto::ApproveResponse, ClientError> {
+        let max = self.max();
+        let req = proto::ApproveRequest {
+            run_id,
+            approve,
+            reason: reason.to_string(),
+        };
+        self.unary(
+            "Approve",
+            Route::Leader,
+            Effect::Write,
+            req,
+            move |ch, r| async move { coordinator(ch, max).approve(r).await },
+        )
+        .await
+    }
+
+    /// One workflow run, with its steps and phase timestamps.
+    pub async fn workflow(&self, run_id: u64) -> Result<proto::Workflow, ClientError> {
+        let max = self.max();
+        let req = proto::GetWorkflowRequest { run_id };
+        // Any node can answer from its applied state; the leader's copy is the freshest.
+        self.unary(
+            "GetWorkflow",
+            Route::Leader,
+            Effect::Read,
+            req,
+            move |ch, r| async move { coordinator(ch, max).get_workflow(r).await },
+        )
+        .await
+    }
+
+    /// Workflow runs, newest first: at most `limit` (0 = the server's default of 50),
+    /// optionally of one service.
+    pub async fn workflows(
+        &self,
+        service: Option<&str>,
+        limit: u32,
+    ) -> Result<proto::ListWorkflowsResponse, ClientError> {
+        let max = self.max();
+        let req = proto::ListWorkflowsRequest {
+            service: service.unwrap_or_default().to_string(),
+            limit,
+        };
+        self.unary(
+            "ListWorkflows",
+            Route::Leader,
+            Effect::Read,
+            req,
+            move |ch, r| async move { coordinator(ch, max).list_workflows(r).await },
+        )
+        .await
+    }
+
+    /// What automation would do for a service now: the holder, the next action, what blocks
+    /// automation, and for every candidate region (in preference order) whether it is
+    /// eligible and why not.
+    pub async fn plan(&self, service: &str) -> Result<proto::PlanResponse, ClientError> {
+        let max = self.max();
+        let req = proto::PlanRequest {
+            service: service.to_string(),
+        };
+        // The leader sees the freshest health observations and runs.
+        self.unary(
+            "Plan",
+            Route::Leader,
+            Effect::Read,
+            req,
+            move |ch, r| async move { coordinator(ch, max).plan(r).await },
         )
         .await
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use service::{ServiceConfig, ServiceFile};
+pub use service::{HealthConfig, ServiceConfig, ServiceFile};
 
 use crate::state::names::check_name;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
-use crate::state::{FailbackMode, HealthCheck, ServiceSpec};
+use crate::state::{FailbackMode, HealthCheck, OnFailure, ServiceSpec, StepKind, StepSpec};
 
 /// A health check as written in TOML.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +76,26 @@ pub struct ServiceConfig {
     /// Health check per region.
     #[serde(default)]
     pub health: BTreeMap<String, HealthConfig>,
+    /// Plans per run kind (`failover`, `switchover`, `failback`) replacing the defaults.
+    #[serde(default)]
+    pub plans: BTreeMap<String, Vec<StepConfig>>,
+}
+
+/// One step of a plan as written in TOML: `{ step = "approval", timeout = "10m" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepConfig {
+    /// precheck, fence, grant, webhook, wait-healthy, approval, verify.
+    pub step: String,
+    /// How long it may take (absent = no limit).
+    #[serde(with = "humantime_serde", default)]
+    pub timeout: Option<Duration>,
+    /// abort (default), rollback, retry(N).
+    #[serde(default)]
+    pub on_failure: String,
+    /// For webhook steps.
+    #[serde(default)]
+    pub url: Option<String>,
 }
 
 fn default_ttl() -> Duration {
@@ -104,7 +124,23 @@ impl ServiceConfig {
     /// Converts to the replicated definition, validating it.
     pub fn to_spec(&self) -> Result<ServiceSpec, String> {
         let ms = |d: Duration| d.as_millis().min(u64::MAX as u128) as u64;
+        let mut plans = BTreeMap::new();
+        for (kind, steps) in &self.plans {
+            let steps = steps
+                .iter()
+                .map(|st| {
+                    Ok(StepSpec {
+                        kind: StepKind::parse(&st.step, st.url.as_deref())?,
+                        timeout_ms: st.timeout.map_or(0, ms),
+                        on_failure: OnFailure::parse(&st.on_failure)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()
+                .map_err(|e| format!("plans.{kind}: {e}"))?;
+            plans.insert(kind.clone(), steps);
+        }
         let spec = ServiceSpec {
+            plans,
             name: self.name.clone(),
             regions: self.regions.clone(),
             allowed_regions: self.allowed_regions.clone(),

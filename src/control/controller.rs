@@ -19,7 +19,7 @@ use super::policy::{self, Decision, Health};
 use super::{propose, wall_clock_ms, ControlError};
 use crate::raft::{Changes, NodeId, Raft, SharedState};
 use crate::state::{
-    audit::AUTOMATION, default_plan, check_region, Command, Effect, LeaseState, OnFailure, PhaseMark, Response, Run,
+    audit::AUTOMATION, check_region, plan_for, Command, Effect, LeaseState, OnFailure, PhaseMark, Response, Run,
     ServiceRecord, StepKind, StepOutcome, StepState,
 };
 
@@ -95,27 +95,9 @@ impl Controller {
                 .collect()
         };
         for (rec, run) in work {
-            let action = match run {
-                Some(run) => Action::Drive(run),
-                None => match policy::decide(&rec, &voters, now, rec.vacated_ms) {
-                    Decision::Wait(_) => continue,
-                    Decision::Start {
-                        kind,
-                        trigger,
-                        to,
-                        reason,
-                        detected_ms,
-                    } => Action::Start(Command::StartRun {
-                        service: rec.spec.name.clone(),
-                        kind,
-                        trigger,
-                        to,
-                        plan: default_plan(kind),
-                        reason,
-                        detected_ms,
-                    }),
-                },
-            };
+            if run.is_none() && matches!(policy::decide(&rec, &voters, now, rec.vacated_ms), Decision::Wait(_)) {
+                continue;
+            }
             let name = rec.spec.name.clone();
             {
                 let mut busy = self.inner.busy.lock().unwrap_or_else(|e| e.into_inner());
@@ -126,15 +108,61 @@ impl Controller {
             let this = self.clone();
             let voters = voters.clone();
             tokio::spawn(async move {
-                let result = match action {
-                    Action::Start(cmd) => this.commit(cmd).await.map(|_| ()),
-                    Action::Drive(run) => this.drive(rec, run, &voters).await,
-                };
-                if let Err(e) = result {
-                    tracing::warn!(service = %name, "controller: {e}");
+                // Keep acting on this service while each action makes progress, so a run's
+                // steps follow each other without waiting for the next tick.
+                for _ in 0..32 {
+                    match this.act(&name, &voters).await {
+                        Ok(true) => continue,
+                        Ok(false) => break,
+                        Err(e) => {
+                            tracing::warn!(service = %name, "controller: {e}");
+                            break;
+                        }
+                    }
                 }
                 this.inner.busy.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
             });
+        }
+    }
+
+    /// One action for a service: start a run, or advance its run. Ok(true) if something
+    /// was committed.
+    async fn act(&self, name: &str, voters: &BTreeMap<NodeId, String>) -> Result<bool, ControlError> {
+        if !self.inner.keeper.is_leading() {
+            return Ok(false);
+        }
+        let (rec, run) = {
+            let view = self.inner.shared.read().unwrap_or_else(|e| e.into_inner());
+            match view.state.service(name) {
+                Some(r) => (r.clone(), r.active_run.and_then(|id| view.state.run(id).cloned())),
+                None => return Ok(false),
+            }
+        };
+        match run {
+            Some(run) => self.drive(rec, run, voters).await,
+            None => match policy::decide(&rec, voters, wall_clock_ms(), rec.vacated_ms) {
+                Decision::Wait(_) => Ok(false),
+                Decision::Start {
+                    kind,
+                    trigger,
+                    to,
+                    reason,
+                    detected_ms,
+                } => {
+                    let resp = self
+                        .commit(Command::StartRun {
+                            service: name.to_string(),
+                            kind,
+                            trigger,
+                            to,
+                            plan: plan_for(&rec.spec, kind),
+                            reason,
+                            detected_ms,
+                        })
+                        .await?;
+                    Ok(!matches!(resp, Response::Rejected(_)))
+                }
+            },
         }
     }
 
@@ -156,7 +184,7 @@ impl Controller {
         effect: Option<Effect>,
         phase: Option<PhaseMark>,
         reason: String,
-    ) -> Result<(), ControlError> {
+    ) -> Result<bool, ControlError> {
         self.commit(Command::AdvanceRun {
             service: run.service.clone(),
             run: run.id,
@@ -167,13 +195,13 @@ impl Controller {
             reason,
         })
         .await
-        .map(|_| ())
+        .map(|r| !matches!(r, Response::Rejected(_)))
     }
 
     /// Takes one action for the run's current step (or none while it waits).
-    async fn drive(&self, rec: ServiceRecord, run: Run, voters: &BTreeMap<NodeId, String>) -> Result<(), ControlError> {
+    async fn drive(&self, rec: ServiceRecord, run: Run, voters: &BTreeMap<NodeId, String>) -> Result<bool, ControlError> {
         let Some(step) = run.current_step().cloned() else {
-            return Ok(());
+            return Ok(false);
         };
         let lease = rec.lease.clone();
         let now = wall_clock_ms();
@@ -234,7 +262,7 @@ impl Controller {
                         self.advance(&run, StepOutcome::Done, None, Some(PhaseMark::Fenced), how.as_str().to_string())
                             .await
                     }
-                    None => Ok(()),
+                    None => Ok(false),
                 }
             }
             StepKind::Grant => {
@@ -258,7 +286,7 @@ impl Controller {
                 if healthy {
                     self.advance(&run, StepOutcome::Done, None, None, h.explanation).await
                 } else {
-                    Ok(())
+                    Ok(false)
                 }
             }
             StepKind::Webhook(url) => {
@@ -274,7 +302,7 @@ impl Controller {
                     Err(e) => self.fail(&rec, &run, step.spec.on_failure, format!("webhook {url}: {e}"), voters).await,
                 }
             }
-            StepKind::Approval => Ok(()),
+            StepKind::Approval => Ok(false),
             StepKind::Verify => {
                 let held = lease.state == LeaseState::Held
                     && lease.holder.as_deref() == Some(run.to.as_str())
@@ -289,7 +317,7 @@ impl Controller {
                     let how = if renewed { "an agent of the new holder renewed" } else { "the new holder is healthy" };
                     self.advance(&run, StepOutcome::Done, None, Some(PhaseMark::Verified), how.into()).await
                 } else {
-                    Ok(())
+                    Ok(false)
                 }
             }
         }
@@ -303,7 +331,7 @@ impl Controller {
         policy: OnFailure,
         why: String,
         voters: &BTreeMap<NodeId, String>,
-    ) -> Result<(), ControlError> {
+    ) -> Result<bool, ControlError> {
         let mut effect = None;
         if policy == OnFailure::Rollback {
             // Safe only when nobody holds the lease (the old holder was fenced, the target was
@@ -319,11 +347,6 @@ impl Controller {
         }
         self.advance(run, StepOutcome::Failed, effect, None, why).await
     }
-}
-
-enum Action {
-    Start(Command),
-    Drive(Run),
 }
 
 /// POSTs `body` as JSON to an `http://host:port/path` URL; Ok(status) on 2xx.

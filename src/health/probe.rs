@@ -143,8 +143,14 @@ pub fn validate_check(check: &HealthCheck) -> Result<(), String> {
 /// Probes a check once, bounded by its timeout. A target that does not parse is a failure
 /// whose detail is the parse error.
 pub async fn probe_check(check: &HealthCheck) -> ProbeOutcome {
+    probe_check_from(check, None).await
+}
+
+/// [`probe_check`] naming the probing vantage (HTTP probes send it as `X-Baton-Vantage`, so
+/// an endpoint's logs show which coordinator node sees it failing).
+pub async fn probe_check_from(check: &HealthCheck, vantage: Option<&str>) -> ProbeOutcome {
     match ProbeTarget::from_check(check) {
-        Ok(target) => probe_target(&target, check_timeout(check)).await,
+        Ok(target) => probe_target_from(&target, check_timeout(check), vantage).await,
         Err(e) => ProbeOutcome::failure(Duration::ZERO, e),
     }
 }
@@ -152,8 +158,13 @@ pub async fn probe_check(check: &HealthCheck) -> ProbeOutcome {
 /// Probes a parsed target once; the whole probe (name resolution, connect, request, reading
 /// the answer) is bounded by `timeout`.
 pub async fn probe_target(target: &ProbeTarget, timeout: Duration) -> ProbeOutcome {
+    probe_target_from(target, timeout, None).await
+}
+
+/// [`probe_target`] naming the probing vantage.
+pub async fn probe_target_from(target: &ProbeTarget, timeout: Duration, vantage: Option<&str>) -> ProbeOutcome {
     let start = Instant::now();
-    let result = tokio::time::timeout(timeout, run_probe(target, timeout)).await;
+    let result = tokio::time::timeout(timeout, run_probe(target, timeout, vantage)).await;
     let latency = start.elapsed();
     match result {
         Ok(Ok(detail)) => ProbeOutcome::success(latency, detail),
@@ -181,17 +192,21 @@ pub trait Prober: Send + Sync + 'static {
 }
 
 /// The real prober: TCP, HTTP and gRPC over the network.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NetProber;
+#[derive(Debug, Clone, Default)]
+pub struct NetProber {
+    /// Who probes, e.g. `node-2@eu-west` (sent by HTTP probes).
+    pub vantage: Option<String>,
+}
 
 impl Prober for NetProber {
     fn probe(&self, check: &HealthCheck) -> BoxFuture<'static, ProbeOutcome> {
         let check = check.clone();
-        Box::pin(async move { probe_check(&check).await })
+        let vantage = self.vantage.clone();
+        Box::pin(async move { probe_check_from(&check, vantage.as_deref()).await })
     }
 }
 
-async fn run_probe(target: &ProbeTarget, timeout: Duration) -> Result<String, String> {
+async fn run_probe(target: &ProbeTarget, timeout: Duration, vantage: Option<&str>) -> Result<String, String> {
     match target {
         ProbeTarget::Tcp { addr } => {
             connect(addr).await?;
@@ -202,7 +217,7 @@ async fn run_probe(target: &ProbeTarget, timeout: Duration) -> Result<String, St
             host,
             path,
             body_contains,
-        } => http_get(addr, host, path, body_contains.as_deref()).await,
+        } => http_get(addr, host, path, body_contains.as_deref(), vantage).await,
         ProbeTarget::Grpc { addr, service } => grpc_check(addr, service, timeout).await,
     }
 }
@@ -389,10 +404,15 @@ async fn http_get(
     host: &str,
     path: &str,
     body_contains: Option<&str>,
+    vantage: Option<&str>,
 ) -> Result<String, String> {
     let mut stream = connect(addr).await?;
+    let vantage_header = vantage
+        .filter(|v| v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(|v| format!("X-Baton-Vantage: {v}\r\n"))
+        .unwrap_or_default();
     let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: baton-health/{}\r\n\
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: baton-health/{}\r\n{vantage_header}\
          Accept: */*\r\nConnection: close\r\n\r\n",
         env!("CARGO_PKG_VERSION")
     );

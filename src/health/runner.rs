@@ -46,9 +46,12 @@ impl ProbeRunner {
     /// A runner for node `vantage_node` (its Raft id) in `vantage_region`, probing over the
     /// network.
     pub fn new(vantage_node: u64, vantage_region: impl Into<String>) -> Self {
+        let vantage_region = vantage_region.into();
         Self {
+            prober: Arc::new(NetProber {
+                vantage: Some(format!("node-{vantage_node}@{vantage_region}")),
+            }),
             tracker: StreakTracker::new(vantage_node, vantage_region),
-            prober: Arc::new(NetProber),
             verdicts: watch::Sender::new(Verdicts::new()),
         }
     }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{Node, NodeError};
-use crate::config::{NodeConfig, PeerConfig, ServiceConfig, StorageConfig, TimingConfig};
+use crate::config::{HealthConfig, NodeConfig, PeerConfig, ServiceConfig, StorageConfig, TimingConfig};
 
 /// Options of `baton dev`.
 #[derive(Debug, Clone)]
@@ -20,8 +20,28 @@ pub struct DevOptions {
 /// The dev cluster's regions, in the sample service's preference order.
 pub const DEV_REGIONS: [&str; 3] = ["us-east", "eu-west", "ap-south"];
 
-/// The sample service of the dev cluster.
-pub fn sample_service() -> ServiceConfig {
+/// The sample service of the dev cluster; with `base_port`, each region gets an HTTP health
+/// check against its simulated endpoint (sub-second probes, so an outage shows quickly).
+pub fn sample_service(base_port: Option<u16>) -> ServiceConfig {
+    let health = match base_port {
+        Some(base) => DEV_REGIONS
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                (
+                    r.to_string(),
+                    HealthConfig {
+                        kind: "http".into(),
+                        target: format!("http://127.0.0.1:{}/health", base + super::agents::HEALTH_OFFSET + i as u16),
+                        interval: Duration::from_millis(200),
+                        timeout: Duration::from_millis(150),
+                        threshold: 2,
+                    },
+                )
+            })
+            .collect(),
+        None => Default::default(),
+    };
     ServiceConfig {
         name: "payments".into(),
         regions: DEV_REGIONS.iter().map(|r| r.to_string()).collect(),
@@ -29,17 +49,19 @@ pub fn sample_service() -> ServiceConfig {
         lease_ttl: Duration::from_secs(2),
         initial_primary: Some("us-east".into()),
         auto_failover: true,
-        failback: "manual".into(),
+        failback: "auto".into(),
         failback_stable: Duration::from_secs(10),
         cooldown: Duration::from_secs(10),
-        flap_limit: 3,
+        flap_limit: 5,
         flap_window: Duration::from_secs(300),
-        health: Default::default(),
+        health,
+        plans: Default::default(),
     }
 }
 
-/// Node configs of a local three-region cluster on `127.0.0.1:base..base+2` under `dir`.
-pub fn cluster_configs(dir: &std::path::Path, base_port: u16, cluster: &str) -> Vec<NodeConfig> {
+/// Node configs of a local three-region cluster on `127.0.0.1:base..base+2` under `dir`;
+/// `with_health` adds the simulated regions' health checks to the sample service.
+pub fn cluster_configs(dir: &std::path::Path, base_port: u16, cluster: &str, with_health: bool) -> Vec<NodeConfig> {
     let peers: Vec<PeerConfig> = DEV_REGIONS
         .iter()
         .enumerate()
@@ -68,7 +90,7 @@ pub fn cluster_configs(dir: &std::path::Path, base_port: u16, cluster: &str) -> 
                 ..TimingConfig::default()
             },
             storage: StorageConfig::default(),
-            services: vec![sample_service()],
+            services: vec![sample_service(with_health.then_some(base_port))],
         })
         .collect()
 }
@@ -87,7 +109,7 @@ pub async fn run(opts: DevOptions) -> Result<(), NodeError> {
             (t.path().to_path_buf(), Some(t))
         }
     };
-    let configs = cluster_configs(&dir, opts.base_port, "baton-dev");
+    let configs = cluster_configs(&dir, opts.base_port, "baton-dev", true);
     for c in &configs {
         c.validate().map_err(|e| NodeError::Other(e.to_string()))?;
     }
@@ -103,7 +125,15 @@ pub async fn run(opts: DevOptions) -> Result<(), NodeError> {
             }
         }
     }
-    let agents = super::agents::start_dev_agents(&configs).await;
+    let regions = match super::agents::start(&configs, opts.base_port).await {
+        Ok(r) => r,
+        Err(e) => {
+            for n in nodes {
+                let _ = n.stop().await;
+            }
+            return Err(NodeError::Other(e));
+        }
+    };
     let endpoints: Vec<String> = configs.iter().map(|c| c.listen.clone()).collect();
     println!("baton dev — a local three-region cluster");
     println!("  INSECURE: no TLS and no authentication; for trying baton on this machine only.");
@@ -114,8 +144,9 @@ pub async fn run(opts: DevOptions) -> Result<(), NodeError> {
         Some(d) => println!("  data: {} (kept)", d.display()),
         None => println!("  data: {} (removed on exit)", dir.display()),
     }
-    println!("  service payments: us-east > eu-west > ap-south, primary us-east, lease TTL 2s;");
-    println!("  one agent per region keeps the lease alive (the holder's renews it).");
+    println!("  service payments: us-east > eu-west > ap-south, primary us-east, lease TTL 2s,");
+    println!("  automatic failover, automatic failback after 10s healthy; each region has an agent");
+    println!("  and a health endpoint on 127.0.0.1:{}..{}.", opts.base_port + 10, opts.base_port + 12);
     println!();
     println!(
         "Try, in another terminal (the CLI talks to {} by default):",
@@ -127,12 +158,15 @@ pub async fn run(opts: DevOptions) -> Result<(), NodeError> {
     println!("  baton failover payments --to eu-west --reason \"drill\"");
     println!("  baton validate payments <old token>");
     println!("  baton audit");
+    println!("  baton dev outage us-east     # us-east's agent and endpoint go down: watch payments fail over");
+    println!("  baton dev heal us-east       # 10s after it is healthy again, payments fails back");
+    println!("  baton workflows payments     # the runs, with time to detect and time to recover");
     println!("Ctrl-C stops the cluster.");
     super::stop_signal().await;
     println!("stopping…");
-    drop(agents);
     for n in nodes {
         n.stop().await?;
     }
+    drop(regions);
     Ok(())
 }

@@ -5,7 +5,7 @@
 //! lease keeper and the gRPC server. [`Node::stop`] steps down if it leads, ends every
 //! stream, stops Raft and flushes storage.
 
-mod agents;
+pub mod agents;
 pub mod dev;
 mod probes;
 

@@ -35,7 +35,7 @@ pub use history::{Compacted, Event, EventKind, History};
 pub use lease::{Lease, LeaseMode, LeaseState};
 pub use service::{FailbackMode, HealthCheck, ServiceSpec};
 pub use workflow::{
-    default_plan, Effect, OnFailure, PhaseMark, Phases, Run, RunKind, RunState, Step, StepKind,
+    default_plan, plan_for, Effect, OnFailure, PhaseMark, Phases, Run, RunKind, RunState, Step, StepKind,
     StepOutcome, StepSpec, StepState, Trigger,
 };
 

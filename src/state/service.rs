@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::names::check_name;
+use super::workflow::{StepKind, StepSpec};
 
 /// Smallest lease TTL the state machine accepts; the node also requires three heartbeats.
 pub const MIN_TTL_MS: u64 = 100;
@@ -90,6 +91,32 @@ pub struct ServiceSpec {
     pub flap_window_ms: u64,
     /// Health check per region.
     pub health: BTreeMap<String, HealthCheck>,
+    /// Per-kind plans (`failover`, `switchover`, `failback`) replacing the default ones.
+    pub plans: BTreeMap<String, Vec<StepSpec>>,
+}
+
+/// Checks a plan: known kind, one fence before exactly one grant, webhooks with http URLs.
+pub fn validate_plan(kind: &str, steps: &[StepSpec]) -> Result<(), String> {
+    if !["failover", "switchover", "failback"].contains(&kind) {
+        return Err(format!("plan {kind:?} is not one of failover, switchover, failback"));
+    }
+    let pos = |k: &StepKind| steps.iter().position(|s| &s.kind == k);
+    let grants = steps.iter().filter(|s| s.kind == StepKind::Grant).count();
+    let fences = steps.iter().filter(|s| s.kind == StepKind::Fence).count();
+    if grants != 1 || fences != 1 {
+        return Err(format!("plan {kind:?} needs exactly one fence and one grant step"));
+    }
+    if pos(&StepKind::Fence) > pos(&StepKind::Grant) {
+        return Err(format!("plan {kind:?}: fence must come before grant (never two holders)"));
+    }
+    for s in steps {
+        if let StepKind::Webhook(url) = &s.kind {
+            if !url.starts_with("http://") {
+                return Err(format!("plan {kind:?}: webhook URL {url:?} must start with http://"));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl ServiceSpec {
@@ -108,6 +135,7 @@ impl ServiceSpec {
             flap_limit: 3,
             flap_window_ms: 600_000,
             health: BTreeMap::new(),
+            plans: BTreeMap::new(),
         }
     }
 
@@ -186,6 +214,9 @@ impl ServiceSpec {
         }
         if self.flap_limit > 0 && self.flap_window_ms == 0 {
             return Err("flap_limit needs a non-zero flap_window".into());
+        }
+        for (kind, steps) in &self.plans {
+            validate_plan(kind, steps)?;
         }
         for (region, check) in &self.health {
             if !self.regions.contains(region) {

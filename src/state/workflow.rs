@@ -134,6 +134,54 @@ impl StepSpec {
     }
 }
 
+/// The plan a service uses for a run kind: its own when it has one, else the default.
+pub fn plan_for(spec: &super::ServiceSpec, kind: RunKind) -> Vec<StepSpec> {
+    spec.plans
+        .get(kind.as_str())
+        .cloned()
+        .unwrap_or_else(|| default_plan(kind))
+}
+
+impl StepKind {
+    /// Parses a step name (`webhook` needs its URL).
+    pub fn parse(name: &str, url: Option<&str>) -> Result<Self, String> {
+        Ok(match name {
+            "precheck" => StepKind::Precheck,
+            "fence" => StepKind::Fence,
+            "grant" => StepKind::Grant,
+            "wait-healthy" => StepKind::WaitHealthy,
+            "approval" => StepKind::Approval,
+            "verify" => StepKind::Verify,
+            "webhook" => StepKind::Webhook(
+                url.filter(|u| !u.is_empty())
+                    .ok_or("a webhook step needs a url")?
+                    .to_string(),
+            ),
+            other => {
+                return Err(format!(
+                    "step {other:?} is not one of precheck, fence, grant, webhook, wait-healthy, approval, verify"
+                ))
+            }
+        })
+    }
+}
+
+impl OnFailure {
+    /// Parses `abort`, `rollback` or `retry(N)`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "" | "abort" => Ok(OnFailure::Abort),
+            "rollback" => Ok(OnFailure::Rollback),
+            _ => s
+                .strip_prefix("retry(")
+                .and_then(|r| r.strip_suffix(')'))
+                .and_then(|n| n.parse().ok())
+                .map(OnFailure::Retry)
+                .ok_or_else(|| format!("on_failure {s:?} is not abort, rollback or retry(N)")),
+        }
+    }
+}
+
 /// The default plan of a run kind. Fencing has no timeout of its own: it always ends, by
 /// acknowledgement or by the TTL running out.
 pub fn default_plan(kind: RunKind) -> Vec<StepSpec> {

@@ -339,3 +339,86 @@ pub fn switchover(service: &str, to: &str, expected: u64) -> proto::FailoverRequ
         dry_run: false,
     }
 }
+
+/// A health endpoint for one region: answers 200 or 503, optionally 503 only to one vantage
+/// (the `X-Baton-Vantage` header coordinator probes send, e.g. `node-2@eu-west`).
+pub struct HealthServer {
+    pub url: String,
+    state: std::sync::Arc<std::sync::Mutex<(bool, Option<String>)>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HealthServer {
+    pub async fn start() -> HealthServer {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/health", listener.local_addr().unwrap());
+        let state = std::sync::Arc::new(std::sync::Mutex::new((true, None::<String>)));
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else { continue };
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 2048];
+                    let n = conn.read(&mut buf).await.unwrap_or(0);
+                    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                    let vantage = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("X-Baton-Vantage: "))
+                        .map(str::to_string);
+                    let (healthy, failing_for) = st.lock().unwrap().clone();
+                    let ok = match failing_for {
+                        Some(v) => vantage.as_deref() != Some(v.as_str()),
+                        None => healthy,
+                    };
+                    let status = if ok { "200 OK" } else { "503 Service Unavailable" };
+                    let _ = conn
+                        .write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes())
+                        .await;
+                });
+            }
+        });
+        HealthServer { url, state, task }
+    }
+
+    pub fn set_healthy(&self, healthy: bool) {
+        *self.state.lock().unwrap() = (healthy, None);
+    }
+
+    /// Fails only for probes from `vantage`.
+    pub fn fail_only_for(&self, vantage: &str) {
+        *self.state.lock().unwrap() = (true, Some(vantage.to_string()));
+    }
+}
+
+impl Drop for HealthServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// `[[services]]` TOML of `payments` with an HTTP health check per region (fast probes).
+pub fn service_with_health(health: &[(&str, &HealthServer)], extra: &str) -> String {
+    let mut s = String::from(
+        "[[services]]\nname = \"payments\"\nregions = [\"us-east\", \"eu-west\", \"ap-south\"]\nlease_ttl = \"1s\"\ncooldown = \"0s\"\n",
+    );
+    s.push_str(extra);
+    for (region, server) in health {
+        s.push_str(&format!(
+            "[services.health.{region}]\nkind = \"http\"\ntarget = \"{}\"\ninterval = \"100ms\"\ntimeout = \"80ms\"\nthreshold = 2\n",
+            server.url
+        ));
+    }
+    s
+}
+
+/// Runs of a service, newest first.
+pub async fn workflows(c: &TestCluster, service: &str) -> Vec<proto::Workflow> {
+    let leader = c.leader(Duration::from_secs(20)).await;
+    let mut co = c.coordinator(leader).await;
+    co.list_workflows(proto::ListWorkflowsRequest { service: service.into(), limit: 100 })
+        .await
+        .map(|r| r.into_inner().workflows)
+        .unwrap_or_default()
+}
