@@ -153,14 +153,16 @@ pub fn record_to_proto(r: &ServiceRecord) -> proto::ServiceStatus {
             .observations
             .iter()
             .flat_map(|(region, by_node)| {
-                by_node.iter().map(move |(node, o)| proto::HealthObservation {
-                    region: region.clone(),
-                    vantage_node: *node,
-                    vantage_region: o.vantage_region.clone(),
-                    healthy: o.healthy,
-                    detail: o.detail.clone(),
-                    at_unix_ms: o.at_ms,
-                })
+                by_node
+                    .iter()
+                    .map(move |(node, o)| proto::HealthObservation {
+                        region: region.clone(),
+                        vantage_node: *node,
+                        vantage_region: o.vantage_region.clone(),
+                        healthy: o.healthy,
+                        detail: o.detail.clone(),
+                        at_unix_ms: o.at_ms,
+                    })
             })
             .collect(),
     }

@@ -6,11 +6,30 @@ use std::time::Duration;
 use baton::proto::{self, EventKind};
 
 use crate::support::{
-    agent, client, eventually, held, lease, service_with_health, switchover, workflows, HealthServer, TestCluster,
+    agent, client, eventually, held, lease, service_with_health, switchover, workflows,
+    HealthServer, TestCluster,
 };
 
+/// Waits until the cluster sees `region` of payments as healthy (a majority of vantages).
+async fn healthy_again(cl: &baton::client::Client, region: &str) {
+    eventually(
+        Duration::from_secs(20),
+        "the region to be healthy again",
+        || async {
+            let p = cl.plan("payments").await.ok()?;
+            let row = p.candidates.iter().find(|c| c.region == region)?;
+            row.health.starts_with("up").then_some(())
+        },
+    )
+    .await;
+}
+
 async fn three_health() -> (HealthServer, HealthServer, HealthServer) {
-    (HealthServer::start().await, HealthServer::start().await, HealthServer::start().await)
+    (
+        HealthServer::start().await,
+        HealthServer::start().await,
+        HealthServer::start().await,
+    )
 }
 
 /// Waits for a GRANTED event of `service` to `region`; returns its token.
@@ -48,7 +67,10 @@ async fn the_primary_regions_health_failing_moves_the_lease_and_watchers_see_it(
     assert!(token > old);
     assert!(!a_us.is_valid(), "the old holder must have demoted");
     let run = eventually(Duration::from_secs(30), "the run to finish", || async {
-        workflows(&c, "payments").await.into_iter().find(|r| r.token_after == token && r.state != "running")
+        workflows(&c, "payments")
+            .await
+            .into_iter()
+            .find(|r| r.token_after == token && r.state != "running")
     })
     .await;
     assert_eq!(run.kind, "failover");
@@ -80,8 +102,16 @@ async fn one_vantage_seeing_the_region_fail_does_not_fail_over() {
     .await;
     // ...then the decision on that state is to do nothing, and nothing was started.
     let plan = cl.plan("payments").await.unwrap();
-    assert!(plan.next_action.starts_with("nothing"), "{}", plan.next_action);
-    let us_row = plan.candidates.iter().find(|c| c.region == "us-east").unwrap();
+    assert!(
+        plan.next_action.starts_with("nothing"),
+        "{}",
+        plan.next_action
+    );
+    let us_row = plan
+        .candidates
+        .iter()
+        .find(|c| c.region == "us-east")
+        .unwrap();
     assert!(us_row.health.contains("1 of 3"), "{}", us_row.health);
     assert!(workflows(&c, "payments").await.is_empty());
     assert_eq!(lease(&cl, "payments").await.token, token);
@@ -99,11 +129,15 @@ async fn an_expired_lease_is_granted_to_the_next_region() {
     let mut w = cl.watch(vec!["payments".into()], 0);
     w.next().await.unwrap().unwrap();
     drop(a_us); // the holder dies: no renewal, no ack
-    // us-east is still the first choice for a vacant lease, but no agent renews it there...
+                // us-east is still the first choice for a vacant lease, but no agent renews it there...
     let token = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             let r = w.next().await.unwrap().unwrap();
-            if let Some(e) = r.events.iter().find(|e| e.kind == EventKind::Granted as i32) {
+            if let Some(e) = r
+                .events
+                .iter()
+                .find(|e| e.kind == EventKind::Granted as i32)
+            {
                 return e.lease.clone().unwrap();
             }
         }
@@ -112,7 +146,10 @@ async fn an_expired_lease_is_granted_to_the_next_region() {
     .expect("a grant after the expiry");
     assert!(token.token > old);
     let runs = workflows(&c, "payments").await;
-    assert!(runs.iter().any(|r| r.trigger == "lease expired"), "{runs:?}");
+    assert!(
+        runs.iter().any(|r| r.trigger == "lease expired"),
+        "{runs:?}"
+    );
 }
 
 fn approval_plan() -> &'static str {
@@ -134,26 +171,45 @@ async fn an_approval_gated_run_waits_and_survives_a_leader_kill() {
 
     // The operator's switchover blocks at the approval step.
     let cl2 = cl.clone();
-    let pending = tokio::spawn(async move { cl2.failover(switchover("payments", "eu-west", old)).await });
-    let run = eventually(Duration::from_secs(20), "the run to wait for approval", || async {
-        workflows(&c, "payments").await.into_iter().find(|r| {
-            r.state == "running" && r.steps.get(r.current_step as usize).is_some_and(|s| s.kind == "approval")
-        })
-    })
+    let pending =
+        tokio::spawn(async move { cl2.failover(switchover("payments", "eu-west", old)).await });
+    let run = eventually(
+        Duration::from_secs(20),
+        "the run to wait for approval",
+        || async {
+            workflows(&c, "payments").await.into_iter().find(|r| {
+                r.state == "running"
+                    && r.steps
+                        .get(r.current_step as usize)
+                        .is_some_and(|s| s.kind == "approval")
+            })
+        },
+    )
     .await;
-    assert_eq!(lease(&cl, "payments").await.token, old, "nothing moves before approval");
+    assert_eq!(
+        lease(&cl, "payments").await.token,
+        old,
+        "nothing moves before approval"
+    );
 
     // The leader dies mid-run; the new leader keeps the run where it was.
     c.kill(leader);
     c.leader(Duration::from_secs(20)).await;
     let _ = pending.await;
-    let again = workflows(&c, "payments").await.into_iter().find(|r| r.id == run.id).unwrap();
+    let again = workflows(&c, "payments")
+        .await
+        .into_iter()
+        .find(|r| r.id == run.id)
+        .unwrap();
     assert_eq!(again.current_step, run.current_step);
     assert_eq!(again.state, "running");
 
     cl.approve(run.id, true, "change ticket 42").await.unwrap();
     let done = eventually(Duration::from_secs(20), "the run to finish", || async {
-        workflows(&c, "payments").await.into_iter().find(|r| r.id == run.id && r.state != "running")
+        workflows(&c, "payments")
+            .await
+            .into_iter()
+            .find(|r| r.id == run.id && r.state != "running")
     })
     .await;
     assert_eq!(done.state, "succeeded", "{done:?}");
@@ -165,7 +221,9 @@ async fn an_approval_gated_run_waits_and_survives_a_leader_kill() {
         .filter(|e| e.action == "run.step-done" && e.reason.starts_with("granted"))
         .count();
     assert_eq!(grants, 1, "the grant was applied more than once");
-    assert!(audit.iter().any(|e| e.action == "run.approve" && e.reason == "change ticket 42"));
+    assert!(audit
+        .iter()
+        .any(|e| e.action == "run.approve" && e.reason == "change ticket 42"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,12 +238,20 @@ async fn a_rejected_run_moves_nothing() {
     let a_us = agent(&c, "payments", "us-east");
     let old = held(&a_us).await;
     let cl2 = cl.clone();
-    let pending = tokio::spawn(async move { cl2.failover(switchover("payments", "eu-west", old)).await });
-    let run = eventually(Duration::from_secs(20), "the run to wait for approval", || async {
-        workflows(&c, "payments").await.into_iter().find(|r| {
-            r.state == "running" && r.steps.get(r.current_step as usize).is_some_and(|s| s.kind == "approval")
-        })
-    })
+    let pending =
+        tokio::spawn(async move { cl2.failover(switchover("payments", "eu-west", old)).await });
+    let run = eventually(
+        Duration::from_secs(20),
+        "the run to wait for approval",
+        || async {
+            workflows(&c, "payments").await.into_iter().find(|r| {
+                r.state == "running"
+                    && r.steps
+                        .get(r.current_step as usize)
+                        .is_some_and(|s| s.kind == "approval")
+            })
+        },
+    )
     .await;
     cl.approve(run.id, false, "not now").await.unwrap();
     let err = pending.await.unwrap().unwrap_err();
@@ -203,12 +269,17 @@ async fn a_flapping_region_pauses_automation_at_the_limit() {
     let c = TestCluster::start(3, &svc).await;
     c.leader(Duration::from_secs(20)).await;
     let cl = client(&c);
-    let _agents = [agent(&c, "payments", "us-east"), agent(&c, "payments", "eu-west"), agent(&c, "payments", "ap-south")];
+    let _agents = [
+        agent(&c, "payments", "us-east"),
+        agent(&c, "payments", "eu-west"),
+        agent(&c, "payments", "ap-south"),
+    ];
     let mut w = cl.watch(vec!["payments".into()], 0);
     w.next().await.unwrap().unwrap();
     us.set_healthy(false);
     granted_to(&mut w, "eu-west").await;
     us.set_healthy(true);
+    healthy_again(&cl, "us-east").await;
     eu.set_healthy(false);
     granted_to(&mut w, "us-east").await;
     // Two automatic moves: the limit. A third outage is left alone, and `plan` says why.
@@ -220,15 +291,27 @@ async fn a_flapping_region_pauses_automation_at_the_limit() {
         (paused && !busy).then_some(p)
     })
     .await;
-    assert!(plan.next_action.contains("flap limit"), "{}", plan.next_action);
+    assert!(
+        plan.next_action.contains("flap limit"),
+        "{}",
+        plan.next_action
+    );
     assert_eq!(lease(&cl, "payments").await.holder_region, "us-east");
     eu.set_healthy(true);
     cl.ack("payments", "flapping understood").await.unwrap();
     // Automation resumes: us-east is still down, so the lease leaves it.
-    let moved = eventually(Duration::from_secs(30), "the lease to leave us-east after the ack", || async {
-        let l = cl.primary("payments", proto::Consistency::Linearizable).await.ok()?.lease?;
-        (l.holder_region != "us-east" && l.state == proto::LeaseState::Held as i32).then_some(l)
-    })
+    let moved = eventually(
+        Duration::from_secs(30),
+        "the lease to leave us-east after the ack",
+        || async {
+            let l = cl
+                .primary("payments", proto::Consistency::Linearizable)
+                .await
+                .ok()?
+                .lease?;
+            (l.holder_region != "us-east" && l.state == proto::LeaseState::Held as i32).then_some(l)
+        },
+    )
     .await;
     assert!(["eu-west", "ap-south"].contains(&moved.holder_region.as_str()));
 }
@@ -243,7 +326,10 @@ async fn failback_waits_for_the_stable_window_and_never_happens_when_manual() {
     let c = TestCluster::start(3, &svc).await;
     c.leader(Duration::from_secs(20)).await;
     let cl = client(&c);
-    let _agents = [agent(&c, "payments", "us-east"), agent(&c, "payments", "eu-west")];
+    let _agents = [
+        agent(&c, "payments", "us-east"),
+        agent(&c, "payments", "eu-west"),
+    ];
     let mut w = cl.watch(vec!["payments".into()], 0);
     w.next().await.unwrap().unwrap();
     us.set_healthy(false);
@@ -251,7 +337,10 @@ async fn failback_waits_for_the_stable_window_and_never_happens_when_manual() {
     us.set_healthy(true);
     granted_to(&mut w, "us-east").await;
     let runs = workflows(&c, "payments").await;
-    let fb = runs.iter().find(|r| r.kind == "failback").expect("a failback run");
+    let fb = runs
+        .iter()
+        .find(|r| r.kind == "failback")
+        .expect("a failback run");
     let healthy_again = cl
         .get_service("payments")
         .await
@@ -271,18 +360,33 @@ async fn failback_waits_for_the_stable_window_and_never_happens_when_manual() {
     );
 
     // With failback manual, nothing moves back.
-    let mut spec = cl.get_service("payments").await.unwrap().service.unwrap().spec.unwrap();
+    let mut spec = cl
+        .get_service("payments")
+        .await
+        .unwrap()
+        .service
+        .unwrap()
+        .spec
+        .unwrap();
     spec.failback = "manual".into();
     cl.put_service(spec, "manual failback").await.unwrap();
     us.set_healthy(false);
     granted_to(&mut w, "eu-west").await;
     us.set_healthy(true);
-    let plan = eventually(Duration::from_secs(20), "us-east to be healthy again", || async {
-        let p = cl.plan("payments").await.ok()?;
-        let row = p.candidates.iter().find(|c| c.region == "us-east")?;
-        row.health.starts_with("up").then_some(p)
-    })
+    let plan = eventually(
+        Duration::from_secs(20),
+        "us-east to be healthy again",
+        || async {
+            let p = cl.plan("payments").await.ok()?;
+            let row = p.candidates.iter().find(|c| c.region == "us-east")?;
+            row.health.starts_with("up").then_some(p)
+        },
+    )
     .await;
-    assert!(plan.next_action.starts_with("nothing"), "{}", plan.next_action);
+    assert!(
+        plan.next_action.starts_with("nothing"),
+        "{}",
+        plan.next_action
+    );
     assert_eq!(lease(&cl, "payments").await.holder_region, "eu-west");
 }

@@ -2,9 +2,10 @@
 
 mod support;
 
+mod agent;
+mod automation;
 mod bad_input;
 mod lifecycle;
 mod membership;
 mod switchover;
 mod watch;
-mod automation;

@@ -11,14 +11,16 @@ use tracing::Instrument;
 use super::{actor, forwarded, rejection_status, Ctx};
 use crate::control::controller::voters;
 use crate::control::{policy, propose, wall_clock_ms};
-use crate::convert::{audit_to_proto, lease_to_proto, record_to_proto, run_to_proto, validity_to_proto};
+use crate::convert::{
+    audit_to_proto, lease_to_proto, record_to_proto, run_to_proto, validity_to_proto,
+};
 use crate::proto::{
     self, coordinator_client::CoordinatorClient, coordinator_server::Coordinator, Consistency,
 };
 use crate::state::names::{check_name, check_reason};
 use crate::state::{
-    self, plan_for, Command, FailbackMode, LeaseMode, LeaseState, Response as StateResponse, RunKind, RunState,
-    StepKind, Trigger,
+    self, plan_for, Command, FailbackMode, LeaseMode, LeaseState, Response as StateResponse,
+    RunKind, RunState, StepKind, Trigger,
 };
 
 /// The Coordinator service of one node.
@@ -84,6 +86,7 @@ impl CoordinatorService {
 
     /// A move of the lease by an operator (switchover or failback), carried out as a
     /// workflow run that the controller drives; returns when the run ends.
+    #[allow(clippy::too_many_arguments)]
     async fn do_move(
         &self,
         service: &str,
@@ -106,7 +109,9 @@ impl CoordinatorService {
         let rec = {
             let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
             view.state.service(service).cloned().ok_or_else(|| {
-                Status::not_found(format!("service {service:?} does not exist; `baton services` lists them"))
+                Status::not_found(format!(
+                    "service {service:?} does not exist; `baton services` lists them"
+                ))
             })?
         };
         let (spec, before) = (rec.spec.clone(), rec.lease.clone());
@@ -144,7 +149,11 @@ impl CoordinatorService {
             passed
         };
         let region_ok = match state::check_region(&spec, &to) {
-            Ok(()) => check("target-allowed", true, format!("{to} is an allowed candidate")),
+            Ok(()) => check(
+                "target-allowed",
+                true,
+                format!("{to} is an allowed candidate"),
+            ),
             Err(e) => {
                 let _ = check("target-allowed", false, e.to_string());
                 if !dry_run {
@@ -166,7 +175,10 @@ impl CoordinatorService {
             if already {
                 format!("{to} already holds the lease (token {})", before.token)
             } else {
-                format!("current holder: {}", before.holder.as_deref().unwrap_or("none"))
+                format!(
+                    "current holder: {}",
+                    before.holder.as_deref().unwrap_or("none")
+                )
             },
         );
         let token_ok = expected_token == 0 || expected_token == before.token;
@@ -190,7 +202,11 @@ impl CoordinatorService {
                 None => "no run in progress".into(),
             },
         );
-        check("quorum", true, format!("leader {} confirmed with a quorum", self.ctx.id));
+        check(
+            "quorum",
+            true,
+            format!("leader {} confirmed with a quorum", self.ctx.id),
+        );
         let fence_plan = match before.state {
             LeaseState::Held => format!(
                 "revoke token {} from {}; wait for its agents' demotion acks or its TTL ({} ms + drift + margin)",
@@ -206,10 +222,19 @@ impl CoordinatorService {
         check(
             "plan",
             true,
-            format!("{} run: {}; {fence_plan}; then grant {to} a new token", kind.as_str(), steps.join(" -> ")),
+            format!(
+                "{} run: {}; {fence_plan}; then grant {to} a new token",
+                kind.as_str(),
+                steps.join(" -> ")
+            ),
         );
         let _ = region_ok;
-        let response = |after: Option<proto::Lease>, fenced_by: String, fence_ms: u64, run_id: u64, checks, candidates| {
+        let response = |after: Option<proto::Lease>,
+                        fenced_by: String,
+                        fence_ms: u64,
+                        run_id: u64,
+                        checks,
+                        candidates| {
             proto::FailoverResponse {
                 before: Some(lease_to_proto(service, &before)),
                 after,
@@ -259,7 +284,9 @@ impl CoordinatorService {
         }
         // Wait for the controller to carry the run out (it survives a leader change; this
         // call does not, and then says so).
-        let deadline = Instant::now() + Duration::from_millis(before.ttl_ms.saturating_mul(3)) + Duration::from_secs(60);
+        let deadline = Instant::now()
+            + Duration::from_millis(before.ttl_ms.saturating_mul(3))
+            + Duration::from_secs(60);
         let run = loop {
             let run = {
                 let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
@@ -283,7 +310,10 @@ impl CoordinatorService {
             let _ = tokio::time::timeout(Duration::from_millis(50), changes.recv()).await;
         };
         if run.state != RunState::Succeeded {
-            let failed_step = run.steps.get(run.current).map_or("?", |s| s.spec.kind.name());
+            let failed_step = run
+                .steps
+                .get(run.current)
+                .map_or("?", |s| s.spec.kind.name());
             return Err(Status::failed_precondition(format!(
                 "run {run_id} {} at step {failed_step}: {}",
                 run.state.as_str(),
@@ -292,7 +322,9 @@ impl CoordinatorService {
         }
         let after = {
             let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
-            view.state.service(service).map(|r| lease_to_proto(service, &r.lease))
+            view.state
+                .service(service)
+                .map(|r| lease_to_proto(service, &r.lease))
         };
         let fence = run.steps.iter().find(|s| s.spec.kind == StepKind::Fence);
         let fenced_by = fence.map_or("none".to_string(), |s| s.detail.clone());
@@ -300,7 +332,9 @@ impl CoordinatorService {
             .and_then(|s| Some((s.finished_ms? - s.started_ms?).max(0) as u64))
             .unwrap_or(0);
         tracing::info!(%service, %to, run = run_id, fenced_by = %fenced_by, fence_ms, "{} complete", kind.as_str());
-        Ok(response(after, fenced_by, fence_ms, run_id, checks, candidates))
+        Ok(response(
+            after, fenced_by, fence_ms, run_id, checks, candidates,
+        ))
     }
 
     /// Proposes a simple command on the leader (forwarding once when this node does not lead).
@@ -314,7 +348,6 @@ impl CoordinatorService {
         }
     }
 }
-
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -363,7 +396,7 @@ impl Coordinator for CoordinatorService {
                 }
                 let ch = self.ctx.leader_channel().map_err(|_| s)?;
                 return CoordinatorClient::new(ch)
-                    .list_services(forwarded(&request, req.clone()))
+                    .list_services(forwarded(&request, *req))
                     .await;
             }
         }
@@ -505,14 +538,27 @@ impl Coordinator for CoordinatorService {
         let req = request.get_ref();
         if !self.ctx.keeper.is_leading() && !Ctx::was_forwarded(&request) {
             let ch = self.ctx.leader_channel()?;
-            return CoordinatorClient::new(ch).failback(forwarded(&request, req.clone())).await;
+            return CoordinatorClient::new(ch)
+                .failback(forwarded(&request, req.clone()))
+                .await;
         }
-        self.do_move(&req.service, None, &req.reason, req.expected_token, req.dry_run, RunKind::Failback, &who)
-            .await
-            .map(Response::new)
+        self.do_move(
+            &req.service,
+            None,
+            &req.reason,
+            req.expected_token,
+            req.dry_run,
+            RunKind::Failback,
+            &who,
+        )
+        .await
+        .map(Response::new)
     }
 
-    async fn set_mode(&self, request: Request<proto::SetModeRequest>) -> Result<Response<proto::SetModeResponse>, Status> {
+    async fn set_mode(
+        &self,
+        request: Request<proto::SetModeRequest>,
+    ) -> Result<Response<proto::SetModeResponse>, Status> {
         let who = actor(&request);
         let req = request.get_ref();
         check_name("service", &req.service).map_err(invalid)?;
@@ -524,10 +570,19 @@ impl Coordinator for CoordinatorService {
         };
         if !self.ctx.keeper.is_leading() && !Ctx::was_forwarded(&request) {
             let ch = self.ctx.leader_channel()?;
-            return CoordinatorClient::new(ch).set_mode(forwarded(&request, req.clone())).await;
+            return CoordinatorClient::new(ch)
+                .set_mode(forwarded(&request, req.clone()))
+                .await;
         }
         let resp = self
-            .simple_write(&who, Command::SetMode { service: req.service.clone(), mode, reason: req.reason.clone() })
+            .simple_write(
+                &who,
+                Command::SetMode {
+                    service: req.service.clone(),
+                    mode,
+                    reason: req.reason.clone(),
+                },
+            )
             .await?;
         let lease = match resp {
             StateResponse::Applied { lease, .. } => lease.map(|l| lease_to_proto(&req.service, &l)),
@@ -536,62 +591,102 @@ impl Coordinator for CoordinatorService {
         Ok(Response::new(proto::SetModeResponse { lease }))
     }
 
-    async fn freeze(&self, request: Request<proto::FreezeRequest>) -> Result<Response<proto::FreezeResponse>, Status> {
+    async fn freeze(
+        &self,
+        request: Request<proto::FreezeRequest>,
+    ) -> Result<Response<proto::FreezeResponse>, Status> {
         let who = actor(&request);
         let req = request.get_ref();
         check_name("service", &req.service).map_err(invalid)?;
         check_reason(&req.reason).map_err(invalid)?;
         if !self.ctx.keeper.is_leading() && !Ctx::was_forwarded(&request) {
             let ch = self.ctx.leader_channel()?;
-            return CoordinatorClient::new(ch).freeze(forwarded(&request, req.clone())).await;
+            return CoordinatorClient::new(ch)
+                .freeze(forwarded(&request, req.clone()))
+                .await;
         }
         self.simple_write(
             &who,
-            Command::SetFrozen { service: req.service.clone(), frozen: req.freeze, reason: req.reason.clone() },
+            Command::SetFrozen {
+                service: req.service.clone(),
+                frozen: req.freeze,
+                reason: req.reason.clone(),
+            },
         )
         .await?;
         Ok(Response::new(proto::FreezeResponse { frozen: req.freeze }))
     }
 
-    async fn ack(&self, request: Request<proto::AckRequest>) -> Result<Response<proto::AckResponse>, Status> {
+    async fn ack(
+        &self,
+        request: Request<proto::AckRequest>,
+    ) -> Result<Response<proto::AckResponse>, Status> {
         let who = actor(&request);
         let req = request.get_ref();
         check_name("service", &req.service).map_err(invalid)?;
         check_reason(&req.reason).map_err(invalid)?;
         if !self.ctx.keeper.is_leading() && !Ctx::was_forwarded(&request) {
             let ch = self.ctx.leader_channel()?;
-            return CoordinatorClient::new(ch).ack(forwarded(&request, req.clone())).await;
+            return CoordinatorClient::new(ch)
+                .ack(forwarded(&request, req.clone()))
+                .await;
         }
-        self.simple_write(&who, Command::AckFlap { service: req.service.clone(), reason: req.reason.clone() })
-            .await?;
+        self.simple_write(
+            &who,
+            Command::AckFlap {
+                service: req.service.clone(),
+                reason: req.reason.clone(),
+            },
+        )
+        .await?;
         Ok(Response::new(proto::AckResponse {}))
     }
 
-    async fn approve(&self, request: Request<proto::ApproveRequest>) -> Result<Response<proto::ApproveResponse>, Status> {
+    async fn approve(
+        &self,
+        request: Request<proto::ApproveRequest>,
+    ) -> Result<Response<proto::ApproveResponse>, Status> {
         let who = actor(&request);
         let req = request.get_ref();
         check_reason(&req.reason).map_err(invalid)?;
         if !self.ctx.keeper.is_leading() && !Ctx::was_forwarded(&request) {
             let ch = self.ctx.leader_channel()?;
-            return CoordinatorClient::new(ch).approve(forwarded(&request, req.clone())).await;
+            return CoordinatorClient::new(ch)
+                .approve(forwarded(&request, req.clone()))
+                .await;
         }
         let service = {
             let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
             view.state
                 .run(req.run_id)
                 .map(|r| r.service.clone())
-                .ok_or_else(|| Status::not_found(format!("there is no run {}; `baton workflows` lists them", req.run_id)))?
+                .ok_or_else(|| {
+                    Status::not_found(format!(
+                        "there is no run {}; `baton workflows` lists them",
+                        req.run_id
+                    ))
+                })?
         };
         self.simple_write(
             &who,
-            Command::DecideRun { service, run: req.run_id, approve: req.approve, reason: req.reason.clone() },
+            Command::DecideRun {
+                service,
+                run: req.run_id,
+                approve: req.approve,
+                reason: req.reason.clone(),
+            },
         )
         .await?;
         let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
-        Ok(Response::new(proto::ApproveResponse { workflow: view.state.run(req.run_id).map(run_to_proto) }))
+        Ok(Response::new(proto::ApproveResponse {
+            workflow: view.state.run(req.run_id).map(run_to_proto),
+        }))
     }
 
-    async fn get_workflow(&self, request: Request<proto::GetWorkflowRequest>) -> Result<Response<proto::Workflow>, Status> {
+    async fn get_workflow(
+        &self,
+        request: Request<proto::GetWorkflowRequest>,
+    ) -> Result<Response<proto::Workflow>, Status> {
         let id = request.get_ref().run_id;
         let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
         view.state
@@ -624,21 +719,29 @@ impl Coordinator for CoordinatorService {
         Ok(Response::new(proto::ListWorkflowsResponse { workflows }))
     }
 
-    async fn plan(&self, request: Request<proto::PlanRequest>) -> Result<Response<proto::PlanResponse>, Status> {
+    async fn plan(
+        &self,
+        request: Request<proto::PlanRequest>,
+    ) -> Result<Response<proto::PlanResponse>, Status> {
         let req = request.into_inner();
         check_name("service", &req.service).map_err(invalid)?;
         let rec = {
             let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
-            view.state
-                .service(&req.service)
-                .cloned()
-                .ok_or_else(|| Status::not_found(format!("service {:?} does not exist", req.service)))?
+            view.state.service(&req.service).cloned().ok_or_else(|| {
+                Status::not_found(format!("service {:?} does not exist", req.service))
+            })?
         };
         let voters = voters(&self.ctx.raft);
         let now = wall_clock_ms();
-        let next_action = match policy::decide(&rec, &voters, now, rec.vacated_ms) {
+        let live = self
+            .ctx
+            .keeper
+            .live_regions(&req.service, Duration::from_millis(rec.lease.ttl_ms));
+        let next_action = match policy::decide(&rec, &voters, &live, now) {
             policy::Decision::Wait(why) => format!("nothing: {why}"),
-            policy::Decision::Start { kind, to, reason, .. } => format!("start a {} run to {to}: {reason}", kind.as_str()),
+            policy::Decision::Start {
+                kind, to, reason, ..
+            } => format!("start a {} run to {to}: {reason}", kind.as_str()),
         };
         Ok(Response::new(proto::PlanResponse {
             service: req.service.clone(),
@@ -653,7 +756,10 @@ impl Coordinator for CoordinatorService {
                 })
                 .collect(),
             blockers: policy::blockers(&rec, now),
-            failover_steps: plan_for(&rec.spec, RunKind::Failover).iter().map(|s| s.kind.name().to_string()).collect(),
+            failover_steps: plan_for(&rec.spec, RunKind::Failover)
+                .iter()
+                .map(|s| s.kind.name().to_string())
+                .collect(),
             next_action,
         }))
     }

@@ -41,7 +41,7 @@ impl Filter {
             .filter(|e| self.wants(&e.service))
             .map(event_to_proto)
             .collect();
-        (!events.is_empty()).then(|| proto::WatchResponse {
+        (!events.is_empty()).then_some(proto::WatchResponse {
             revision,
             events,
             progress: false,

@@ -158,7 +158,7 @@ pub async fn ack(ctx: &mut Ctx<'_>, args: ServiceReasonArgs) -> Result<Exit, Cli
 pub fn mode_table(service: &str, lease: Option<&proto::Lease>) -> Table {
     let mut row = lease.map(lease_row).unwrap_or_default();
     row.resize(LEASE_COLUMNS.len(), Value::Null);
-    if row[0].is_null() || row[0] == Value::from("") {
+    if row[0].is_null() || row[0] == "" {
         row[0] = Value::from(service);
     }
     Table::record(&LEASE_COLUMNS, row)

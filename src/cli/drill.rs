@@ -3,7 +3,7 @@
 //! region and the same checks; finally the phase timeline of both runs. Every part is
 //! reported; the exit code is non-zero when any failed, and the message says which.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use serde_json::Value;
@@ -12,10 +12,11 @@ use super::failover::FAILOVER_TIMEOUT;
 use super::moves::{failed_checks, holder_text, lease_table, Move};
 use super::output::{millis, OutputFormat, Table};
 use super::plan::{candidate_down, candidates_table, preferred_region};
-use super::workflow::{time_to_recover, timeline_table};
+use super::workflow::{move_text, time_to_recover, timeline_table};
 use super::{confirm, note, CliError, Ctx, Exit};
 use crate::client::{Client, ClientError, Consistency};
 use crate::proto;
+use tonic::Code;
 
 /// `baton drill`.
 #[derive(Debug, Args)]
@@ -147,7 +148,7 @@ pub fn health_part(
 }
 
 /// A moved lease in words, for a part's detail.
-fn moved_text(done: &proto::FailoverResponse, took: std::time::Duration) -> String {
+fn moved_text(done: &proto::FailoverResponse, took: Duration) -> String {
     let to = done.after.as_ref().map_or("?".to_string(), |l| {
         format!("{} (token {})", l.holder_region, l.token)
     });
@@ -157,8 +158,15 @@ fn moved_text(done: &proto::FailoverResponse, took: std::time::Duration) -> Stri
         holder_text(done.before.as_ref()),
         done.fenced_by,
         millis(done.fence_ms),
-        humantime::format_duration(std::time::Duration::from_millis(took.as_millis() as u64))
+        humantime::format_duration(Duration::from_millis(took.as_millis() as u64))
     )
+}
+
+/// Where a move left the lease.
+struct Moved {
+    run_id: u64,
+    region: String,
+    token: u64,
 }
 
 /// The drill's state between its parts.
@@ -182,16 +190,20 @@ impl Drill<'_> {
         self.parts.push(part);
     }
 
-    /// Carries out a move; records it as `name`.
+    /// Carries out a move to `target`; records it as `name`. When the cluster refuses it
+    /// because a run of `adopt.0` newer than run `adopt.1` is already in progress (automation
+    /// got there first, e.g. an automatic failback), waits for that run and reports it.
     async fn move_(
         &mut self,
         name: &str,
         kind: Move,
+        target: &str,
         expected_token: u64,
-    ) -> Option<proto::FailoverResponse> {
+        adopt: Option<(&str, u64)>,
+    ) -> Option<Moved> {
         note(&format!("drill: {name}..."));
         let started = Instant::now();
-        match kind
+        let e = match kind
             .call(
                 self.client,
                 self.service,
@@ -203,18 +215,75 @@ impl Drill<'_> {
         {
             Ok(done) => {
                 self.record(Part::pass(name, moved_text(&done, started.elapsed())));
-                Some(done)
+                let after = done.after.unwrap_or_default();
+                return Some(Moved {
+                    run_id: done.run_id,
+                    region: if after.holder_region.is_empty() {
+                        target.to_string()
+                    } else {
+                        after.holder_region
+                    },
+                    token: after.token,
+                });
             }
-            Err(e) => {
-                self.record(Part::fail(name, e.to_string()));
-                if self.move_error.is_none() {
-                    self.move_error = Some(CliError::ClientAt {
-                        context: format!("drill of {}: the {name} failed", self.service),
-                        source: e,
+            Err(e) => e,
+        };
+        if let Some((run_kind, since)) = adopt.filter(|_| e.code() == Code::FailedPrecondition) {
+            if let Some(w) = self.adopt(run_kind, since).await {
+                let detail = format!(
+                    "carried out by automation: run {} ({}): {}, {}; token {} (our request: {e})",
+                    w.id,
+                    w.trigger,
+                    move_text(&w),
+                    w.state,
+                    w.token_after
+                );
+                if w.state == "succeeded" {
+                    self.record(Part::pass(name, detail));
+                    return Some(Moved {
+                        run_id: w.id,
+                        region: w.to_region,
+                        token: w.token_after,
                     });
                 }
-                None
+                self.record(Part::fail(name, format!("{detail}: {}", w.error)));
+                if self.move_error.is_none() {
+                    self.move_error = Some(CliError::CheckFailed(format!(
+                        "drill of {}: the {name} failed: run {} {}",
+                        self.service, w.id, w.state
+                    )));
+                }
+                return None;
             }
+        }
+        self.record(Part::fail(name, e.to_string()));
+        if self.move_error.is_none() {
+            self.move_error = Some(CliError::ClientAt {
+                context: format!("drill of {}: the {name} failed", self.service),
+                source: e,
+            });
+        }
+        None
+    }
+
+    /// Waits (within the client's deadline) for the newest run of `kind` after run `since`
+    /// to finish, and returns it; `None` when there is none or it did not finish in time.
+    async fn adopt(&self, kind: &str, since: u64) -> Option<proto::Workflow> {
+        let id = self.started_run(kind, since).await?;
+        note(&format!(
+            "drill: automation is already running {kind} run {id}; waiting for it"
+        ));
+        let deadline = Instant::now() + self.client.timeout();
+        loop {
+            if let Ok(w) = self.client.workflow(id).await {
+                if w.state != "running" {
+                    return Some(w);
+                }
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
@@ -277,9 +346,7 @@ pub async fn run(ctx: &mut Ctx<'_>, args: DrillArgs) -> Result<Exit, CliError> {
         .or_else(|| preferred_region(&switch_plan.candidates))
         .map(str::to_string)
         .ok_or_else(|| {
-            CliError::Refused(format!(
-                "{service} has no allowed region to fail back to"
-            ))
+            CliError::Refused(format!("{service} has no allowed region to fail back to"))
         })?;
     if preferred == args.to {
         return Err(CliError::Usage(format!(
@@ -332,29 +399,34 @@ pub async fn run(ctx: &mut Ctx<'_>, args: DrillArgs) -> Result<Exit, CliError> {
     let mut run_ids: Vec<(u64, &str)> = Vec::new();
     let expected = switch_plan.before.as_ref().map_or(0, |l| l.token);
     let switched = drill
-        .move_(&format!("switchover to {}", args.to), there, expected)
+        .move_(
+            &format!("switchover to {}", args.to),
+            there,
+            &args.to,
+            expected,
+            None,
+        )
         .await;
     match &switched {
         Some(done) => {
             run_ids.push((done.run_id, "switchover"));
-            let token = done.after.as_ref().map(|l| l.token);
-            drill.check("switchover", &args.to, token).await;
-            let expected = token.unwrap_or(0);
+            let token = Some(done.token).filter(|t| *t > 0);
+            drill.check("switchover", &done.region, token).await;
             let back = drill
-                .move_(&format!("failback to {preferred}"), Move::Back, expected)
+                .move_(
+                    &format!("failback to {preferred}"),
+                    Move::Back,
+                    &preferred,
+                    done.token,
+                    // With failback = auto, automation may fail back first.
+                    Some(("failback", done.run_id)),
+                )
                 .await;
             match back {
-                Some(done) => {
-                    run_ids.push((done.run_id, "failback"));
-                    let after = done.after.unwrap_or_default();
-                    let region = if after.holder_region.is_empty() {
-                        preferred.clone()
-                    } else {
-                        after.holder_region.clone()
-                    };
-                    drill
-                        .check("failback", &region, Some(after.token).filter(|t| *t > 0))
-                        .await;
+                Some(back) => {
+                    run_ids.push((back.run_id, "failback"));
+                    let token = Some(back.token).filter(|t| *t > 0);
+                    drill.check("failback", &back.region, token).await;
                 }
                 None => {
                     if let Some(id) = drill.started_run("failback", done.run_id).await {

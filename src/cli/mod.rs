@@ -7,6 +7,7 @@
 //! not an error.
 
 mod admin;
+mod agent;
 mod audit;
 mod bench;
 mod control;
@@ -16,9 +17,6 @@ mod failover;
 mod moves;
 pub mod output;
 mod plan;
-// `read::services` is superseded by `services::run` (which adds the paused and run
-// columns); remove it when read.rs is next edited.
-#[allow(dead_code)]
 mod read;
 mod server;
 mod service;
@@ -171,6 +169,9 @@ pub enum Command {
     /// Measure a cluster (prints figures; asserts nothing).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Hold a region's lease for a service: run hooks on promotion and demotion, and fence
+    /// itself when the lease can no longer be proved valid.
+    Agent(agent::AgentArgs),
 }
 
 impl Command {
@@ -181,6 +182,7 @@ impl Command {
             self,
             Command::Server(_)
                 | Command::Dev(_)
+                | Command::Agent(_)
                 | Command::Bench(bench::BenchCommand::LeaderKill(_))
         )
     }
@@ -348,6 +350,7 @@ async fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<Exit, CliError> {
         Command::Service(cmd) => service::run(&mut ctx, cmd).await,
         Command::Admin(cmd) => admin::run(&mut ctx, cmd).await,
         Command::Bench(cmd) => bench::run(&mut ctx, cmd).await,
+        Command::Agent(args) => agent::run(ctx.global, args).await,
     }
 }
 

@@ -47,7 +47,13 @@ pub fn preferred_region(candidates: &[proto::CandidateEligibility]) -> Option<&s
 /// The plan's summary as a vertical record.
 pub fn summary_table(plan: &proto::PlanResponse) -> Table {
     Table::record(
-        &["service", "holder", "next_action", "blockers", "failover_plan"],
+        &[
+            "service",
+            "holder",
+            "next_action",
+            "blockers",
+            "failover_plan",
+        ],
         vec![
             Value::from(plan.service.clone()),
             Value::from(plan.holder_region.clone()),

@@ -70,37 +70,6 @@ pub async fn primary(ctx: &mut Ctx<'_>, args: PrimaryArgs) -> Result<Exit, CliEr
     Ok(Exit::Ok)
 }
 
-/// The table of a ListServices answer.
-pub fn services_table(resp: &proto::ListServicesResponse) -> Table {
-    let mut columns = LEASE_COLUMNS.to_vec();
-    columns.extend(["regions", "auto_failover", "frozen"]);
-    let mut t = Table::new(&columns);
-    for s in &resp.services {
-        let mut row = s.lease.as_ref().map(lease_row).unwrap_or_default();
-        row.resize(LEASE_COLUMNS.len(), Value::Null);
-        if let Some(spec) = &s.spec {
-            if row[0].is_null() {
-                row[0] = Value::from(spec.name.clone());
-            }
-            row.push(Value::from(spec.regions.clone()));
-            row.push(Value::from(spec.auto_failover));
-        } else {
-            row.extend([Value::Null, Value::Null]);
-        }
-        row.push(Value::from(s.frozen));
-        t.push(row);
-    }
-    t
-}
-
-/// `baton services`.
-pub async fn services(ctx: &mut Ctx<'_>, args: ServicesArgs) -> Result<Exit, CliError> {
-    let client = ctx.client()?;
-    let resp = client.list_services(consistency(args.local)).await?;
-    ctx.print(&services_table(&resp))?;
-    Ok(Exit::Ok)
-}
-
 /// Short name of a token validity.
 pub fn validity_name(v: proto::TokenValidity) -> &'static str {
     match v {

@@ -22,7 +22,7 @@ pub fn services_table(resp: &proto::ListServicesResponse) -> Table {
         row.resize(LEASE_COLUMNS.len(), Value::Null);
         match &s.spec {
             Some(spec) => {
-                if row[0].is_null() || row[0] == Value::from("") {
+                if row[0].is_null() || row[0] == "" {
                     row[0] = Value::from(spec.name.clone());
                 }
                 row.push(Value::from(spec.regions.clone()));

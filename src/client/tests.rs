@@ -21,8 +21,11 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::*;
 use crate::proto::{
-    FailoverRequest, FailoverResponse, GetPrimaryRequest, GetPrimaryResponse, KeepAliveRequest,
-    KeepAliveResponse, Lease, WatchRequest, WatchResponse,
+    AckRequest, AckResponse, ApproveRequest, ApproveResponse, FailbackRequest, FailoverRequest,
+    FailoverResponse, FreezeRequest, FreezeResponse, GetPrimaryRequest, GetPrimaryResponse,
+    GetWorkflowRequest, KeepAliveRequest, KeepAliveResponse, Lease, ListWorkflowsRequest,
+    ListWorkflowsResponse, PlanRequest, PlanResponse, SetModeRequest, SetModeResponse,
+    WatchRequest, WatchResponse, Workflow,
 };
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -41,7 +44,7 @@ struct Behaviour {
     not_leader_hint: Option<String>,
     /// Answer GetPrimary successfully but name this leader (a forwarding follower).
     forwarded_from: Option<String>,
-    /// Never answer a Failover.
+    /// Never answer a Failover, a Failback or an Approve.
     hang_failover: bool,
     /// Answer GetPrimary with this error.
     primary_error: Option<(tonic::Code, String)>,
@@ -208,6 +211,137 @@ impl Fake {
             ..Default::default()
         }))
     }
+
+    /// Counts the call; answers not-leader or hangs as the behaviour says.
+    async fn write_gate(&self) -> Result<(), Status> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if let Some(s) = self.not_leader() {
+            return Err(s);
+        }
+        Ok(())
+    }
+
+    async fn failback(
+        &self,
+        _r: Request<FailbackRequest>,
+    ) -> Result<Response<FailoverResponse>, Status> {
+        self.write_gate().await?;
+        if self.b.hang_failover {
+            futures::future::pending::<()>().await;
+        }
+        Ok(Response::new(FailoverResponse {
+            before: Some(lease(11)),
+            after: Some(lease(15)),
+            fenced_by: "demotion-ack".into(),
+            run_id: 15,
+            candidates: vec![proto::CandidateEligibility {
+                region: "us-east".into(),
+                eligible: true,
+                reasons: vec!["eligible".into()],
+                health: "up".into(),
+            }],
+            ..Default::default()
+        }))
+    }
+
+    async fn set_mode(
+        &self,
+        r: Request<SetModeRequest>,
+    ) -> Result<Response<SetModeResponse>, Status> {
+        self.write_gate().await?;
+        let req = r.into_inner();
+        Ok(Response::new(SetModeResponse {
+            lease: Some(Lease {
+                service: req.service,
+                mode: req.mode,
+                ..lease(7)
+            }),
+        }))
+    }
+
+    async fn freeze(&self, r: Request<FreezeRequest>) -> Result<Response<FreezeResponse>, Status> {
+        self.write_gate().await?;
+        Ok(Response::new(FreezeResponse {
+            frozen: r.get_ref().freeze,
+        }))
+    }
+
+    async fn ack(&self, r: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
+        self.write_gate().await?;
+        if r.get_ref().service != "payments" {
+            return Err(Status::not_found("no such service"));
+        }
+        Ok(Response::new(AckResponse {}))
+    }
+
+    async fn approve(
+        &self,
+        r: Request<ApproveRequest>,
+    ) -> Result<Response<ApproveResponse>, Status> {
+        self.write_gate().await?;
+        if self.b.hang_failover {
+            futures::future::pending::<()>().await;
+        }
+        let req = r.into_inner();
+        Ok(Response::new(ApproveResponse {
+            workflow: Some(Workflow {
+                id: req.run_id,
+                state: if req.approve { "running" } else { "rejected" }.into(),
+                ..Workflow::default()
+            }),
+        }))
+    }
+
+    async fn get_workflow(
+        &self,
+        r: Request<GetWorkflowRequest>,
+    ) -> Result<Response<Workflow>, Status> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let id = r.get_ref().run_id;
+        if id == 404 {
+            return Err(Status::not_found("there is no run 404"));
+        }
+        Ok(Response::new(Workflow {
+            id,
+            service: "payments".into(),
+            kind: "switchover".into(),
+            state: "succeeded".into(),
+            ..Workflow::default()
+        }))
+    }
+
+    async fn list_workflows(
+        &self,
+        r: Request<ListWorkflowsRequest>,
+    ) -> Result<Response<ListWorkflowsResponse>, Status> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let req = r.into_inner();
+        let n = if req.limit == 0 { 50 } else { req.limit as u64 };
+        let service = if req.service.is_empty() {
+            "any".to_string()
+        } else {
+            req.service
+        };
+        Ok(Response::new(ListWorkflowsResponse {
+            workflows: (0..n)
+                .map(|i| Workflow {
+                    id: 100 - i,
+                    service: service.clone(),
+                    ..Workflow::default()
+                })
+                .collect(),
+        }))
+    }
+
+    async fn plan(&self, r: Request<PlanRequest>) -> Result<Response<PlanResponse>, Status> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(Response::new(PlanResponse {
+            service: r.into_inner().service,
+            holder_region: "us-east".into(),
+            next_action: "nothing: the holder is healthy".into(),
+            ..PlanResponse::default()
+        }))
+    }
 }
 
 /// Adapts an async function to tonic's server traits.
@@ -262,6 +396,19 @@ where
     tonic::server::Grpc::new(tonic_prost::ProstCodec::default())
 }
 
+/// Serves a unary RPC of the fake with the `Fake` method of that name.
+macro_rules! unary {
+    ($req:ident, $fake:ident, $method:ident) => {
+        Box::pin(async move {
+            let h = Handler(move |r| {
+                let f = $fake.clone();
+                async move { f.$method(r).await }
+            });
+            Ok(grpc().unary(h, $req).await)
+        })
+    };
+}
+
 /// A hand-routed `baton.v1.Coordinator` serving only the RPCs these tests use; any other
 /// path answers UNIMPLEMENTED, so RPCs added to the proto later do not break the fake.
 #[derive(Clone)]
@@ -304,6 +451,14 @@ where
                 });
                 Ok(grpc().unary(h, req).await)
             }),
+            "/baton.v1.Coordinator/Failback" => unary!(req, fake, failback),
+            "/baton.v1.Coordinator/SetMode" => unary!(req, fake, set_mode),
+            "/baton.v1.Coordinator/Freeze" => unary!(req, fake, freeze),
+            "/baton.v1.Coordinator/Ack" => unary!(req, fake, ack),
+            "/baton.v1.Coordinator/Approve" => unary!(req, fake, approve),
+            "/baton.v1.Coordinator/GetWorkflow" => unary!(req, fake, get_workflow),
+            "/baton.v1.Coordinator/ListWorkflows" => unary!(req, fake, list_workflows),
+            "/baton.v1.Coordinator/Plan" => unary!(req, fake, plan),
             "/baton.v1.Coordinator/Watch" => {
                 Box::pin(async move { Ok(grpc().server_streaming(WatchSvc(fake), req).await) })
             }
@@ -659,4 +814,140 @@ fn clients_refuse_bad_input() {
         Duration::from_secs(60)
     );
     assert_eq!(c.with_timeout(Duration::MAX).timeout(), MAX_TIMEOUT);
+}
+
+fn failback_request(dry_run: bool) -> FailbackRequest {
+    FailbackRequest {
+        service: "payments".into(),
+        reason: "test".into(),
+        dry_run,
+        ..FailbackRequest::default()
+    }
+}
+
+#[tokio::test]
+async fn automation_writes_follow_the_leader_and_run_once() {
+    let leader = start(2, Behaviour::default()).await;
+    let follower = start(
+        1,
+        Behaviour {
+            not_leader_hint: Some(leader.addr.clone()),
+            ..Behaviour::default()
+        },
+    )
+    .await;
+    let c = client(vec![follower.addr.clone()], Duration::from_secs(5));
+    let done = c.failback(failback_request(false)).await.unwrap();
+    assert_eq!(done.run_id, 15);
+    assert_eq!(done.candidates.len(), 1);
+    let mode = c
+        .set_mode("payments", LeaseMode::ReadOnly, "degrade")
+        .await
+        .unwrap();
+    assert_eq!(
+        mode.lease.map(|l| (l.mode(), l.service)),
+        Some((LeaseMode::ReadOnly, "payments".to_string()))
+    );
+    assert!(
+        c.freeze("payments", true, "maintenance")
+            .await
+            .unwrap()
+            .frozen
+    );
+    assert!(!c.freeze("payments", false, "done").await.unwrap().frozen);
+    c.ack("payments", "flapping understood").await.unwrap();
+    let approved = c.approve(9, true, "go").await.unwrap();
+    assert_eq!(
+        approved.workflow.map(|w| (w.id, w.state)),
+        Some((9, "running".to_string()))
+    );
+    let rejected = c.approve(9, false, "no").await.unwrap();
+    assert_eq!(rejected.workflow.map(|w| w.state), Some("rejected".into()));
+    // Every write reached the follower once (not-leader) and the leader once.
+    assert_eq!(leader.fake.calls.load(Ordering::SeqCst), 7);
+    assert_eq!(follower.fake.calls.load(Ordering::SeqCst), 1);
+    let err = c.ack("orders", "x").await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test]
+async fn an_unanswered_failback_or_approval_is_not_resent() {
+    let a = start(
+        1,
+        Behaviour {
+            hang_failover: true,
+            ..Behaviour::default()
+        },
+    )
+    .await;
+    let b = start(2, Behaviour::default()).await;
+    let c = client(
+        vec![a.addr.clone(), b.addr.clone()],
+        Duration::from_millis(300),
+    );
+    let err = c.failback(failback_request(false)).await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::OutcomeUnknown { op: "Failback", .. }),
+        "{err:?}"
+    );
+    let err = c.approve(3, true, "go").await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::OutcomeUnknown { op: "Approve", .. }),
+        "{err:?}"
+    );
+    assert_eq!(a.fake.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(b.fake.calls.load(Ordering::SeqCst), 0, "never sent twice");
+}
+
+#[tokio::test]
+async fn a_dry_run_failback_is_retried_like_a_read() {
+    let a = start(
+        1,
+        Behaviour {
+            hang_failover: true,
+            ..Behaviour::default()
+        },
+    )
+    .await;
+    let b = start(2, Behaviour::default()).await;
+    let c = Client::with_options(
+        vec![a.addr.clone(), b.addr.clone()],
+        ClientOptions {
+            timeout: Duration::from_secs(5),
+            attempt_timeout: Duration::from_millis(200),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let plan = c.failback(failback_request(true)).await.unwrap();
+    assert_eq!(plan.run_id, 15);
+    assert_eq!(a.fake.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(b.fake.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn workflow_and_plan_reads_skip_dead_nodes_and_carry_their_arguments() {
+    let node = start(3, Behaviour::default()).await;
+    let c = client(
+        vec![dead_addr().await, node.addr.clone()],
+        Duration::from_secs(5),
+    );
+    let w = c.workflow(12).await.unwrap();
+    assert_eq!((w.id, w.kind.as_str()), (12, "switchover"));
+    let err = c.workflow(404).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    let list = c.workflows(Some("payments"), 3).await.unwrap();
+    assert_eq!(
+        list.workflows
+            .iter()
+            .map(|w| (w.id, w.service.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(100, "payments"), (99, "payments"), (98, "payments")]
+    );
+    let all = c.workflows(None, 0).await.unwrap();
+    assert_eq!(all.workflows.len(), 50);
+    assert_eq!(all.workflows[0].service, "any");
+    let plan = c.plan("payments").await.unwrap();
+    assert_eq!(plan.service, "payments");
+    assert_eq!(plan.holder_region, "us-east");
 }

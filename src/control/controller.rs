@@ -19,8 +19,8 @@ use super::policy::{self, Decision, Health};
 use super::{propose, wall_clock_ms, ControlError};
 use crate::raft::{Changes, NodeId, Raft, SharedState};
 use crate::state::{
-    audit::AUTOMATION, check_region, plan_for, Command, Effect, LeaseState, OnFailure, PhaseMark, Response, Run,
-    ServiceRecord, StepKind, StepOutcome, StepState,
+    audit::AUTOMATION, check_region, plan_for, Command, Effect, LeaseState, OnFailure, PhaseMark,
+    Response, Run, ServiceRecord, StepKind, StepOutcome, StepState,
 };
 
 /// The controller of one node (active only while the node leads).
@@ -49,7 +49,14 @@ pub fn voters(raft: &Raft) -> BTreeMap<NodeId, String> {
 
 impl Controller {
     /// Starts the controller loop; it acts only while `keeper` says this node leads.
-    pub fn start(raft: Raft, shared: SharedState, keeper: Keeper, changes: Changes, tick: Duration, shutdown: watch::Receiver<bool>) -> Self {
+    pub fn start(
+        raft: Raft,
+        shared: SharedState,
+        keeper: Keeper,
+        changes: Changes,
+        tick: Duration,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
         let c = Controller {
             inner: Arc::new(Inner {
                 raft,
@@ -91,11 +98,19 @@ impl Controller {
             let view = self.inner.shared.read().unwrap_or_else(|e| e.into_inner());
             view.state
                 .services()
-                .map(|r| (r.clone(), r.active_run.and_then(|id| view.state.run(id).cloned())))
+                .map(|r| {
+                    (
+                        r.clone(),
+                        r.active_run.and_then(|id| view.state.run(id).cloned()),
+                    )
+                })
                 .collect()
         };
         for (rec, run) in work {
-            if run.is_none() && matches!(policy::decide(&rec, &voters, now, rec.vacated_ms), Decision::Wait(_)) {
+            let live = self.live(&rec);
+            if run.is_none()
+                && matches!(policy::decide(&rec, &voters, &live, now), Decision::Wait(_))
+            {
                 continue;
             }
             let name = rec.spec.name.clone();
@@ -120,27 +135,38 @@ impl Controller {
                         }
                     }
                 }
-                this.inner.busy.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
+                this.inner
+                    .busy
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&name);
             });
         }
     }
 
     /// One action for a service: start a run, or advance its run. Ok(true) if something
     /// was committed.
-    async fn act(&self, name: &str, voters: &BTreeMap<NodeId, String>) -> Result<bool, ControlError> {
+    async fn act(
+        &self,
+        name: &str,
+        voters: &BTreeMap<NodeId, String>,
+    ) -> Result<bool, ControlError> {
         if !self.inner.keeper.is_leading() {
             return Ok(false);
         }
         let (rec, run) = {
             let view = self.inner.shared.read().unwrap_or_else(|e| e.into_inner());
             match view.state.service(name) {
-                Some(r) => (r.clone(), r.active_run.and_then(|id| view.state.run(id).cloned())),
+                Some(r) => (
+                    r.clone(),
+                    r.active_run.and_then(|id| view.state.run(id).cloned()),
+                ),
                 None => return Ok(false),
             }
         };
         match run {
             Some(run) => self.drive(rec, run, voters).await,
-            None => match policy::decide(&rec, voters, wall_clock_ms(), rec.vacated_ms) {
+            None => match policy::decide(&rec, voters, &self.live(&rec), wall_clock_ms()) {
                 Decision::Wait(_) => Ok(false),
                 Decision::Start {
                     kind,
@@ -164,6 +190,13 @@ impl Controller {
                 }
             },
         }
+    }
+
+    /// Regions with an agent heard from within the lease's TTL.
+    fn live(&self, rec: &ServiceRecord) -> std::collections::BTreeSet<String> {
+        self.inner
+            .keeper
+            .live_regions(&rec.spec.name, Duration::from_millis(rec.lease.ttl_ms))
     }
 
     async fn commit(&self, cmd: Command) -> Result<Response, ControlError> {
@@ -199,7 +232,12 @@ impl Controller {
     }
 
     /// Takes one action for the run's current step (or none while it waits).
-    async fn drive(&self, rec: ServiceRecord, run: Run, voters: &BTreeMap<NodeId, String>) -> Result<bool, ControlError> {
+    async fn drive(
+        &self,
+        rec: ServiceRecord,
+        run: Run,
+        voters: &BTreeMap<NodeId, String>,
+    ) -> Result<bool, ControlError> {
         let Some(step) = run.current_step().cloned() else {
             return Ok(false);
         };
@@ -207,22 +245,36 @@ impl Controller {
         let now = wall_clock_ms();
         if step.state == StepState::Pending {
             let effect = match step.spec.kind {
-                StepKind::Fence if lease.state == LeaseState::Held && lease.token == run.token_before => {
+                StepKind::Fence
+                    if lease.state == LeaseState::Held && lease.token == run.token_before =>
+                {
                     Some(Effect::Revoke { token: lease.token })
                 }
                 _ => None,
             };
             let what = match &effect {
-                Some(_) => format!("revoking token {} from {}", lease.token, lease.holder.as_deref().unwrap_or("")),
+                Some(_) => format!(
+                    "revoking token {} from {}",
+                    lease.token,
+                    lease.holder.as_deref().unwrap_or("")
+                ),
                 None => format!("{} started", step.spec.kind.name()),
             };
-            return self.advance(&run, StepOutcome::Started, effect, None, what).await;
+            return self
+                .advance(&run, StepOutcome::Started, effect, None, what)
+                .await;
         }
         // Running: timed out?
         if let Some(started) = step.started_ms {
             if step.spec.timeout_ms > 0 && now > started + step.spec.timeout_ms as i64 {
-                let why = format!("{} timed out after {} ms", step.spec.kind.name(), step.spec.timeout_ms);
-                return self.fail(&rec, &run, step.spec.on_failure, why, voters).await;
+                let why = format!(
+                    "{} timed out after {} ms",
+                    step.spec.kind.name(),
+                    step.spec.timeout_ms
+                );
+                return self
+                    .fail(&rec, &run, step.spec.on_failure, why, voters)
+                    .await;
             }
         }
         match &step.spec.kind {
@@ -236,45 +288,85 @@ impl Controller {
                     problems.push(format!("{} is {}", run.to, h.explanation));
                 }
                 if lease.token != run.token_before {
-                    problems.push(format!("the lease moved on (token {} -> {})", run.token_before, lease.token));
+                    problems.push(format!(
+                        "the lease moved on (token {} -> {})",
+                        run.token_before, lease.token
+                    ));
                 }
                 if problems.is_empty() {
                     let detail = format!("{} allowed; health: {}", run.to, h.explanation);
-                    self.advance(&run, StepOutcome::Done, None, None, detail).await
+                    self.advance(&run, StepOutcome::Done, None, None, detail)
+                        .await
                 } else {
-                    self.fail(&rec, &run, step.spec.on_failure, problems.join("; "), voters).await
+                    self.fail(
+                        &rec,
+                        &run,
+                        step.spec.on_failure,
+                        problems.join("; "),
+                        voters,
+                    )
+                    .await
                 }
             }
             StepKind::Fence => {
                 if lease.state == LeaseState::Vacant || lease.token != run.token_before {
                     return self
-                        .advance(&run, StepOutcome::Done, None, Some(PhaseMark::Fenced), "vacant".into())
+                        .advance(
+                            &run,
+                            StepOutcome::Done,
+                            None,
+                            Some(PhaseMark::Fenced),
+                            "vacant".into(),
+                        )
                         .await;
                 }
                 if lease.state == LeaseState::Held {
                     // Revoked in an entry this run did not record (should not happen): revoke now.
                     return self
-                        .advance(&run, StepOutcome::Started, Some(Effect::Revoke { token: lease.token }), None, "revoking".into())
+                        .advance(
+                            &run,
+                            StepOutcome::Started,
+                            Some(Effect::Revoke { token: lease.token }),
+                            None,
+                            "revoking".into(),
+                        )
                         .await;
                 }
                 match self.inner.keeper.fence_status(&run.service, lease.token)? {
                     Some(how) => {
-                        self.advance(&run, StepOutcome::Done, None, Some(PhaseMark::Fenced), how.as_str().to_string())
-                            .await
+                        self.advance(
+                            &run,
+                            StepOutcome::Done,
+                            None,
+                            Some(PhaseMark::Fenced),
+                            how.as_str().to_string(),
+                        )
+                        .await
                     }
                     None => Ok(false),
                 }
             }
             StepKind::Grant => {
                 if lease.state == LeaseState::Held {
-                    let why = format!("{} holds the lease: it was not fenced", lease.holder.as_deref().unwrap_or(""));
-                    return self.fail(&rec, &run, step.spec.on_failure, why, voters).await;
+                    let why = format!(
+                        "{} holds the lease: it was not fenced",
+                        lease.holder.as_deref().unwrap_or("")
+                    );
+                    return self
+                        .fail(&rec, &run, step.spec.on_failure, why, voters)
+                        .await;
                 }
                 let effect = Effect::Grant {
                     expected_token: lease.token,
                 };
-                self.advance(&run, StepOutcome::Done, Some(effect), Some(PhaseMark::Granted), format!("granted {}", run.to))
-                    .await
+                self.advance(
+                    &run,
+                    StepOutcome::Done,
+                    Some(effect),
+                    Some(PhaseMark::Granted),
+                    format!("granted {}", run.to),
+                )
+                .await
             }
             StepKind::WaitHealthy => {
                 let h = policy::region_health(&rec, &run.to, voters);
@@ -284,7 +376,8 @@ impl Controller {
                     Health::Down => false,
                 };
                 if healthy {
-                    self.advance(&run, StepOutcome::Done, None, None, h.explanation).await
+                    self.advance(&run, StepOutcome::Done, None, None, h.explanation)
+                        .await
                 } else {
                     Ok(false)
                 }
@@ -298,8 +391,26 @@ impl Controller {
                 .to_string();
                 let timeout = Duration::from_millis(step.spec.timeout_ms.clamp(1, 10_000));
                 match post_json(url, &body, timeout).await {
-                    Ok(status) => self.advance(&run, StepOutcome::Done, None, None, format!("HTTP {status}")).await,
-                    Err(e) => self.fail(&rec, &run, step.spec.on_failure, format!("webhook {url}: {e}"), voters).await,
+                    Ok(status) => {
+                        self.advance(
+                            &run,
+                            StepOutcome::Done,
+                            None,
+                            None,
+                            format!("HTTP {status}"),
+                        )
+                        .await
+                    }
+                    Err(e) => {
+                        self.fail(
+                            &rec,
+                            &run,
+                            step.spec.on_failure,
+                            format!("webhook {url}: {e}"),
+                            voters,
+                        )
+                        .await
+                    }
                 }
             }
             StepKind::Approval => Ok(false),
@@ -309,13 +420,30 @@ impl Controller {
                     && Some(lease.token) == run.token_after;
                 if !held {
                     let why = format!("{} does not hold the lease it was granted", run.to);
-                    return self.fail(&rec, &run, step.spec.on_failure, why, voters).await;
+                    return self
+                        .fail(&rec, &run, step.spec.on_failure, why, voters)
+                        .await;
                 }
-                let renewed = self.inner.keeper.holder_renewed(&run.service, &run.to, lease.token);
-                let healthy = policy::region_health(&rec, &run.to, voters).health == Health::Healthy;
+                let renewed = self
+                    .inner
+                    .keeper
+                    .holder_renewed(&run.service, &run.to, lease.token);
+                let healthy =
+                    policy::region_health(&rec, &run.to, voters).health == Health::Healthy;
                 if renewed || healthy {
-                    let how = if renewed { "an agent of the new holder renewed" } else { "the new holder is healthy" };
-                    self.advance(&run, StepOutcome::Done, None, Some(PhaseMark::Verified), how.into()).await
+                    let how = if renewed {
+                        "an agent of the new holder renewed"
+                    } else {
+                        "the new holder is healthy"
+                    };
+                    self.advance(
+                        &run,
+                        StepOutcome::Done,
+                        None,
+                        Some(PhaseMark::Verified),
+                        how.into(),
+                    )
+                    .await
                 } else {
                     Ok(false)
                 }
@@ -345,7 +473,8 @@ impl Controller {
                 }
             }
         }
-        self.advance(run, StepOutcome::Failed, effect, None, why).await
+        self.advance(run, StepOutcome::Failed, effect, None, why)
+            .await
     }
 }
 
@@ -371,11 +500,17 @@ pub async fn post_json(url: &str, body: &str, timeout: Duration) -> Result<u16, 
             "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: baton\r\n\r\n{body}",
             body.len()
         );
-        stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
         let mut buf = vec![0u8; 1024];
         let mut read = 0;
         while read < 12 {
-            let n = stream.read(&mut buf[read..]).await.map_err(|e| e.to_string())?;
+            let n = stream
+                .read(&mut buf[read..])
+                .await
+                .map_err(|e| e.to_string())?;
             if n == 0 {
                 break;
             }
@@ -395,6 +530,9 @@ pub async fn post_json(url: &str, body: &str, timeout: Duration) -> Result<u16, 
     };
     match tokio::time::timeout(timeout, exchange).await {
         Ok(r) => r,
-        Err(_) => Err(format!("timeout after {}", humantime::format_duration(timeout))),
+        Err(_) => Err(format!(
+            "timeout after {}",
+            humantime::format_duration(timeout)
+        )),
     }
 }

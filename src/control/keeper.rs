@@ -85,6 +85,8 @@ impl FenceOutcome {
 #[derive(Debug, Clone)]
 struct Agent {
     region: String,
+    /// When its last keepalive arrived (any answer).
+    seen_at: Instant,
     /// Receipt time of the last renewal answered RENEWED.
     renewed_at: Option<Instant>,
     /// Token whose revocation this agent acknowledged.
@@ -211,10 +213,12 @@ impl Keeper {
         let agents = lead.agents.entry(service.to_string()).or_default();
         let agent = agents.entry(agent_id.to_string()).or_insert_with(|| Agent {
             region: region.to_string(),
+            seen_at: received,
             renewed_at: None,
             demoted: None,
         });
         agent.region = region.to_string();
+        agent.seen_at = agent.seen_at.max(received);
         if lease.holder.as_deref() != Some(region) {
             return Renewal::NotHolder;
         }
@@ -276,8 +280,33 @@ impl Keeper {
     /// Whether the old holder is fenced now, and how.
     /// Whether the revoked holder of `service` (token `token`) is fenced now, and how;
     /// `None` while it may still act.
-    pub fn fence_status(&self, service: &str, token: u64) -> Result<Option<FenceOutcome>, ControlError> {
+    pub fn fence_status(
+        &self,
+        service: &str,
+        token: u64,
+    ) -> Result<Option<FenceOutcome>, ControlError> {
         self.fenced(service, token)
+    }
+
+    /// Regions of `service` with an agent heard from within `within` (able to take the
+    /// lease up).
+    pub fn live_regions(
+        &self,
+        service: &str,
+        within: Duration,
+    ) -> std::collections::BTreeSet<String> {
+        let lead = self.lock();
+        let now = Instant::now();
+        lead.agents
+            .get(service)
+            .map(|agents| {
+                agents
+                    .values()
+                    .filter(|a| now.duration_since(a.seen_at) < within)
+                    .map(|a| a.region.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Whether an agent of `region` renewed `service`'s lease with token `token` since this
@@ -286,9 +315,11 @@ impl Keeper {
         let mut lead = self.lock();
         let since = lead.baseline(service, token);
         lead.agents.get(service).is_some_and(|agents| {
-            agents
-                .values()
-                .any(|a| a.region == region && a.demoted.is_none() && a.renewed_at.is_some_and(|t| t >= since))
+            agents.values().any(|a| {
+                a.region == region
+                    && a.demoted.is_none()
+                    && a.renewed_at.is_some_and(|t| t >= since)
+            })
         })
     }
 

@@ -2,7 +2,7 @@
 //! the leader's clock, what should happen now and why. No I/O, no clocks: `now_ms` is
 //! passed in, so every rule is unit-tested with explicit times.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::health::verdict::{decide as decide_region, VantageView};
 use crate::state::{FailbackMode, LeaseState, RunKind, ServiceRecord, Trigger};
@@ -30,7 +30,11 @@ pub struct RegionHealth {
 }
 
 /// `voters`: node id -> region, of the current voters (the vantage points).
-pub fn region_health(rec: &ServiceRecord, region: &str, voters: &BTreeMap<u64, String>) -> RegionHealth {
+pub fn region_health(
+    rec: &ServiceRecord,
+    region: &str,
+    voters: &BTreeMap<u64, String>,
+) -> RegionHealth {
     if !rec.spec.health.contains_key(region) {
         return RegionHealth {
             health: Health::Unknown,
@@ -57,7 +61,11 @@ pub fn region_health(rec: &ServiceRecord, region: &str, voters: &BTreeMap<u64, S
         };
     }
     let verdict = decide_region(&reports, voters.values());
-    let healthy = verdict.views.iter().filter(|(_, v)| *v == VantageView::Healthy).count();
+    let healthy = verdict
+        .views
+        .iter()
+        .filter(|(_, v)| *v == VantageView::Healthy)
+        .count();
     let health = if verdict.down {
         Health::Down
     } else if healthy * 2 > verdict.total {
@@ -94,9 +102,13 @@ pub fn candidates(rec: &ServiceRecord, voters: &BTreeMap<u64, String>) -> Vec<Ca
             let health = region_health(rec, region, voters);
             let mut reasons = Vec::new();
             if !rec.spec.is_allowed(region) {
-                reasons.push(format!("not allowed (allowed: {})", rec.spec.allowed_regions.join(", ")));
+                reasons.push(format!(
+                    "not allowed (allowed: {})",
+                    rec.spec.allowed_regions.join(", ")
+                ));
             }
-            if rec.lease.holder.as_deref() == Some(region) && rec.lease.state != LeaseState::Vacant {
+            if rec.lease.holder.as_deref() == Some(region) && rec.lease.state != LeaseState::Vacant
+            {
                 reasons.push("current holder".into());
             }
             if health.health == Health::Down {
@@ -169,8 +181,15 @@ fn cooldown_until(rec: &ServiceRecord) -> Option<i64> {
         .map(|last| last + rec.spec.cooldown_ms as i64)
 }
 
-/// What to do for `rec` now. `vacated_ms` is when its lease became vacant (if it is).
-pub fn decide(rec: &ServiceRecord, voters: &BTreeMap<u64, String>, now_ms: i64, vacated_ms: Option<i64>) -> Decision {
+/// What to do for `rec` now. `live` holds the regions with an agent heard from recently:
+/// among eligible regions, those that can take the lease up come first.
+pub fn decide(
+    rec: &ServiceRecord,
+    voters: &BTreeMap<u64, String>,
+    live: &BTreeSet<String>,
+    now_ms: i64,
+) -> Decision {
+    let vacated_ms = rec.vacated_ms;
     if let Some(run) = rec.active_run {
         return Decision::Wait(format!("run {run} in progress"));
     }
@@ -183,8 +202,26 @@ pub fn decide(rec: &ServiceRecord, voters: &BTreeMap<u64, String>, now_ms: i64, 
     if !rec.spec.auto_failover {
         return Decision::Wait("automatic failover is off".into());
     }
-    let cands = candidates(rec, voters);
-    let first_eligible = || cands.iter().find(|c| c.eligible);
+    let mut cands = candidates(rec, voters);
+    // A region whose lease just expired stopped renewing: try the others first.
+    if rec.lease.state == LeaseState::Vacant {
+        if let Some(from) = &rec.vacated_from {
+            let others = cands.iter().any(|c| c.eligible && &c.region != from);
+            for c in cands
+                .iter_mut()
+                .filter(|c| &c.region == from && c.eligible && others)
+            {
+                c.eligible = false;
+                c.reasons = vec!["its lease expired: it stopped renewing".into()];
+            }
+        }
+    }
+    let first_eligible = || {
+        cands
+            .iter()
+            .find(|c| c.eligible && live.contains(&c.region))
+            .or_else(|| cands.iter().find(|c| c.eligible))
+    };
     let in_cooldown = cooldown_until(rec).is_some_and(|until| now_ms < until);
     let why_none = || {
         cands
@@ -203,7 +240,10 @@ pub fn decide(rec: &ServiceRecord, voters: &BTreeMap<u64, String>, now_ms: i64, 
                 reason: "the lease is vacant: its holder stopped renewing".into(),
                 detected_ms: vacated_ms.unwrap_or(now_ms),
             },
-            None => Decision::Wait(format!("the lease is vacant and no region is eligible: {}", why_none())),
+            None => Decision::Wait(format!(
+                "the lease is vacant and no region is eligible: {}",
+                why_none()
+            )),
         },
         // Revoking without a run: the keeper ends it by ack or TTL.
         LeaseState::Revoking => Decision::Wait("revocation in progress".into()),
@@ -212,7 +252,9 @@ pub fn decide(rec: &ServiceRecord, voters: &BTreeMap<u64, String>, now_ms: i64, 
             let holder_health = region_health(rec, &holder, voters);
             if holder_health.health == Health::Down {
                 if in_cooldown {
-                    return Decision::Wait(format!("{holder} is down, but the service is in cooldown"));
+                    return Decision::Wait(format!(
+                        "{holder} is down, but the service is in cooldown"
+                    ));
                 }
                 return match first_eligible() {
                     Some(c) => Decision::Start {
@@ -222,7 +264,10 @@ pub fn decide(rec: &ServiceRecord, voters: &BTreeMap<u64, String>, now_ms: i64, 
                         reason: format!("{holder} is {}", holder_health.explanation),
                         detected_ms: holder_health.changed_ms.unwrap_or(now_ms),
                     },
-                    None => Decision::Wait(format!("{holder} is down and no region is eligible: {}", why_none())),
+                    None => Decision::Wait(format!(
+                        "{holder} is down and no region is eligible: {}",
+                        why_none()
+                    )),
                 };
             }
             if rec.spec.failback != FailbackMode::Auto {
@@ -236,9 +281,15 @@ pub fn decide(rec: &ServiceRecord, voters: &BTreeMap<u64, String>, now_ms: i64, 
             }
             let p = region_health(rec, preferred, voters);
             if p.health != Health::Healthy {
-                return Decision::Wait(format!("failback waits: {preferred} is not healthy ({})", p.explanation));
+                return Decision::Wait(format!(
+                    "failback waits: {preferred} is not healthy ({})",
+                    p.explanation
+                ));
             }
-            let stable_since = p.changed_ms.unwrap_or(now_ms);
+            // The window starts when the preferred region last changed health or when the
+            // current holder got the lease, whichever is later: an operator's move away from
+            // the preferred region is not undone at once.
+            let stable_since = p.changed_ms.unwrap_or(now_ms).max(rec.lease.granted_at_ms);
             let stable_for = now_ms - stable_since;
             if stable_for < rec.spec.failback_stable_ms as i64 {
                 return Decision::Wait(format!(
@@ -297,7 +348,10 @@ mod tests {
             &Request {
                 at_ms: T,
                 actor: "op".into(),
-                command: Command::PutService { spec, reason: "r".into() },
+                command: Command::PutService {
+                    spec,
+                    reason: "r".into(),
+                },
             },
         );
         s.service("payments").cloned().unwrap()
@@ -310,7 +364,11 @@ mod tests {
             Observation {
                 vantage_region: vantage,
                 healthy,
-                detail: if healthy { "ok".into() } else { "HTTP 503".into() },
+                detail: if healthy {
+                    "ok".into()
+                } else {
+                    "HTTP 503".into()
+                },
                 at_ms,
             },
         );
@@ -321,18 +379,28 @@ mod tests {
         let mut rec = record(FailbackMode::Manual);
         observe(&mut rec, "us-east", 2, false, T);
         observe(&mut rec, "us-east", 3, true, T);
-        assert!(matches!(decide(&rec, &voters(), T + 1, None), Decision::Wait(_)));
+        assert!(matches!(
+            decide(&rec, &voters(), &BTreeSet::new(), T + 1),
+            Decision::Wait(_)
+        ));
     }
 
     #[test]
-    fn a_majority_of_vantages_seeing_the_holder_fail_starts_a_failover_to_the_next_healthy_region() {
+    fn a_majority_of_vantages_seeing_the_holder_fail_starts_a_failover_to_the_next_healthy_region()
+    {
         let mut rec = record(FailbackMode::Manual);
         observe(&mut rec, "us-east", 2, false, T);
         observe(&mut rec, "us-east", 3, false, T + 5);
         observe(&mut rec, "eu-west", 1, false, T);
         observe(&mut rec, "eu-west", 3, false, T);
-        match decide(&rec, &voters(), T + 10, None) {
-            Decision::Start { kind, trigger, to, detected_ms, .. } => {
+        match decide(&rec, &voters(), &BTreeSet::new(), T + 10) {
+            Decision::Start {
+                kind,
+                trigger,
+                to,
+                detected_ms,
+                ..
+            } => {
                 assert_eq!(kind, RunKind::Failover);
                 assert!(matches!(trigger, Trigger::HealthDown(_)));
                 assert_eq!(to, "ap-south", "eu-west is down too");
@@ -347,13 +415,35 @@ mod tests {
         let mut rec = record(FailbackMode::Manual);
         rec.lease.state = LeaseState::Vacant;
         rec.lease.holder = None;
+        rec.vacated_ms = Some(T);
         rec.auto_moves.push(T);
-        match decide(&rec, &voters(), T + 1, Some(T)) {
-            Decision::Start { trigger, to, detected_ms, .. } => {
+        match decide(&rec, &voters(), &BTreeSet::new(), T + 1) {
+            Decision::Start {
+                trigger,
+                to,
+                detected_ms,
+                ..
+            } => {
                 assert_eq!(trigger, Trigger::LeaseExpired);
                 assert_eq!(to, "us-east");
                 assert_eq!(detected_ms, T);
             }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_expired_region_is_avoided_and_regions_with_live_agents_come_first() {
+        let mut rec = record(FailbackMode::Manual);
+        rec.lease.state = LeaseState::Vacant;
+        rec.vacated_from = rec.lease.holder.take();
+        let live: BTreeSet<String> = ["ap-south".to_string()].into();
+        match decide(&rec, &voters(), &live, T) {
+            Decision::Start { to, .. } => assert_eq!(to, "ap-south"),
+            other => panic!("{other:?}"),
+        }
+        match decide(&rec, &voters(), &BTreeSet::new(), T) {
+            Decision::Start { to, .. } => assert_eq!(to, "eu-west", "us-east just expired"),
             other => panic!("{other:?}"),
         }
     }
@@ -364,8 +454,13 @@ mod tests {
         observe(&mut rec, "us-east", 2, false, T);
         observe(&mut rec, "us-east", 3, false, T);
         rec.auto_moves.push(T);
-        assert!(matches!(decide(&rec, &voters(), T + 1_000, None), Decision::Wait(w) if w.contains("cooldown")));
-        assert!(matches!(decide(&rec, &voters(), T + 31_000, None), Decision::Start { .. }));
+        assert!(
+            matches!(decide(&rec, &voters(), &BTreeSet::new(), T + 1_000), Decision::Wait(w) if w.contains("cooldown"))
+        );
+        assert!(matches!(
+            decide(&rec, &voters(), &BTreeSet::new(), T + 31_000),
+            Decision::Start { .. }
+        ));
     }
 
     #[test]
@@ -373,13 +468,19 @@ mod tests {
         let mut rec = record(FailbackMode::Manual);
         rec.lease.state = LeaseState::Vacant;
         rec.frozen = true;
-        assert!(matches!(decide(&rec, &voters(), T, None), Decision::Wait(w) if w.contains("frozen")));
+        assert!(
+            matches!(decide(&rec, &voters(), &BTreeSet::new(), T), Decision::Wait(w) if w.contains("frozen"))
+        );
         rec.frozen = false;
         rec.paused = Some("flap limit".into());
-        assert!(matches!(decide(&rec, &voters(), T, None), Decision::Wait(w) if w.contains("flap")));
+        assert!(
+            matches!(decide(&rec, &voters(), &BTreeSet::new(), T), Decision::Wait(w) if w.contains("flap"))
+        );
         rec.paused = None;
         rec.active_run = Some(7);
-        assert!(matches!(decide(&rec, &voters(), T, None), Decision::Wait(w) if w.contains("run 7")));
+        assert!(
+            matches!(decide(&rec, &voters(), &BTreeSet::new(), T), Decision::Wait(w) if w.contains("run 7"))
+        );
         assert_eq!(blockers(&rec, T), vec!["run 7 in progress".to_string()]);
     }
 
@@ -390,15 +491,34 @@ mod tests {
         for n in [1, 2, 3] {
             observe(&mut rec, "us-east", n, true, T);
         }
-        assert!(matches!(decide(&rec, &voters(), T + 5_000, None), Decision::Wait(w) if w.contains("stable window")));
-        match decide(&rec, &voters(), T + 10_000, None) {
-            Decision::Start { kind, to, .. } => assert_eq!((kind, to.as_str()), (RunKind::Failback, "us-east")),
+        assert!(
+            matches!(decide(&rec, &voters(), &BTreeSet::new(), T + 5_000), Decision::Wait(w) if w.contains("stable window"))
+        );
+        match decide(&rec, &voters(), &BTreeSet::new(), T + 10_000) {
+            Decision::Start { kind, to, .. } => {
+                assert_eq!((kind, to.as_str()), (RunKind::Failback, "us-east"))
+            }
             other => panic!("{other:?}"),
         }
+        // A holder granted after the region recovered restarts the window.
+        rec.lease.granted_at_ms = T + 8_000;
+        assert!(
+            matches!(decide(&rec, &voters(), &BTreeSet::new(), T + 10_000), Decision::Wait(w) if w.contains("stable window"))
+        );
+        assert!(matches!(
+            decide(&rec, &voters(), &BTreeSet::new(), T + 18_000),
+            Decision::Start { .. }
+        ));
         rec.spec.failback = FailbackMode::Manual;
-        assert!(matches!(decide(&rec, &voters(), T + 100_000, None), Decision::Wait(_)));
+        assert!(matches!(
+            decide(&rec, &voters(), &BTreeSet::new(), T + 100_000),
+            Decision::Wait(_)
+        ));
         rec.spec.failback = FailbackMode::Never;
-        assert!(matches!(decide(&rec, &voters(), T + 100_000, None), Decision::Wait(_)));
+        assert!(matches!(
+            decide(&rec, &voters(), &BTreeSet::new(), T + 100_000),
+            Decision::Wait(_)
+        ));
     }
 
     #[test]
@@ -409,8 +529,16 @@ mod tests {
         observe(&mut rec, "eu-west", 3, false, T);
         let c = candidates(&rec, &voters());
         assert_eq!(c[0].reasons, vec!["current holder".to_string()]);
-        assert!(c[1].reasons[0].starts_with("unhealthy"), "{:?}", c[1].reasons);
-        assert!(c[2].reasons[0].starts_with("not allowed"), "{:?}", c[2].reasons);
+        assert!(
+            c[1].reasons[0].starts_with("unhealthy"),
+            "{:?}",
+            c[1].reasons
+        );
+        assert!(
+            c[2].reasons[0].starts_with("not allowed"),
+            "{:?}",
+            c[2].reasons
+        );
         assert!(c.iter().all(|c| !c.eligible));
     }
 }

@@ -162,7 +162,11 @@ pub async fn probe_target(target: &ProbeTarget, timeout: Duration) -> ProbeOutco
 }
 
 /// [`probe_target`] naming the probing vantage.
-pub async fn probe_target_from(target: &ProbeTarget, timeout: Duration, vantage: Option<&str>) -> ProbeOutcome {
+pub async fn probe_target_from(
+    target: &ProbeTarget,
+    timeout: Duration,
+    vantage: Option<&str>,
+) -> ProbeOutcome {
     let start = Instant::now();
     let result = tokio::time::timeout(timeout, run_probe(target, timeout, vantage)).await;
     let latency = start.elapsed();
@@ -206,7 +210,11 @@ impl Prober for NetProber {
     }
 }
 
-async fn run_probe(target: &ProbeTarget, timeout: Duration, vantage: Option<&str>) -> Result<String, String> {
+async fn run_probe(
+    target: &ProbeTarget,
+    timeout: Duration,
+    vantage: Option<&str>,
+) -> Result<String, String> {
     match target {
         ProbeTarget::Tcp { addr } => {
             connect(addr).await?;

@@ -59,16 +59,24 @@ impl DevRegions {
     /// Sets a region up (agent renewing, endpoint healthy) or down.
     pub fn set_up(&self, region: &str, up: bool) -> Result<(), String> {
         let mut map = self.regions.lock().unwrap_or_else(|e| e.into_inner());
-        let r = map
-            .get_mut(region)
-            .ok_or_else(|| format!("no region {region:?} in the dev cluster (us-east, eu-west, ap-south)"))?;
+        let r = map.get_mut(region).ok_or_else(|| {
+            format!("no region {region:?} in the dev cluster (us-east, eu-west, ap-south)")
+        })?;
         r.up = up;
-        r.agent = if up { agent(&self.endpoints, region) } else { None };
+        r.agent = if up {
+            agent(&self.endpoints, region)
+        } else {
+            None
+        };
         Ok(())
     }
 }
 
-async fn serve_health(listener: TcpListener, region: String, regions: Arc<Mutex<BTreeMap<String, Region>>>) {
+async fn serve_health(
+    listener: TcpListener,
+    region: String,
+    regions: Arc<Mutex<BTreeMap<String, Region>>>,
+) {
     loop {
         let Ok((mut conn, _)) = listener.accept().await else {
             continue;
@@ -80,7 +88,11 @@ async fn serve_health(listener: TcpListener, region: String, regions: Arc<Mutex<
         tokio::spawn(async move {
             let mut buf = [0u8; 1024];
             let _ = conn.read(&mut buf).await;
-            let (status, body) = if up { ("200 OK", "OK\n") } else { ("503 Service Unavailable", "outage\n") };
+            let (status, body) = if up {
+                ("200 OK", "OK\n")
+            } else {
+                ("503 Service Unavailable", "outage\n")
+            };
             let resp = format!(
                 "HTTP/1.1 {status}\r\nContent-Length: {}\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n{body}",
                 body.len()
@@ -128,11 +140,15 @@ struct DevRegionsHandle {
 impl DevRegionsHandle {
     fn set_up(&self, region: &str, up: bool) -> Result<(), String> {
         let mut map = self.regions.lock().unwrap_or_else(|e| e.into_inner());
-        let r = map
-            .get_mut(region)
-            .ok_or_else(|| format!("no region {region:?} in the dev cluster (us-east, eu-west, ap-south)"))?;
+        let r = map.get_mut(region).ok_or_else(|| {
+            format!("no region {region:?} in the dev cluster (us-east, eu-west, ap-south)")
+        })?;
         r.up = up;
-        r.agent = if up { agent(&self.endpoints, region) } else { None };
+        r.agent = if up {
+            agent(&self.endpoints, region)
+        } else {
+            None
+        };
         tracing::warn!(%region, "dev: region {}", if up { "healed" } else { "in outage" });
         Ok(())
     }
@@ -159,15 +175,22 @@ pub async fn start(configs: &[NodeConfig], base_port: u16) -> Result<DevRegions,
     let mut tasks = Vec::new();
     for (i, c) in configs.iter().enumerate() {
         let port = base_port + HEALTH_OFFSET + i as u16;
-        let l = TcpListener::bind(("127.0.0.1", port))
-            .await
-            .map_err(|e| format!("cannot listen on 127.0.0.1:{port} for {}'s health endpoint: {e}", c.region))?;
-        tasks.push(tokio::spawn(serve_health(l, c.region.clone(), regions.clone())));
+        let l = TcpListener::bind(("127.0.0.1", port)).await.map_err(|e| {
+            format!(
+                "cannot listen on 127.0.0.1:{port} for {}'s health endpoint: {e}",
+                c.region
+            )
+        })?;
+        tasks.push(tokio::spawn(serve_health(
+            l,
+            c.region.clone(),
+            regions.clone(),
+        )));
     }
     let port = base_port + CONTROL_OFFSET;
-    let l = TcpListener::bind(("127.0.0.1", port))
-        .await
-        .map_err(|e| format!("cannot listen on 127.0.0.1:{port} for the dev control endpoint: {e}"))?;
+    let l = TcpListener::bind(("127.0.0.1", port)).await.map_err(|e| {
+        format!("cannot listen on 127.0.0.1:{port} for the dev control endpoint: {e}")
+    })?;
     let handle = Arc::new(DevRegionsHandle {
         regions: regions.clone(),
         endpoints: endpoints.clone(),
@@ -183,15 +206,24 @@ pub async fn start(configs: &[NodeConfig], base_port: u16) -> Result<DevRegions,
 /// Asks a running `baton dev` (on `base_port`) to take `region` down or bring it back.
 pub async fn request(base_port: u16, region: &str, up: bool) -> Result<String, String> {
     let addr = format!("127.0.0.1:{}", base_port + CONTROL_OFFSET);
-    let mut conn = tokio::net::TcpStream::connect(&addr)
-        .await
-        .map_err(|e| format!("no `baton dev` answers on {addr} ({e}): start it first, with the same --base-port"))?;
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.map_err(|e| {
+        format!("no `baton dev` answers on {addr} ({e}): start it first, with the same --base-port")
+    })?;
     let verb = if up { "heal" } else { "outage" };
     let req = format!("POST /{verb}/{region} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-    conn.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+    conn.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut out = String::new();
-    conn.read_to_string(&mut out).await.map_err(|e| e.to_string())?;
-    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_string();
+    conn.read_to_string(&mut out)
+        .await
+        .map_err(|e| e.to_string())?;
+    let body = out
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or("")
+        .trim()
+        .to_string();
     if out.starts_with("HTTP/1.1 200") {
         Ok(body)
     } else {

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{Node, NodeError};
-use crate::config::{HealthConfig, NodeConfig, PeerConfig, ServiceConfig, StorageConfig, TimingConfig};
+use crate::config::{
+    HealthConfig, NodeConfig, PeerConfig, ServiceConfig, StorageConfig, TimingConfig,
+};
 
 /// Options of `baton dev`.
 #[derive(Debug, Clone)]
@@ -32,7 +34,10 @@ pub fn sample_service(base_port: Option<u16>) -> ServiceConfig {
                     r.to_string(),
                     HealthConfig {
                         kind: "http".into(),
-                        target: format!("http://127.0.0.1:{}/health", base + super::agents::HEALTH_OFFSET + i as u16),
+                        target: format!(
+                            "http://127.0.0.1:{}/health",
+                            base + super::agents::HEALTH_OFFSET + i as u16
+                        ),
                         interval: Duration::from_millis(200),
                         timeout: Duration::from_millis(150),
                         threshold: 2,
@@ -61,7 +66,12 @@ pub fn sample_service(base_port: Option<u16>) -> ServiceConfig {
 
 /// Node configs of a local three-region cluster on `127.0.0.1:base..base+2` under `dir`;
 /// `with_health` adds the simulated regions' health checks to the sample service.
-pub fn cluster_configs(dir: &std::path::Path, base_port: u16, cluster: &str, with_health: bool) -> Vec<NodeConfig> {
+pub fn cluster_configs(
+    dir: &std::path::Path,
+    base_port: u16,
+    cluster: &str,
+    with_health: bool,
+) -> Vec<NodeConfig> {
     let peers: Vec<PeerConfig> = DEV_REGIONS
         .iter()
         .enumerate()
@@ -145,8 +155,14 @@ pub async fn run(opts: DevOptions) -> Result<(), NodeError> {
         None => println!("  data: {} (removed on exit)", dir.display()),
     }
     println!("  service payments: us-east > eu-west > ap-south, primary us-east, lease TTL 2s,");
-    println!("  automatic failover, automatic failback after 10s healthy; each region has an agent");
-    println!("  and a health endpoint on 127.0.0.1:{}..{}.", opts.base_port + 10, opts.base_port + 12);
+    println!(
+        "  automatic failover, automatic failback after 10s healthy; each region has an agent"
+    );
+    println!(
+        "  and a health endpoint on 127.0.0.1:{}..{}.",
+        opts.base_port + 10,
+        opts.base_port + 12
+    );
     println!();
     println!(
         "Try, in another terminal (the CLI talks to {} by default):",

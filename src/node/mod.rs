@@ -201,9 +201,12 @@ impl Node {
                 .add_service(raft_svc)
                 .add_service(coordinator)
                 .add_service(admin)
-                .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                }),
+                .serve_with_incoming_shutdown(
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    },
+                ),
         );
         tracing::info!(id = cfg.id, region = %cfg.region, %addr, cluster = %cfg.cluster, "node serving");
 

@@ -75,7 +75,9 @@ pub fn start(
         }
     });
 
-    tokio::spawn(commit_loop(id, raft, shared, peers, obs_rx, verdicts, shutdown));
+    tokio::spawn(commit_loop(
+        id, raft, shared, peers, obs_rx, verdicts, shutdown,
+    ));
 }
 
 async fn commit_loop(
@@ -134,7 +136,10 @@ async fn commit(id: NodeId, raft: &Raft, peers: &Peers, o: &Observation) -> Resu
     let m = raft.metrics().borrow().clone();
     let leader = m.current_leader.ok_or("no leader")?;
     let resp = if leader == id {
-        propose(raft, AUTOMATION, command).await.map(|(_, r)| r).map_err(|e| e.to_string())?
+        propose(raft, AUTOMATION, command)
+            .await
+            .map(|(_, r)| r)
+            .map_err(|e| e.to_string())?
     } else {
         let node = m
             .membership_config
@@ -147,7 +152,10 @@ async fn commit(id: NodeId, raft: &Raft, peers: &Peers, o: &Observation) -> Resu
             actor: AUTOMATION.into(),
             command,
         };
-        peers.forward_to(leader, &node, &req).await.map_err(|e| e.to_string())?
+        peers
+            .forward_to(leader, &node, &req)
+            .await
+            .map_err(|e| e.to_string())?
     };
     match resp {
         Response::Rejected(r) => Err(r.to_string()),

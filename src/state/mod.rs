@@ -35,8 +35,8 @@ pub use history::{Compacted, Event, EventKind, History};
 pub use lease::{Lease, LeaseMode, LeaseState};
 pub use service::{FailbackMode, HealthCheck, ServiceSpec};
 pub use workflow::{
-    default_plan, plan_for, Effect, OnFailure, PhaseMark, Phases, Run, RunKind, RunState, Step, StepKind,
-    StepOutcome, StepSpec, StepState, Trigger,
+    default_plan, plan_for, Effect, OnFailure, PhaseMark, Phases, Run, RunKind, RunState, Step,
+    StepKind, StepOutcome, StepSpec, StepState, Trigger,
 };
 
 /// A service with its lease.
@@ -60,6 +60,8 @@ pub struct ServiceRecord {
     pub active_run: Option<u64>,
     /// Leader time the lease last became vacant (the detection time of an expiry).
     pub vacated_ms: Option<i64>,
+    /// The region whose lease expired or was vacated last (automation avoids it).
+    pub vacated_from: Option<String>,
 }
 
 /// What one vantage node last reported about one region of a service.
@@ -310,6 +312,7 @@ impl State {
                             paused: None,
                             active_run: None,
                             vacated_ms: None,
+                            vacated_from: None,
                         };
                         let events = vec![
                             event(EventKind::ServicePut, &rec, reason),
@@ -371,7 +374,7 @@ impl State {
                     return Ok(Vec::new());
                 }
                 rec.lease.state = LeaseState::Vacant;
-                rec.lease.holder = None;
+                rec.vacated_from = rec.lease.holder.take();
                 rec.lease.revision = index;
                 rec.vacated_ms = Some(at_ms);
                 Ok(vec![event(EventKind::Vacated, rec, reason)])

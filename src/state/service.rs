@@ -98,21 +98,29 @@ pub struct ServiceSpec {
 /// Checks a plan: known kind, one fence before exactly one grant, webhooks with http URLs.
 pub fn validate_plan(kind: &str, steps: &[StepSpec]) -> Result<(), String> {
     if !["failover", "switchover", "failback"].contains(&kind) {
-        return Err(format!("plan {kind:?} is not one of failover, switchover, failback"));
+        return Err(format!(
+            "plan {kind:?} is not one of failover, switchover, failback"
+        ));
     }
     let pos = |k: &StepKind| steps.iter().position(|s| &s.kind == k);
     let grants = steps.iter().filter(|s| s.kind == StepKind::Grant).count();
     let fences = steps.iter().filter(|s| s.kind == StepKind::Fence).count();
     if grants != 1 || fences != 1 {
-        return Err(format!("plan {kind:?} needs exactly one fence and one grant step"));
+        return Err(format!(
+            "plan {kind:?} needs exactly one fence and one grant step"
+        ));
     }
     if pos(&StepKind::Fence) > pos(&StepKind::Grant) {
-        return Err(format!("plan {kind:?}: fence must come before grant (never two holders)"));
+        return Err(format!(
+            "plan {kind:?}: fence must come before grant (never two holders)"
+        ));
     }
     for s in steps {
         if let StepKind::Webhook(url) = &s.kind {
             if !url.starts_with("http://") {
-                return Err(format!("plan {kind:?}: webhook URL {url:?} must start with http://"));
+                return Err(format!(
+                    "plan {kind:?}: webhook URL {url:?} must start with http://"
+                ));
             }
         }
     }

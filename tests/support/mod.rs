@@ -357,7 +357,9 @@ impl HealthServer {
         let st = state.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut conn, _)) = listener.accept().await else { continue };
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    continue;
+                };
                 let st = st.clone();
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 2048];
@@ -372,7 +374,11 @@ impl HealthServer {
                         Some(v) => vantage.as_deref() != Some(v.as_str()),
                         None => healthy,
                     };
-                    let status = if ok { "200 OK" } else { "503 Service Unavailable" };
+                    let status = if ok {
+                        "200 OK"
+                    } else {
+                        "503 Service Unavailable"
+                    };
                     let _ = conn
                         .write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes())
                         .await;
@@ -417,8 +423,11 @@ pub fn service_with_health(health: &[(&str, &HealthServer)], extra: &str) -> Str
 pub async fn workflows(c: &TestCluster, service: &str) -> Vec<proto::Workflow> {
     let leader = c.leader(Duration::from_secs(20)).await;
     let mut co = c.coordinator(leader).await;
-    co.list_workflows(proto::ListWorkflowsRequest { service: service.into(), limit: 100 })
-        .await
-        .map(|r| r.into_inner().workflows)
-        .unwrap_or_default()
+    co.list_workflows(proto::ListWorkflowsRequest {
+        service: service.into(),
+        limit: 100,
+    })
+    .await
+    .map(|r| r.into_inner().workflows)
+    .unwrap_or_default()
 }
