@@ -5,6 +5,7 @@ mod support;
 mod agent;
 mod automation;
 mod bad_input;
+mod cli;
 mod lifecycle;
 mod membership;
 mod switchover;
