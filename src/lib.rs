@@ -5,17 +5,25 @@
 //!
 //! The map of the crate (dependencies point one way, down this list):
 //!
-//! - [`cli`]: the `baton` command line (talks to a cluster through [`client`]).
+//! - [`cli`]: the `baton` command line (talks to a cluster through [`client`]; `server`
+//!   and `dev` run [`node`]s; `agent` runs [`agent`]; `bench` runs [`bench`]).
+//! - [`agent`]: the region agent: holds a region's lease, runs promote/demote hooks,
+//!   fences itself, publishes its role.
 //! - [`client`]: the Rust client: finds and follows the leader, reads, watches with
 //!   resume, holds a lease for an agent.
-//! - [`node`]: one coordinator process: wires config, storage, Raft, the API and the
-//!   lease keeper together; `baton dev` lives here too.
+//! - [`bench`]: benchmarks that start their own cluster (`baton bench leader-kill`).
+//! - [`node`]: one coordinator process: wires config, storage, Raft, the API, the lease
+//!   keeper, the controller and the health probes together; `baton dev` lives here too.
 //! - [`api`]: the gRPC services `baton.v1.Coordinator` and `baton.v1.Admin`.
-//! - [`control`]: the leader-only lease keeper: in-memory renewals, expiry, fencing.
+//! - [`control`]: the leader side: batched linearizable reads, the lease keeper
+//!   (in-memory renewals, expiry, fencing), the automation policy (pure) and the
+//!   controller that drives workflow runs.
+//! - [`health`]: HTTP/TCP/gRPC probes, per-vantage streaks, the majority verdict.
 //! - [`raft`]: openraft wiring: sled storage, the tonic transport, the state machine.
 //! - [`config`]: `node.toml` and service definitions in TOML.
 //! - [`convert`]: `state` <-> `proto` conversions.
-//! - [`state`]: the pure replicated model: services, leases, tokens, history, audit.
+//! - [`state`]: the pure replicated model: services, leases, tokens, history, audit,
+//!   observations, workflow runs. No I/O, no clocks, no tokio.
 //! - [`proto`]: the generated protobuf types and gRPC stubs.
 
 pub mod agent;
