@@ -339,6 +339,14 @@ impl State {
                 rec.lease.holder = None;
                 rec.lease.state = LeaseState::Vacant;
                 rec.lease.revision = index;
+                if let Some(run) = rec.active_run.and_then(|id| self.runs.get_mut(&id)) {
+                    end_run(
+                        run,
+                        at_ms,
+                        RunState::Failed,
+                        format!("service deleted: {reason}"),
+                    );
+                }
                 Ok(vec![event(EventKind::ServiceDeleted, &rec, reason)])
             }
             Command::Revoke {

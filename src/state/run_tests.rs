@@ -455,3 +455,41 @@ fn observations_are_kept_per_region_and_vantage() {
         &s.apply(4, &req(T, audit::AUTOMATION, bad)).response
     ));
 }
+
+#[test]
+fn deleting_a_service_ends_its_run() {
+    let mut s = state_with_payments(0);
+    start(&mut s, 2, T, Trigger::Operator, "eu-west");
+    advance(&mut s, 3, 2, 0, StepOutcome::Done, None);
+    advance(
+        &mut s,
+        4,
+        2,
+        1,
+        StepOutcome::Started,
+        Some(Effect::Revoke { token: 1 }),
+    );
+    let a = s.apply(
+        5,
+        &req(
+            T,
+            "op",
+            Command::DeleteService {
+                name: "payments".into(),
+                reason: "retire".into(),
+            },
+        ),
+    );
+    assert!(
+        matches!(a.response, Response::Applied { .. }),
+        "{:?}",
+        a.response
+    );
+    let run = s.run(2).unwrap();
+    assert_eq!(run.state, RunState::Failed);
+    assert!(run
+        .error
+        .as_deref()
+        .unwrap_or("")
+        .contains("service deleted"));
+}
