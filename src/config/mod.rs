@@ -147,9 +147,6 @@ pub struct NodeConfig {
     /// Per-peer dial address overrides (node id → `host:port`), e.g. through a proxy.
     #[serde(default)]
     pub dial: BTreeMap<String, String>,
-    /// Log as JSON lines instead of text.
-    #[serde(default)]
-    pub log_json: bool,
     /// Timing.
     #[serde(default)]
     pub timing: TimingConfig,
@@ -362,6 +359,20 @@ mod tests {
         let e = parse(&BASE.replace("127.0.0.1:7101\"\n        data", "nowhere\"\n        data"))
             .unwrap_err();
         assert!(e.starts_with("listen:"), "{e}");
+    }
+
+    #[test]
+    fn the_example_cluster_configs_load() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster");
+        let mut n = 0;
+        for dir in ["three-region", "five-node"] {
+            for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+                let path = entry.unwrap().path();
+                NodeConfig::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                n += 1;
+            }
+        }
+        assert_eq!(n, 8);
     }
 
     #[test]

@@ -92,7 +92,6 @@ pub fn cluster_configs(
             data_dir: dir.join(format!("node{}", p.id)),
             peers: peers.clone(),
             dial: Default::default(),
-            log_json: false,
             timing: TimingConfig {
                 heartbeat: Duration::from_millis(50),
                 election_timeout_min: Duration::from_millis(300),

@@ -196,6 +196,17 @@ impl Node {
         let mut stop = shutdown_rx.clone();
         let server = tokio::spawn(
             tonic::transport::Server::builder()
+                // One span per request, carrying the caller's request id (or a fresh one),
+                // so every log line of a request can be found together.
+                .trace_fn(|req| {
+                    let id = req
+                        .headers()
+                        .get(crate::api::REQUEST_ID_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
+                        .unwrap_or_else(|| format!("{:016x}", rand_id()));
+                    tracing::info_span!("rpc", method = %req.uri().path(), request_id = %id)
+                })
                 .tcp_nodelay(true)
                 .http2_keepalive_interval(Some(Duration::from_secs(10)))
                 .add_service(raft_svc)
@@ -358,6 +369,17 @@ impl Node {
         tracing::info!(id = self.id, "node stopped");
         Ok(())
     }
+}
+
+/// A request id for requests that carry none: unique enough for correlating logs.
+fn rand_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    t ^ NEXT.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
 }
 
 /// Resolves on SIGINT or SIGTERM.
