@@ -6,6 +6,7 @@ mod agent;
 mod automation;
 mod bad_input;
 mod cli;
+mod disk;
 mod lifecycle;
 mod membership;
 mod switchover;

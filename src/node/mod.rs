@@ -320,6 +320,19 @@ impl Node {
         Ok(())
     }
 
+    /// Resolves with the reason when Raft stops with a fatal error (e.g. a storage failure).
+    pub async fn fatal(&self) -> String {
+        let mut m = self.raft.metrics();
+        loop {
+            if let Err(e) = &m.borrow().running_state {
+                return e.to_string();
+            }
+            if m.changed().await.is_err() {
+                return "raft stopped".to_string();
+            }
+        }
+    }
+
     /// The node's request context (for in-process use, e.g. tests and `baton dev`).
     pub fn ctx(&self) -> &Arc<Ctx> {
         &self.ctx
@@ -408,7 +421,20 @@ pub async fn stop_signal() {
 /// Runs a node until SIGINT/SIGTERM, then stops it cleanly.
 pub async fn run_server(config: NodeConfig) -> Result<(), NodeError> {
     let node = Node::start(config).await?;
-    stop_signal().await;
-    tracing::info!("stop signal received; stopping");
-    node.stop().await
+    tokio::select! {
+        _ = stop_signal() => {
+            tracing::info!("stop signal received; stopping");
+            node.stop().await
+        }
+        fatal = node.fatal() => {
+            // Raft stops for good on a storage error (disk full, read-only, I/O error): a
+            // node that cannot persist must not linger half-alive. Exit non-zero so the
+            // supervisor restarts it once the disk is fixed; it recovers from its log.
+            tracing::error!("raft stopped: {fatal}; exiting so the node can be restarted");
+            let _ = node.stop().await;
+            Err(NodeError::Raft(format!(
+                "{fatal} — fix the data directory (space, permissions) and restart the node"
+            )))
+        }
+    }
 }

@@ -88,6 +88,15 @@ impl TestCluster {
 
     /// Like `start`, with extra top-level TOML in every node config (e.g. `[storage]`).
     pub async fn start_with(n: usize, services_toml: &str, extra: &str) -> TestCluster {
+        let mut c = Self::prepare(n, services_toml, extra);
+        for i in 0..n {
+            c.spawn(i);
+        }
+        c
+    }
+
+    /// Writes the configs of `n` voters without starting them.
+    pub fn prepare(n: usize, services_toml: &str, extra: &str) -> TestCluster {
         let root = tempfile::tempdir().unwrap();
         let ports = free_ports(n);
         let cluster = "test".to_string();
@@ -120,15 +129,25 @@ impl TestCluster {
                 child: None,
             });
         }
-        let mut c = TestCluster {
+        TestCluster {
             root,
             nodes,
             cluster,
-        };
-        for i in 0..n {
-            c.spawn(i);
         }
-        c
+    }
+
+    /// Waits for node `i`'s process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, i: usize, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        let child = self.nodes[i].child.as_mut()?;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.nodes[i].child = None;
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// Writes the config of a new node that joins later (no initial peers).
