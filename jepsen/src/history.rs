@@ -48,6 +48,12 @@ impl Clock {
     pub fn instant_at(&self, t_ns: u64) -> Instant {
         self.start + Duration::from_nanos(t_ns)
     }
+
+    /// The history time of `at` (an instant of this process's monotonic clock, e.g. a lease
+    /// validity deadline); instants before the run started map to 0.
+    pub fn ns_at(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.start).as_nanos() as u64
+    }
 }
 
 /// State of a lease, as recorded.
@@ -539,6 +545,17 @@ pub enum Event {
         family: String,
         /// What exactly.
         detail: serde_json::Value,
+    },
+    /// A scheduled fault that was not applied (its family is not available here: no
+    /// libfaketime for `clock`, not root for `disk`; or its symbolic target could not be
+    /// resolved). Nothing was injected, so checkers treat it as absent.
+    NemesisSkipped {
+        /// Family.
+        family: String,
+        /// The scheduled fault.
+        detail: serde_json::Value,
+        /// Why it was not applied.
+        reason: String,
     },
     /// A node's state after the run (read after healing).
     NodeFinal {

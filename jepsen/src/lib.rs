@@ -9,14 +9,17 @@
 //! - [`proxy`]: the tokio L4 proxy that adds WAN latency and cuts links.
 //! - [`nemesis`]: seeded fault schedules and the partition maths.
 //! - [`report`]: `results.json`, SVG plots and `index.html` for a run folder.
-//!
-//! Phase 2 adds `cluster` (the process runner and nemesis executor) and `workload` (the
-//! clients, agents, watchers and the fenced resource that write the history).
+//! - [`cluster`]: real `baton` processes behind the proxy; the nemesis executor.
+//! - [`workload`]: the clients, agents, watchers and fenced resource that write the history.
+//! - [`runner`]: one whole `test` run, from start to report.
 
 #![warn(missing_docs)]
 
 pub mod checkers;
+pub mod cluster;
 pub mod history;
 pub mod nemesis;
 pub mod proxy;
 pub mod report;
+pub mod runner;
+pub mod workload;

@@ -9,9 +9,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::builder::TypedValueParser as _;
 use clap::{Parser, Subcommand};
 
-use baton_jepsen::checkers::CheckConfig;
+use baton_jepsen::checkers::{CheckConfig, Verdict};
+use baton_jepsen::cluster::Timing;
 use baton_jepsen::nemesis::{generate, Family, ScheduleConfig};
 use baton_jepsen::report::check_run;
+use baton_jepsen::runner::{run, TestConfig};
 
 /// Fault-injection harness for baton.
 #[derive(Parser)]
@@ -41,6 +43,20 @@ enum Cmd {
         /// Where run folders are created.
         #[arg(long, default_value = "jepsen/runs")]
         out: PathBuf,
+        /// The `baton` binary (default: `baton` next to this executable).
+        #[arg(long)]
+        baton: Option<PathBuf>,
+        /// Liveness bound: after the last fault heals, reads, failovers and watchers must
+        /// recover within this many seconds (the workload runs that long after the heal).
+        #[arg(long, default_value_t = 15)]
+        liveness_bound: u64,
+        /// Services allow automatic failover (hidden grants are then legal for the checkers).
+        #[arg(long)]
+        automation: bool,
+        /// Agents let the client library acknowledge revocations itself
+        /// (`auto_ack_demotion`) instead of recording `demoted` first and then acknowledging.
+        #[arg(long)]
+        auto_ack: bool,
     },
     /// Re-run every checker on a recorded run folder and rewrite its report.
     Check {
@@ -72,11 +88,37 @@ enum Cmd {
 
 fn schedule_config(nemesis: &str, nodes: u32, time_limit: u64) -> Result<ScheduleConfig, String> {
     let families = Family::parse_list(nemesis)?;
-    Ok(ScheduleConfig::new(
-        nodes,
-        families,
-        Duration::from_secs(time_limit),
-    ))
+    let mut cfg = ScheduleConfig::new(nodes, families, Duration::from_secs(time_limit));
+    // The same lease TTL as `test` uses, so `schedule` shows exactly a run's schedule.
+    cfg.lease_ttl = Timing::wan().lease_ttl;
+    Ok(cfg)
+}
+
+/// The `baton` binary next to this executable (both are built into the same target dir).
+fn default_baton() -> std::io::Result<PathBuf> {
+    Ok(std::env::current_exe()?.with_file_name("baton"))
+}
+
+/// One line per checker: name, verdict, operations checked, anomalies.
+fn print_table(verdicts: &[Verdict]) {
+    println!(
+        "{:<18} {:<8} {:>12} {:>10}",
+        "checker", "valid", "ops checked", "anomalies"
+    );
+    for v in verdicts {
+        let word = match (&v.skipped, v.valid) {
+            (Some(_), _) => "skipped",
+            (None, true) => "valid",
+            (None, false) => "INVALID",
+        };
+        println!(
+            "{:<18} {:<8} {:>12} {:>10}",
+            v.name,
+            word,
+            v.checked_ops,
+            v.anomalies.len()
+        );
+    }
 }
 
 fn main() -> ExitCode {
@@ -88,6 +130,10 @@ fn main() -> ExitCode {
             seed,
             nodes,
             out,
+            baton,
+            liveness_bound,
+            automation,
+            auto_ack,
         } => {
             let seed = seed.unwrap_or_else(|| {
                 SystemTime::now()
@@ -97,26 +143,85 @@ fn main() -> ExitCode {
             });
             // First thing printed, so a failing run can always be replayed.
             println!("seed: {seed}");
-            let cfg = match schedule_config(&nemesis, nodes, time_limit) {
-                Ok(c) => c,
+            let families = match Family::parse_list(&nemesis) {
+                Ok(f) => f,
                 Err(e) => {
                     eprintln!("error: {e}");
                     return ExitCode::from(2);
                 }
             };
-            let schedule = generate(seed, &cfg);
-            println!(
-                "schedule: {} faults over {} s ({nemesis}, {nodes} nodes); output under {}",
-                schedule.steps.len(),
-                time_limit,
-                out.display()
-            );
-            eprintln!(
-                "error: cluster runner not built yet: `test` needs phase 2 (cluster.rs and \
-                 workload.rs); `baton-jepsen schedule --seed {seed}` shows the schedule and \
-                 `baton-jepsen check <run-dir>` checks a recorded history"
-            );
-            ExitCode::from(2)
+            let baton = match baton.map(Ok).unwrap_or_else(default_baton) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("error: cannot locate the baton binary: {e}; pass --baton PATH");
+                    return ExitCode::from(2);
+                }
+            };
+            let cfg = TestConfig {
+                nemesis: nemesis.clone(),
+                families,
+                time_limit: Duration::from_secs(time_limit),
+                seed,
+                nodes,
+                out,
+                baton,
+                automation,
+                liveness_bound: Duration::from_secs(liveness_bound),
+                auto_ack,
+            };
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: tokio runtime: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let started = std::time::Instant::now();
+            let outcome = rt.block_on(run(cfg));
+            // Stop proxies and client tasks without waiting for them.
+            rt.shutdown_timeout(Duration::from_secs(1));
+            match outcome {
+                Ok(o) => {
+                    print_table(&o.results.checkers);
+                    let s = &o.results.summary;
+                    println!(
+                        "seed {seed}, nemesis {nemesis}, {nodes} nodes: {} operations ({} ok, {} fail, {} unknown), {} faults ({} skipped), {:.0} s",
+                        s.operations, s.ok, s.fail, s.info, s.faults, s.faults_skipped,
+                        started.elapsed().as_secs_f64()
+                    );
+                    if o.node_crashes > 0 {
+                        println!(
+                            "warning: {} node process(es) exited by themselves; see {}",
+                            o.node_crashes,
+                            o.dir.join("harness.log").display()
+                        );
+                    }
+                    println!(
+                        "{}: {} (report: {})",
+                        o.dir.display(),
+                        if o.results.valid { "VALID" } else { "INVALID" },
+                        o.dir.join("index.html").display()
+                    );
+                    if o.interrupted {
+                        ExitCode::from(130)
+                    } else if o.results.valid {
+                        ExitCode::SUCCESS
+                    } else {
+                        println!(
+                            "replay: baton-jepsen test --nemesis {nemesis} --time-limit {time_limit} --seed {seed} --nodes {nodes}"
+                        );
+                        ExitCode::from(1)
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: the run could not be carried out: {e}");
+                    ExitCode::from(2)
+                }
+            }
         }
         Cmd::Check {
             run_dir,
@@ -134,20 +239,7 @@ fn main() -> ExitCode {
             });
             match check_run(&run_dir, overrides) {
                 Ok(r) => {
-                    for v in &r.checkers {
-                        let word = match (&v.skipped, v.valid) {
-                            (Some(_), _) => "skipped",
-                            (None, true) => "valid",
-                            (None, false) => "INVALID",
-                        };
-                        println!(
-                            "{:<18} {:<8} checked {:>8}  anomalies {}",
-                            v.name,
-                            word,
-                            v.checked_ops,
-                            v.anomalies.len()
-                        );
-                    }
+                    print_table(&r.checkers);
                     println!(
                         "{}: {} (report: {})",
                         run_dir.display(),

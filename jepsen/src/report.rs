@@ -55,6 +55,9 @@ pub struct Summary {
     pub info: usize,
     /// Faults injected.
     pub faults: usize,
+    /// Scheduled faults that could not be applied here (`nemesis_skipped`).
+    #[serde(default)]
+    pub faults_skipped: usize,
     /// Records in the history.
     pub records: usize,
     /// Length of the run, seconds.
@@ -81,6 +84,11 @@ pub fn summarize(h: &History) -> Summary {
     let mut s = Summary {
         operations: ops.len(),
         faults: h.nemesis_intervals().len(),
+        faults_skipped: h
+            .records
+            .iter()
+            .filter(|r| matches!(r.event, crate::history::Event::NemesisSkipped { .. }))
+            .count(),
         records: h.records.len(),
         duration_s: h.end_ns() as f64 / 1e9,
         ..Summary::default()
@@ -520,8 +528,8 @@ pub fn index_html(r: &Results) -> String {
     let s = &r.summary;
     let _ = write!(
         out,
-        "<tr><th>operations</th><td>{} ({} ok, {} fail, {} unknown)</td></tr><tr><th>faults</th><td>{}</td></tr><tr><th>duration</th><td>{:.1} s</td></tr></table>",
-        s.operations, s.ok, s.fail, s.info, s.faults, s.duration_s
+        "<tr><th>operations</th><td>{} ({} ok, {} fail, {} unknown)</td></tr><tr><th>faults</th><td>{} ({} skipped)</td></tr><tr><th>duration</th><td>{:.1} s</td></tr></table>",
+        s.operations, s.ok, s.fail, s.info, s.faults, s.faults_skipped, s.duration_s
     );
     out.push_str("<h2>Checkers</h2><table><tr><th>checker</th><th>verdict</th><th>checked</th><th>anomalies</th></tr>");
     for v in &r.checkers {

@@ -1,4 +1,4 @@
-//! Lease safety in time (invariant 1, "no split brain"), for runs without clock faults.
+//! Lease safety in time (invariant 1, "no split brain").
 //!
 //! A holder's agent trusts its lease until `send time of its last acknowledged renewal +
 //! TTL·(1−drift)` (minus its own margin), unless it demoted or fenced itself earlier. The
@@ -7,9 +7,18 @@
 //! once every agent acknowledged demotion. So for every grant to region B (known committed
 //! by the earliest time anyone saw its token) and every renewal by an agent of another
 //! region A of a lower token, the grant must not be known committed before
-//! `min(sent + TTL·(1−drift), when that agent stopped acting)`. The history clock and the
-//! nodes' monotonic clocks advance at the same rate only without clock faults; with them,
-//! the checker does not apply and says so.
+//! `min(sent + TTL·(1−drift), when that agent stopped acting)`.
+//!
+//! **Clock faults.** The history clock and a node's monotonic clock advance at the same
+//! rate only while that node has no clock fault. A leader decides a grant by measuring,
+//! on its own clock, the time since the last renewal it accepted; if that span overlaps a
+//! clock fault the measurement can be wrong, but a grant made more than
+//! `G = 2·TTL·(1+drift)` after the fault healed is correct however the earlier part was
+//! measured (real time since the heal alone exceeds the wait). So grants known committed
+//! during a clock fault or within `G` after it are not judged (nor are agents' writes
+//! against such grants); everything else is, and a run made only of clock faults is
+//! judged outside them. Agents run in the harness, on the history clock, so their own
+//! validity (`acted-after-lease-expired`) is always judged.
 //!
 //! Anomaly kinds:
 //! - `grant-before-lease-expired`: the new grant was committed while an agent of the old
@@ -48,12 +57,15 @@ struct Renewal {
 
 /// Checks lease timing; see the module documentation.
 pub fn check(h: &History, cfg: &CheckConfig) -> Verdict {
-    if h.had_fault("clock") {
-        return Verdict::skipped(
-            NAME,
-            "the run had clock faults: lease timing cannot be judged on the history clock",
-        );
-    }
+    // Windows in which a node's clock may have misjudged time (see the module docs).
+    let guard = (2.0 * cfg.lease_ttl_ms as f64 * 1e6 * (1.0 + cfg.drift)).max(0.0) as u64;
+    let clock_windows: Vec<(u64, u64)> = h
+        .nemesis_intervals()
+        .into_iter()
+        .filter(|(f, _, _)| f == "clock")
+        .map(|(_, s, e)| (s, e.saturating_add(guard)))
+        .collect();
+    let clock_fault_at = |t: u64| clock_windows.iter().any(|&(s, e)| s <= t && t <= e);
     let mut grants: BTreeMap<String, BTreeMap<u64, Grant>> = BTreeMap::new();
     let mut saw = |service: &str, token: u64, region: Option<&str>, t: u64| {
         let Some(region) = region else { return };
@@ -79,8 +91,11 @@ pub fn check(h: &History, cfg: &CheckConfig) -> Verdict {
         }
     }
     let mut renewals: BTreeMap<String, Vec<Renewal>> = BTreeMap::new();
-    // (agent, service, token) -> when the agent stopped acting with that token.
-    let mut stopped: HashMap<(String, String, u64), u64> = HashMap::new();
+    // (agent, service, token) -> every time the agent stopped acting with that token. An
+    // agent can stop more than once with one token: it fences itself when its validity
+    // runs out unrenewed, and acts again when a later renewal of the same (still held)
+    // lease is acknowledged.
+    let mut stopped: HashMap<(String, String, u64), Vec<u64>> = HashMap::new();
     for r in &h.records {
         match &r.event {
             Event::WatchEvent { service, lease, .. } if lease.state != LeaseStateRec::Vacant => {
@@ -123,10 +138,10 @@ pub fn check(h: &History, cfg: &CheckConfig) -> Verdict {
                 token,
                 ..
             } => {
-                let e = stopped
+                stopped
                     .entry((agent.clone(), service.clone(), *token))
-                    .or_insert(r.t);
-                *e = (*e).min(r.t);
+                    .or_default()
+                    .push(r.t);
             }
             _ => {}
         }
@@ -139,15 +154,18 @@ pub fn check(h: &History, cfg: &CheckConfig) -> Verdict {
             continue;
         };
         for (&g, grant) in tokens {
+            if clock_fault_at(grant.known_by) {
+                continue;
+            }
             checked += 1;
             for rn in list {
                 if rn.token >= g || rn.region == grant.region {
                     continue;
                 }
+                // The first time the agent stopped after sending this renewal.
                 let stop = stopped
                     .get(&(rn.agent.clone(), service.clone(), rn.token))
-                    .copied()
-                    .filter(|&s| s >= rn.sent)
+                    .and_then(|v| v.iter().copied().filter(|&s| s >= rn.sent).min())
                     .unwrap_or(u64::MAX);
                 let end = rn.trusted_until.min(stop);
                 if grant.known_by < end {
@@ -204,7 +222,9 @@ pub fn check(h: &History, cfg: &CheckConfig) -> Verdict {
         if let (Some(region), Some(tokens)) = (region, grants.get(service)) {
             let newer = tokens
                 .range(token + 1..)
-                .filter(|(_, g)| g.region != *region && g.known_by < at)
+                .filter(|(_, g)| {
+                    g.region != *region && g.known_by < at && !clock_fault_at(g.known_by)
+                })
                 .min_by_key(|(_, g)| g.known_by);
             if let Some((g, grant)) = newer {
                 anomalies.push(json!({
@@ -306,6 +326,53 @@ mod tests {
     }
 
     #[test]
+    fn a_demotion_after_a_self_fence_and_a_new_renewal_counts() {
+        // The agent fenced itself (validity ran out), renewed the same token again, then
+        // acknowledged a revocation: the grant after that acknowledgement is early but
+        // legal.
+        let stop = |h: &mut H, t_ms: u64, demoted: bool| {
+            let (agent, region, service, token) =
+                ("agent-us".to_string(), "us".to_string(), "s".to_string(), 5);
+            h.at(
+                t_ms * MS,
+                if demoted {
+                    Event::Demoted {
+                        agent,
+                        region,
+                        service,
+                        token,
+                    }
+                } else {
+                    Event::SelfFenced {
+                        agent,
+                        region,
+                        service,
+                        token,
+                    }
+                },
+            );
+        };
+        let mut h = H::new();
+        h.read("c", 0, MS, "s", held("us", 5, 5));
+        stop(&mut h, 50, false);
+        renewed(&mut h, "us", 5, 100);
+        stop(&mut h, 200, true);
+        h.failover("c", 150 * MS, 250 * MS, "s", "eu", 5, held("eu", 9, 9));
+        let v = check(&h.history(), &cfg());
+        assert!(v.valid, "{:?}", v.anomalies);
+        // Without the later demotion, the grant is early.
+        let mut h = H::new();
+        h.read("c", 0, MS, "s", held("us", 5, 5));
+        stop(&mut h, 50, false);
+        renewed(&mut h, "us", 5, 100);
+        h.failover("c", 150 * MS, 250 * MS, "s", "eu", 5, held("eu", 9, 9));
+        assert_eq!(
+            check(&h.history(), &cfg()).kinds(),
+            vec!["grant-before-lease-expired"]
+        );
+    }
+
+    #[test]
     fn agents_acting_beyond_their_lease_fail() {
         let mut h = H::new();
         h.read("c", 0, MS, "s", held("us", 5, 5));
@@ -325,13 +392,34 @@ mod tests {
     }
 
     #[test]
-    fn clock_faults_skip_the_checker() {
+    fn grants_during_and_just_after_clock_faults_are_not_judged() {
+        // An early grant inside a clock fault (or within 2·TTL·(1+drift) after it) may be
+        // the faulty clock's doing: not judged.
         let mut h = H::new();
         h.nemesis("clock", 0, 10 * MS);
         renewed(&mut h, "us", 5, 100);
         h.failover("c", 150 * MS, 400 * MS, "s", "eu", 5, held("eu", 9, 9));
         let v = check(&h.history(), &cfg());
-        assert!(v.valid);
-        assert!(v.skipped.is_some());
+        assert!(v.valid, "{:?}", v.anomalies);
+        assert!(v.skipped.is_none());
+        // Long after the fault healed, the same early grant is a violation.
+        let mut h = H::new();
+        h.nemesis("clock", 0, 10 * MS);
+        renewed(&mut h, "us", 5, 5_000);
+        h.failover("c", 5_050 * MS, 5_300 * MS, "s", "eu", 5, held("eu", 9, 9));
+        assert_eq!(
+            check(&h.history(), &cfg()).kinds(),
+            vec!["grant-before-lease-expired"]
+        );
+        // An agent's own validity is judged even during a clock fault.
+        let mut h = H::new();
+        h.nemesis("clock", 0, 2_000 * MS);
+        h.read("c", 0, MS, "s", held("us", 5, 5));
+        renewed(&mut h, "us", 5, 100);
+        write(&mut h, 1_000, "us", 5);
+        assert_eq!(
+            check(&h.history(), &cfg()).kinds(),
+            vec!["acted-after-lease-expired"]
+        );
     }
 }
