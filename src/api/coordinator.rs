@@ -275,6 +275,8 @@ impl CoordinatorService {
                 plan,
                 reason: reason.to_string(),
                 detected_ms: wall_clock_ms(),
+                // The check above read the state before this entry: repeat it atomically.
+                expected_token: (expected_token != 0).then_some(expected_token),
             },
         )
         .await

@@ -184,6 +184,7 @@ impl Controller {
                             plan: plan_for(&rec.spec, kind),
                             reason,
                             detected_ms,
+                            expected_token: Some(rec.lease.token),
                         })
                         .await?;
                     Ok(!matches!(resp, Response::Rejected(_)))
@@ -309,7 +310,17 @@ impl Controller {
                 }
             }
             StepKind::Fence => {
-                if lease.state == LeaseState::Vacant || lease.token != run.token_before {
+                if lease.token != run.token_before {
+                    // Someone else changed the lease: this run's view is stale.
+                    let why = format!(
+                        "the lease moved on (token {} -> {})",
+                        run.token_before, lease.token
+                    );
+                    return self
+                        .fail(&rec, &run, step.spec.on_failure, why, voters)
+                        .await;
+                }
+                if lease.state == LeaseState::Vacant {
                     return self
                         .advance(
                             &run,
@@ -466,7 +477,14 @@ impl Controller {
             // not granted) and the old holder's region is not down.
             if let Some(from) = &run.from {
                 let from_ok = policy::region_health(rec, from, voters).health != Health::Down;
-                if rec.lease.state != LeaseState::Held && from_ok && rec.spec.is_allowed(from) {
+                // Only the lease this run revoked may go back: a lease another change moved on
+                // may still be acted on by someone else.
+                let ours = rec.lease.token == run.token_before;
+                if ours
+                    && rec.lease.state != LeaseState::Held
+                    && from_ok
+                    && rec.spec.is_allowed(from)
+                {
                     effect = Some(Effect::GrantBack {
                         expected_token: rec.lease.token,
                     });

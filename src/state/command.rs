@@ -114,6 +114,8 @@ pub enum Command {
         reason: String,
         /// When the trigger was observed (leader wall clock).
         detected_ms: i64,
+        /// Compare-and-set: refuse unless the lease's token is this one.
+        expected_token: Option<u64>,
     },
     /// Record a step's outcome, applying its effect in the same entry.
     AdvanceRun {

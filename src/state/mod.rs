@@ -454,8 +454,12 @@ impl State {
                 plan,
                 reason,
                 detected_ms,
+                expected_token,
             } => {
                 let rec = self.record(service)?;
+                if let Some(expected) = expected_token {
+                    check_token(service, *expected, rec.lease.token)?;
+                }
                 if let Some(active) = rec.active_run {
                     return Err(Rejection::WrongState(format!(
                         "run {active} is in progress for {service:?}: at most one run per service"

@@ -51,6 +51,7 @@ fn start(s: &mut State, index: u64, at: i64, trigger: Trigger, to: &str) -> Resp
                 plan: default_plan(RunKind::Failover),
                 reason: "test".into(),
                 detected_ms: at - 10,
+                expected_token: None,
             },
         ),
     )
@@ -256,6 +257,7 @@ fn rollback_gives_the_lease_back_to_the_previous_holder() {
                 plan,
                 reason: "r".into(),
                 detected_ms: T,
+                expected_token: None,
             },
         ),
     );
@@ -308,6 +310,7 @@ fn approval_waits_for_a_decision_and_reject_ends_the_run() {
         plan,
         reason: "r".into(),
         detected_ms: T,
+        expected_token: None,
     };
     s.apply(2, &req(T, "op", mk(plan.clone())));
     let decide = |approve| Command::DecideRun {
@@ -492,4 +495,28 @@ fn deleting_a_service_ends_its_run() {
         .as_deref()
         .unwrap_or("")
         .contains("service deleted"));
+}
+
+#[test]
+fn a_run_with_an_expected_token_is_refused_once_the_lease_moved() {
+    let mut s = state_with_payments(0);
+    let cmd = |expected| Command::StartRun {
+        service: "payments".into(),
+        kind: RunKind::Switchover,
+        trigger: Trigger::Operator,
+        to: "eu-west".into(),
+        plan: default_plan(RunKind::Switchover),
+        reason: "r".into(),
+        detected_ms: T,
+        expected_token: Some(expected),
+    };
+    match s.apply(2, &req(T, "op", cmd(7))).response {
+        Response::Rejected(Rejection::TokenMismatch {
+            expected: 7,
+            actual: 1,
+            ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(!rejected(&s.apply(3, &req(T, "op", cmd(1))).response));
 }
