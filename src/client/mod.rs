@@ -764,10 +764,15 @@ impl Client {
                         self.pool.failed(idx);
                     }
                     Failure::Answered
-                        if effect == Effect::Read && status.code() == Code::Unavailable =>
+                        if effect == Effect::Read
+                            && matches!(
+                                status.code(),
+                                Code::Unavailable | Code::Internal | Code::Unknown | Code::DeadlineExceeded
+                            ) =>
                     {
-                        // No leader or no quorum right now: another node, or a moment
-                        // later, may do better.
+                        // No leader or no quorum right now, or a node that is broken (its
+                        // Raft stopped, a forward failed): another node, or a moment later,
+                        // may do better.
                         debug!(op, node = %node.addr, error = %status.message(), "unavailable");
                         last = format!("{}: {}", node.addr, status.message());
                         self.pool.failed(idx);

@@ -590,6 +590,26 @@ async fn unreachable_endpoints_are_skipped() {
 }
 
 #[tokio::test]
+async fn a_broken_node_is_skipped_for_reads() {
+    // A node whose Raft stopped answers INTERNAL to everything: reads go elsewhere.
+    let broken = start(
+        1,
+        Behaviour {
+            primary_error: Some((tonic::Code::Internal, "raft stopped".into())),
+            ..Behaviour::default()
+        },
+    )
+    .await;
+    let healthy = start(2, Behaviour::default()).await;
+    let c = client(
+        vec![format!("http://{}", broken.addr), format!("http://{}", healthy.addr)],
+        Duration::from_secs(5),
+    );
+    let p = c.primary("payments", Consistency::Local).await.unwrap();
+    assert_eq!(p.served_by, 2);
+}
+
+#[tokio::test]
 async fn no_reachable_endpoint_is_unavailable_within_the_deadline() {
     let c = client(vec![dead_addr().await], Duration::from_millis(300));
     let started = std::time::Instant::now();
