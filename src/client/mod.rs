@@ -767,7 +767,10 @@ impl Client {
                         if effect == Effect::Read
                             && matches!(
                                 status.code(),
-                                Code::Unavailable | Code::Internal | Code::Unknown | Code::DeadlineExceeded
+                                Code::Unavailable
+                                    | Code::Internal
+                                    | Code::Unknown
+                                    | Code::DeadlineExceeded
                             ) =>
                     {
                         // No leader or no quorum right now, or a node that is broken (its

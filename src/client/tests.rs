@@ -602,7 +602,10 @@ async fn a_broken_node_is_skipped_for_reads() {
     .await;
     let healthy = start(2, Behaviour::default()).await;
     let c = client(
-        vec![format!("http://{}", broken.addr), format!("http://{}", healthy.addr)],
+        vec![
+            format!("http://{}", broken.addr),
+            format!("http://{}", healthy.addr),
+        ],
         Duration::from_secs(5),
     );
     let p = c.primary("payments", Consistency::Local).await.unwrap();
