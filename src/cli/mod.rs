@@ -358,7 +358,7 @@ async fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<Exit, CliError> {
 fn init_tracing(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
     let default = if cli.command.runs_a_node() {
-        "info"
+        "info,openraft=warn"
     } else {
         "warn"
     };
