@@ -23,6 +23,18 @@ use crate::state::{
     RunKind, RunState, StepKind, Trigger,
 };
 
+/// Returns the leader's answer to `request` when this node does not lead (forwarding once:
+/// a forwarded request is served here, whatever this node believes).
+macro_rules! forward_unless_leading {
+    ($self:ident, $request:ident, $method:ident) => {
+        if !$self.ctx.keeper.is_leading() && !Ctx::was_forwarded(&$request) {
+            let ch = $self.ctx.leader_channel()?;
+            let fwd = forwarded(&$request, $request.get_ref().clone());
+            return CoordinatorClient::new(ch).$method(fwd).await;
+        }
+    };
+}
+
 /// The Coordinator service of one node.
 #[derive(Clone)]
 pub struct CoordinatorService {
@@ -470,12 +482,7 @@ impl Coordinator for CoordinatorService {
         let span = tracing::info_span!("failover", request_id = %rid, actor = %who);
         async {
             let req = request.get_ref();
-            if !self.ctx.keeper.is_leading() && !Ctx::was_forwarded(&request) {
-                let ch = self.ctx.leader_channel()?;
-                return CoordinatorClient::new(ch)
-                    .failover(forwarded(&request, req.clone()))
-                    .await;
-            }
+            forward_unless_leading!(self, request, failover);
             self.do_move(
                 &req.service,
                 Some(&req.to_region),
@@ -538,12 +545,7 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<proto::FailoverResponse>, Status> {
         let who = actor(&request);
         let req = request.get_ref();
-        if !self.ctx.keeper.is_leading() && !Ctx::was_forwarded(&request) {
-            let ch = self.ctx.leader_channel()?;
-            return CoordinatorClient::new(ch)
-                .failback(forwarded(&request, req.clone()))
-                .await;
-        }
+        forward_unless_leading!(self, request, failback);
         self.do_move(
             &req.service,
             None,
@@ -570,12 +572,7 @@ impl Coordinator for CoordinatorService {
             Ok(proto::LeaseMode::ReadOnly) => LeaseMode::ReadOnly,
             _ => return Err(invalid("mode must be READ_WRITE or READ_ONLY".into())),
         };
-        if !self.ctx.keeper.is_leading() && !Ctx::was_forwarded(&request) {
-            let ch = self.ctx.leader_channel()?;
-            return CoordinatorClient::new(ch)
-                .set_mode(forwarded(&request, req.clone()))
-                .await;
-        }
+        forward_unless_leading!(self, request, set_mode);
         let resp = self
             .simple_write(
                 &who,
@@ -601,12 +598,7 @@ impl Coordinator for CoordinatorService {
         let req = request.get_ref();
         check_name("service", &req.service).map_err(invalid)?;
         check_reason(&req.reason).map_err(invalid)?;
-        if !self.ctx.keeper.is_leading() && !Ctx::was_forwarded(&request) {
-            let ch = self.ctx.leader_channel()?;
-            return CoordinatorClient::new(ch)
-                .freeze(forwarded(&request, req.clone()))
-                .await;
-        }
+        forward_unless_leading!(self, request, freeze);
         self.simple_write(
             &who,
             Command::SetFrozen {
@@ -627,12 +619,7 @@ impl Coordinator for CoordinatorService {
         let req = request.get_ref();
         check_name("service", &req.service).map_err(invalid)?;
         check_reason(&req.reason).map_err(invalid)?;
-        if !self.ctx.keeper.is_leading() && !Ctx::was_forwarded(&request) {
-            let ch = self.ctx.leader_channel()?;
-            return CoordinatorClient::new(ch)
-                .ack(forwarded(&request, req.clone()))
-                .await;
-        }
+        forward_unless_leading!(self, request, ack);
         self.simple_write(
             &who,
             Command::AckFlap {
@@ -651,12 +638,7 @@ impl Coordinator for CoordinatorService {
         let who = actor(&request);
         let req = request.get_ref();
         check_reason(&req.reason).map_err(invalid)?;
-        if !self.ctx.keeper.is_leading() && !Ctx::was_forwarded(&request) {
-            let ch = self.ctx.leader_channel()?;
-            return CoordinatorClient::new(ch)
-                .approve(forwarded(&request, req.clone()))
-                .await;
-        }
+        forward_unless_leading!(self, request, approve);
         let service = {
             let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
             view.state

@@ -132,14 +132,13 @@ pub fn result_table(done: &proto::FailoverResponse) -> Table {
     )
 }
 
-/// `baton failover SERVICE --to REGION --dry-run`: the plan with every candidate's
-/// eligibility. (The move itself is `failover::run`.)
-pub async fn failover_dry_run(ctx: &mut Ctx<'_>, args: FailoverArgs) -> Result<Exit, CliError> {
+/// `baton failover SERVICE --to REGION --reason TEXT [--dry-run]`.
+pub async fn failover(ctx: &mut Ctx<'_>, args: FailoverArgs) -> Result<Exit, CliError> {
     let flow = Flow {
         service: args.service,
         reason: args.reason,
         expected_token: args.expected_token,
-        dry_run: true,
+        dry_run: args.dry_run,
         yes: args.yes,
         kind: Move::To(args.to),
     };
