@@ -274,6 +274,18 @@ async fn a_flapping_region_pauses_automation_at_the_limit() {
         agent(&c, "payments", "eu-west"),
         agent(&c, "payments", "ap-south"),
     ];
+    // Every agent has reached the leader (a region's agent must be live for it to be
+    // preferred), so the first move goes to eu-west, the next in preference order.
+    for a in &_agents {
+        eventually(
+            Duration::from_secs(20),
+            "every agent to reach the leader",
+            || async {
+                (*a.status().borrow() != baton::client::LeaseStatus::Pending).then_some(())
+            },
+        )
+        .await;
+    }
     let mut w = cl.watch(vec!["payments".into()], 0);
     w.next().await.unwrap().unwrap();
     us.set_healthy(false);
