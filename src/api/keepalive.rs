@@ -4,6 +4,7 @@
 //! RENEWED answer proves this node led when the renewal was received: a deposed leader that
 //! does not know it yet cannot extend a lease the new leader has already counted out.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,7 +14,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
 use super::Ctx;
-use crate::control::Renewal;
+use crate::control::keeper::MAX_AGENTS_PER_SERVICE;
+use crate::control::{ControlError, Renewal, RenewalMsg};
 use crate::convert::lease_to_proto;
 use crate::proto::{self, KeepAliveStatus};
 use crate::state::names::check_name;
@@ -32,6 +34,10 @@ fn check(req: &proto::KeepAliveRequest) -> Result<(), Status> {
     Ok(())
 }
 
+/// Numbers KeepAlive streams: a demotion ack counts only on the stream that holds the
+/// agent's session.
+static NEXT_STREAM: AtomicU64 = AtomicU64::new(1);
+
 /// Serves one agent's keepalive stream.
 pub fn open(
     ctx: Arc<Ctx>,
@@ -39,6 +45,7 @@ pub fn open(
 ) -> impl Stream<Item = Result<proto::KeepAliveResponse, Status>> {
     let (tx, out) = mpsc::channel(16);
     let mut shutdown = ctx.shutdown.clone();
+    let stream = NEXT_STREAM.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
         loop {
             let msg = tokio::select! {
@@ -56,13 +63,15 @@ pub fn open(
                     .linearize()
                     .await
                     .map_err(|e| ctx.control_status(e))?;
-                let renewal = ctx.keeper.renew(
-                    &req.service,
-                    &req.region,
-                    &req.agent_id,
+                let (renewal, lease) = ctx.keeper.renew(&RenewalMsg {
+                    service: &req.service,
+                    region: &req.region,
+                    agent_id: &req.agent_id,
+                    stream,
                     received,
-                    req.demoted,
-                );
+                    demoted: req.demoted,
+                    token: req.token,
+                });
                 let status = match renewal {
                     Renewal::Renewed { .. } => KeepAliveStatus::Renewed,
                     Renewal::Revoke { .. } => KeepAliveStatus::Revoke,
@@ -73,13 +82,20 @@ pub fn open(
                             req.service
                         )))
                     }
+                    // Leadership moved after the barrier: the agent retries with the leader.
+                    Renewal::NotLeader => {
+                        return Err(ctx.control_status(ControlError::NotLeader(None)))
+                    }
+                    Renewal::TooManyAgents => {
+                        return Err(Status::resource_exhausted(format!(
+                            "service {:?} already has {MAX_AGENTS_PER_SERVICE} agents renewing; \
+                             stop unused agents (idle ones are forgotten after a minute)",
+                            req.service
+                        )))
+                    }
                 };
-                let lease = {
-                    let view = ctx.shared.read().unwrap_or_else(|e| e.into_inner());
-                    view.state
-                        .service(&req.service)
-                        .map(|r| lease_to_proto(&req.service, &r.lease))
-                };
+                // The lease the renewal was judged against: its TTL is the one promised.
+                let lease = lease.map(|l| lease_to_proto(&req.service, &l));
                 Ok(proto::KeepAliveResponse {
                     seq: req.seq,
                     status: status as i32,

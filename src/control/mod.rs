@@ -8,7 +8,7 @@ pub mod read;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub use keeper::{FenceOutcome, Keeper, KeeperTiming, Renewal};
+pub use keeper::{FenceOutcome, Keeper, KeeperTiming, Renewal, RenewalMsg};
 pub use read::ReadBarrier;
 
 use crate::raft::{NodeId, NodeInfo, Raft};

@@ -143,11 +143,11 @@ impl Node {
             cfg.id,
             raft.clone(),
             shared.clone(),
+            reads.clone(),
             KeeperTiming {
                 drift: t.drift,
                 margin: t.margin,
                 tick: (t.heartbeat / 2).max(Duration::from_millis(5)),
-                quorum_freshness: t.election_timeout_max,
                 stall: t.election_timeout_min.max(Duration::from_millis(200)),
             },
             shutdown_rx.clone(),

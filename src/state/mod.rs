@@ -10,7 +10,10 @@
 //! - the fencing token of a grant is the log index of its entry, so tokens strictly increase
 //!   per service and globally and are never reused;
 //! - `revision` is the log index of the last entry that changed a service;
-//! - every command leaves exactly one audit entry, chained by hash to the one before.
+//! - every command leaves exactly one audit entry, chained by hash to the one before;
+//! - the TTL of a held or revoking lease never decreases (a shorter TTL in a new service
+//!   definition applies from the next grant), so no renewal answered under a longer TTL
+//!   can outlive what the leader waits out.
 
 pub mod audit;
 pub mod command;
@@ -285,7 +288,15 @@ impl State {
                             return Ok(Vec::new());
                         }
                         rec.spec = spec.clone();
-                        rec.lease.ttl_ms = spec.lease_ttl_ms;
+                        // A held (or revoking) lease never gets a shorter TTL: its holder was
+                        // promised validity under the TTL its renewals were answered with, and
+                        // every leader measures renewals against this field. A longer TTL is
+                        // safe at once; a shorter one takes effect from the next grant.
+                        if rec.lease.state == LeaseState::Vacant
+                            || spec.lease_ttl_ms > rec.lease.ttl_ms
+                        {
+                            rec.lease.ttl_ms = spec.lease_ttl_ms;
+                        }
                         rec.lease.revision = index;
                         Ok(vec![event(EventKind::ServicePut, rec, reason)])
                     }

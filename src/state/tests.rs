@@ -405,6 +405,28 @@ fn put_service_changing_the_definition_emits_service_put_and_keeps_the_lease() {
 }
 
 #[test]
+fn a_shorter_ttl_waits_for_the_next_grant_and_a_longer_one_applies_at_once() {
+    let mut s = with_payments();
+    let initial = lease(&s, "payments").ttl_ms;
+    let mut spec = payments();
+    spec.lease_ttl_ms = initial / 2;
+    s.apply(2, &put(&spec));
+    // Held: the holder's renewals were answered under the longer TTL.
+    assert_eq!(lease(&s, "payments").ttl_ms, initial);
+    assert_eq!(
+        s.service("payments").unwrap().spec.lease_ttl_ms,
+        initial / 2
+    );
+    s.apply(3, &revoke("payments", 1));
+    assert_eq!(lease(&s, "payments").ttl_ms, initial);
+    s.apply(4, &grant("payments", "eu-west", 1));
+    assert_eq!(lease(&s, "payments").ttl_ms, initial / 2);
+    spec.lease_ttl_ms = initial * 3;
+    s.apply(5, &put(&spec));
+    assert_eq!(lease(&s, "payments").ttl_ms, initial * 3);
+}
+
+#[test]
 fn set_mode_emits_mode_changed_and_only_on_a_change() {
     let mut s = with_payments();
     let a = s.apply(2, &set_mode("payments", LeaseMode::ReadOnly));
@@ -1115,6 +1137,20 @@ fn check_single_holder(t: &Trace) -> TestCaseResult {
                 }
                 if p.state == LeaseState::Revoking && l.state == LeaseState::Revoking {
                     prop_assert_eq!((&p.holder, p.token), (&l.holder, l.token));
+                }
+                // Renewals answered under a TTL must never be measured against a shorter one.
+                if p.state != LeaseState::Vacant
+                    && l.state != LeaseState::Vacant
+                    && p.token == l.token
+                {
+                    prop_assert!(
+                        l.ttl_ms >= p.ttl_ms,
+                        "TTL of the held lease of {} shortened from {} to {} ms ({})",
+                        name,
+                        p.ttl_ms,
+                        l.ttl_ms,
+                        step
+                    );
                 }
             }
         }
