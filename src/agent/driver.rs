@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::time::{sleep_until, Instant};
 use tracing::{info, warn};
 
-use super::hook::run_hook;
+use super::hook::run_hook_until;
 use super::machine::{Action, AgentCore, AgentState, Hook, HookKind, HookOutcome};
 use super::AgentError;
 use crate::client::{ClientError, LeaseHandle, LeaseStatus};
@@ -57,26 +57,37 @@ pub(crate) struct HookCommands {
     pub on_promote: Option<String>,
     /// `sh -c` command run on demotion.
     pub on_demote: Option<String>,
-    /// Time a hook may run before it is killed.
-    pub timeout: Duration,
+    /// Time the promote hook may run before it is killed.
+    pub promote_timeout: Duration,
+    /// Time the demote hook may run before it is killed (demotion starts this long before
+    /// the lease's validity ends).
+    pub demote_timeout: Duration,
 }
 
 impl HookCommands {
-    fn start(&self, hook: Hook) -> BoxFuture<'static, HookOutcome> {
-        let command = match hook.kind {
-            HookKind::Promote => self.on_promote.clone(),
-            HookKind::Demote => self.on_demote.clone(),
+    /// Starts `hook`; firing the returned sender kills it (it then ends as cancelled).
+    fn start(&self, hook: Hook) -> (BoxFuture<'static, HookOutcome>, oneshot::Sender<()>) {
+        let (command, timeout) = match hook.kind {
+            HookKind::Promote => (self.on_promote.clone(), self.promote_timeout),
+            HookKind::Demote => (self.on_demote.clone(), self.demote_timeout),
         };
-        let timeout = self.timeout;
-        async move {
+        let (cancel, cancelled) = oneshot::channel::<()>();
+        let fut = async move {
+            // A dropped sender is no cancel: only an explicit send kills the hook.
+            let cancelled = async move {
+                if cancelled.await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
             match command {
-                Some(c) => run_hook(&c, &hook, timeout).await,
+                Some(c) => run_hook_until(&c, &hook, timeout, cancelled).await,
                 // The core does not ask for hooks that are not configured; if it did,
                 // there is nothing to run.
                 None => HookOutcome::Succeeded,
             }
         }
-        .boxed()
+        .boxed();
+        (fut, cancel)
     }
 }
 
@@ -130,6 +141,7 @@ pub(crate) async fn drive<S: LeaseSession>(
     let mut shutdown = std::pin::pin!(shutdown);
     let mut status = session.status();
     let mut hook: Option<BoxFuture<'static, HookOutcome>> = None;
+    let mut cancel: Option<oneshot::Sender<()>> = None;
     let mut stopping = false;
     let mut ended = false;
     let first = *status.borrow_and_update();
@@ -144,7 +156,16 @@ pub(crate) async fn drive<S: LeaseSession>(
                     }
                     publish.send_replace(state);
                 }
-                Action::RunHook(h) => hook = Some(hooks.start(h)),
+                Action::RunHook(h) => {
+                    let (fut, c) = hooks.start(h);
+                    hook = Some(fut);
+                    cancel = Some(c);
+                }
+                Action::CancelHook => {
+                    if let Some(c) = cancel.take() {
+                        let _ = c.send(());
+                    }
+                }
                 Action::Ack { token } => ack(&session, &status, token),
             }
         }
@@ -173,6 +194,7 @@ pub(crate) async fn drive<S: LeaseSession>(
             }
             Event::HookDone(outcome) => {
                 hook = None;
+                cancel = None;
                 core.on_hook_done(&outcome, now)
             }
             Event::Tick => core.on_tick(now),

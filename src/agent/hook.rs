@@ -71,6 +71,16 @@ async fn kill_group(pgid: u32) {
 /// Runs `command` with `sh -c` for `hook`, waits at most `timeout`, logs how it ended and
 /// returns that.
 pub async fn run_hook(command: &str, hook: &Hook, timeout: Duration) -> HookOutcome {
+    run_hook_until(command, hook, timeout, std::future::pending()).await
+}
+
+/// [`run_hook`], also ended (its whole process group killed) when `cancel` resolves first.
+pub async fn run_hook_until(
+    command: &str,
+    hook: &Hook,
+    timeout: Duration,
+    cancel: impl std::future::Future<Output = ()>,
+) -> HookOutcome {
     let event = hook.kind.as_str();
     let reason = hook.reason.map_or("", |r| r.as_str());
     info!(event, reason, token = hook.token, command, "running hook");
@@ -94,7 +104,18 @@ pub async fn run_hook(command: &str, hook: &Hook, timeout: Duration) -> HookOutc
     };
     let out = child.stdout.take().map(|o| tokio::spawn(tail(o)));
     let err = child.stderr.take().map(|e| tokio::spawn(tail(e)));
-    let waited = tokio::time::timeout(timeout, child.wait()).await;
+    let waited = tokio::select! {
+        w = tokio::time::timeout(timeout, child.wait()) => Some(w),
+        () = cancel => None,
+    };
+    let Some(waited) = waited else {
+        if let Some(pid) = child.id() {
+            kill_group(pid).await;
+        }
+        let _ = child.kill().await;
+        info!(event, token = hook.token, "hook cancelled and killed");
+        return HookOutcome::Cancelled;
+    };
     let outcome = match waited {
         Ok(Ok(status)) if status.success() => HookOutcome::Succeeded,
         Ok(Ok(status)) => HookOutcome::Failed {

@@ -17,8 +17,14 @@
 //! - Once validity was seen lost while the service was (being made) primary, a demote is
 //!   owed, even if the lease comes back before it can run: the service must learn that it
 //!   could not count on the lease for a while.
-//! - A revocation is acknowledged only after the demote hook has ended — or timed out,
-//!   since the agent cannot prove anything better by waiting longer.
+//! - The demote hook must have *finished* before the lease's validity ends, so the agent
+//!   starts it `demote_timeout` before `valid_until` (the hook is killed at its timeout, so it
+//!   cannot run past validity), and never promotes when less than that is left.
+//! - A promote hook still running when demotion is due is cancelled (killed with everything
+//!   it started), then the demote hook runs: hooks still never overlap.
+//! - A revocation is acknowledged only after the demote hook *succeeded*. After a failed or
+//!   timed-out demote the agent cannot prove the service stopped, so it does not acknowledge:
+//!   the coordinator then fences by the TTL, which the agent's own validity never outlives.
 //! - The published role is `primary` only while the promote hook has finished and the lease
 //!   is valid; it turns `replica` at once when validity is lost, before the demote hook runs.
 
@@ -103,6 +109,8 @@ pub enum HookOutcome {
     },
     /// Still running after the hook timeout; it was killed.
     TimedOut,
+    /// Killed on purpose: a promote hook still running when demotion became due.
+    Cancelled,
     /// Could not be started.
     SpawnFailed(String),
 }
@@ -207,6 +215,9 @@ fn millis(d: Duration) -> u64 {
 pub enum Action {
     /// Start this hook; report its end with [`AgentCore::on_hook_done`].
     RunHook(Hook),
+    /// Kill the running hook (a promote overtaken by a demotion); report its end with
+    /// [`AgentCore::on_hook_done`] as usual ([`HookOutcome::Cancelled`]).
+    CancelHook,
     /// Acknowledge the demotion of `token` ([`crate::client::LeaseHandle::ack_demotion`]).
     Ack {
         /// The token whose revocation is acknowledged.
@@ -244,6 +255,15 @@ pub struct AgentCore {
     /// The last token acknowledged, so a revocation is acknowledged once.
     acked: Option<u64>,
     stopping: bool,
+    /// How long before `valid_until` demotion starts: the demote hook's timeout.
+    demote_lead: Duration,
+    /// A cancel of the running hook was asked for.
+    cancelling: bool,
+    /// The "validity too short for the demote timeout" warning was given.
+    warned_short: bool,
+    /// The demote hook for this token failed or timed out: its revocation is not
+    /// acknowledged (the TTL fences instead).
+    unproven: Option<u64>,
     published: AgentState,
     /// The latest instant the core was given: past deadlines are not handed out again.
     now: Option<Instant>,
@@ -276,9 +296,28 @@ impl AgentCore {
             revoke: None,
             acked: None,
             stopping: false,
+            demote_lead: Duration::ZERO,
+            cancelling: false,
+            warned_short: false,
+            unproven: None,
             published: AgentState::replica(service, region, agent_id),
             now: None,
         }
+    }
+
+    /// Demotion starts `lead` before the lease's validity ends (the demote hook's timeout),
+    /// so the hook has finished by then; 0 by default.
+    pub fn with_demote_lead(mut self, lead: Duration) -> Self {
+        self.demote_lead = lead;
+        self
+    }
+
+    /// The instant from which the service must be demoting, for a lease valid until
+    /// `valid_until`.
+    fn act_until(&self, valid_until: Instant) -> Instant {
+        valid_until
+            .checked_sub(self.demote_lead)
+            .unwrap_or(valid_until)
     }
 
     /// The last state published (a replica state before anything happened).
@@ -302,9 +341,9 @@ impl AgentCore {
     pub fn deadline(&self) -> Option<Instant> {
         match self.lease {
             LeaseStatus::Holding { valid_until, .. }
-                if self.now.is_none_or(|n| valid_until > n) =>
+                if self.now.is_none_or(|n| self.act_until(valid_until) > n) =>
             {
-                Some(valid_until)
+                Some(self.act_until(valid_until))
             }
             _ => None,
         }
@@ -316,6 +355,20 @@ impl AgentCore {
         if let LeaseStatus::Revoking { token, .. } = status {
             if self.acked != Some(token) {
                 self.revoke = Some(token);
+            }
+        }
+        if let LeaseStatus::Holding { token, valid_until } = status {
+            if now < valid_until && self.act_until(valid_until) <= now && !self.warned_short {
+                self.warned_short = true;
+                warn!(
+                    service = %self.service,
+                    token,
+                    valid_ms = millis(valid_until.saturating_duration_since(now)),
+                    demote_timeout_ms = millis(self.demote_lead),
+                    "the lease's validity after a renewal is shorter than the demote timeout: \
+                     the agent cannot promote; lower --demote-timeout (a quarter of the lease \
+                     TTL at most) or raise the service's TTL"
+                );
             }
         }
         // Kept as reported; validity is always judged against `now`, so a status read
@@ -337,31 +390,33 @@ impl AgentCore {
         let Some(done) = self.running.take() else {
             return Vec::new();
         };
+        self.cancelling = false;
         if done.kind == HookKind::Demote && outcome != &HookOutcome::Succeeded {
-            // Loud: the service may still act as primary. Waiting longer would prove
-            // nothing more, so the agent carries on (and acknowledges a pending revocation);
-            // fencing rejects the old token's writes once the lease is granted elsewhere.
-            let acking = self.revoke == Some(done.token);
-            if outcome == &HookOutcome::TimedOut {
-                error!(
-                    service = %self.service,
-                    token = done.token,
-                    acknowledging = acking,
-                    "on_demote TIMED OUT: the agent cannot prove the service stopped acting as \
-                     primary; carrying on regardless"
-                );
+            // Loud: the service may still act as primary. An acknowledgement would let the
+            // coordinator grant the lease elsewhere at once, so none is sent for this token:
+            // the coordinator waits out the TTL instead.
+            self.unproven = Some(done.token);
+            let what = if outcome == &HookOutcome::TimedOut {
+                "TIMED OUT"
             } else {
-                error!(
-                    service = %self.service,
-                    token = done.token,
-                    acknowledging = acking,
-                    ?outcome,
-                    "on_demote FAILED: the agent cannot prove the service stopped acting as \
-                     primary; carrying on regardless"
-                );
-            }
+                "FAILED"
+            };
+            error!(
+                service = %self.service,
+                token = done.token,
+                ?outcome,
+                "on_demote {what}: the agent cannot prove the service stopped acting as \
+                 primary; the demotion is NOT acknowledged, so the coordinator fences this \
+                 region by the lease TTL"
+            );
         }
-        if done.kind == HookKind::Promote && outcome != &HookOutcome::Succeeded {
+        if done.kind == HookKind::Promote && outcome == &HookOutcome::Cancelled {
+            warn!(
+                service = %self.service,
+                token = done.token,
+                "on_promote was still running when demotion became due: killed it; demoting"
+            );
+        } else if done.kind == HookKind::Promote && outcome != &HookOutcome::Succeeded {
             // The lease is held whatever the hook did: hiding it would not free it for
             // another region, it would only leave the region primary with nobody told.
             error!(
@@ -382,9 +437,9 @@ impl AgentCore {
         self.step(now)
     }
 
-    /// Whether the lease is valid now for `token`.
+    /// Whether the lease is valid now for `token`, with time left to demote.
     fn valid_for(&self, token: u64, now: Instant) -> bool {
-        matches!(self.lease, LeaseStatus::Holding { token: t, valid_until } if t == token && now < valid_until)
+        matches!(self.lease, LeaseStatus::Holding { token: t, valid_until } if t == token && now < self.act_until(valid_until))
     }
 
     /// Remembers that a demote is owed when the promoted token is not valid any more.
@@ -418,7 +473,9 @@ impl AgentCore {
             return None;
         }
         match self.lease {
-            LeaseStatus::Holding { token, valid_until } if now < valid_until => Some(token),
+            LeaseStatus::Holding { token, valid_until } if now < self.act_until(valid_until) => {
+                Some(token)
+            }
             _ => None,
         }
     }
@@ -488,7 +545,7 @@ impl AgentCore {
         match (self.promoted, self.lease) {
             (Some(p), LeaseStatus::Holding { token, valid_until })
                 if p == token
-                    && now < valid_until
+                    && now < self.act_until(valid_until)
                     && !promoting
                     && !self.stopping
                     && self.lapse.is_none() =>
@@ -507,6 +564,16 @@ impl AgentCore {
     /// Decides what to do after any input.
     fn step(&mut self, now: Instant) -> Vec<Action> {
         let mut actions = Vec::new();
+        if let Some(r) = self.running {
+            // A promote overtaken by a demotion: kill it, then demote when it has ended.
+            if r.kind == HookKind::Promote
+                && !self.cancelling
+                && (self.lapse.is_some() || self.desired(now) != Some(r.token))
+            {
+                self.cancelling = true;
+                actions.push(Action::CancelHook);
+            }
+        }
         for _ in 0..MAX_DECISIONS_PER_STEP {
             if self.running.is_some() {
                 break;
@@ -518,6 +585,7 @@ impl AgentCore {
             let configured = match kind {
                 HookKind::Promote => {
                     self.promoted = Some(token);
+                    self.unproven = None;
                     self.has_promote
                 }
                 HookKind::Demote => {
@@ -542,7 +610,10 @@ impl AgentCore {
                     // Only while the session still speaks of this token: its ack is not
                     // token-specific and must never demote a newer grant.
                     LeaseStatus::Revoking { token: t, .. } if t == token => {
-                        if self.promoted != Some(token) {
+                        if self.unproven == Some(token) {
+                            // Its demote hook failed: the TTL fences instead.
+                            self.revoke = None;
+                        } else if self.promoted != Some(token) {
                             actions.push(Action::Ack { token });
                             self.acked = Some(token);
                             self.revoke = None;

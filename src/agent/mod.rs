@@ -16,8 +16,14 @@
 //! | `BATON_VALID_UNTIL_MS` | ms from now the lease is certainly valid (promote), or by which it ends at the latest (demote after a revocation); else 0 |
 //! | `BATON_REASON`         | demote only: `revoked`, `expired`, `not-holder`, `shutdown` |
 //!
-//! Hooks never overlap and alternate strictly: promote(T), demote(T), promote(T'), ... A
-//! revocation is acknowledged only after `on_demote` ended (or timed out and was killed).
+//! Hooks never overlap and alternate strictly: promote(T), demote(T), promote(T'), ...
+//!
+//! The timing rule the guarantee rests on: `on_demote` runs for at most `demote_timeout`
+//! and starts `demote_timeout` before the lease's validity ends, so the service has stopped
+//! acting as primary before the coordinator may grant the lease elsewhere. A promote hook
+//! still running then is killed first. A revocation is acknowledged only after `on_demote`
+//! *succeeded*; after a failure or a timeout the agent stays silent and the coordinator
+//! waits out the TTL.
 //!
 //! The decisions live in [`AgentCore`], a state machine without I/O; [`run`] is a thin
 //! driver around it.
@@ -42,7 +48,7 @@ use crate::api::keepalive::MAX_AGENT_ID;
 use crate::client::{Client, ClientError, LeaseOptions};
 use crate::state::names::check_name;
 
-pub use self::hook::run_hook;
+pub use self::hook::{run_hook, run_hook_until};
 pub use self::machine::{
     Action, AgentCore, AgentState, DemoteReason, Hook, HookKind, HookOutcome, Role,
 };
@@ -51,8 +57,13 @@ pub use self::publish::{respond, serve_http, write_state_file, Reply};
 use self::driver::{drive, HookCommands};
 use self::publish::file_writer;
 
-/// Default time a hook may run before it is killed.
+/// Default time the promote hook may run before it is killed.
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default time the demote hook may run before it is killed. Demotion starts this long
+/// before the lease's validity ends, so it must be well under the renewal interval's slack:
+/// about a quarter of the lease TTL at most (the agent warns when it is not).
+pub const DEFAULT_DEMOTE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// How an agent runs.
 #[derive(Debug, Clone)]
@@ -69,8 +80,11 @@ pub struct AgentOptions {
     pub on_promote: Option<String>,
     /// Run with `sh -c` when the service must stop acting as primary.
     pub on_demote: Option<String>,
-    /// A hook still running after this is killed (with everything it started).
+    /// A promote hook still running after this is killed (with everything it started).
     pub hook_timeout: Duration,
+    /// A demote hook still running after this is killed; demotion starts this long before
+    /// the lease's validity ends, so the service has stopped before anyone else may start.
+    pub demote_timeout: Duration,
     /// Where to publish the state as JSON (replaced atomically).
     pub state_file: Option<PathBuf>,
     /// Where to serve the state over HTTP (`GET /`: 200 when primary, 503 otherwise).
@@ -92,6 +106,7 @@ impl AgentOptions {
             on_promote: None,
             on_demote: None,
             hook_timeout: DEFAULT_HOOK_TIMEOUT,
+            demote_timeout: DEFAULT_DEMOTE_TIMEOUT,
             state_file: None,
             http_listen: None,
             lease: LeaseOptions::default(),
@@ -123,9 +138,9 @@ impl AgentOptions {
                 )));
             }
         }
-        if self.hook_timeout.is_zero() {
+        if self.hook_timeout.is_zero() || self.demote_timeout.is_zero() {
             return Err(AgentError::Invalid(
-                "the hook timeout must be positive".into(),
+                "the hook timeouts must be positive".into(),
             ));
         }
         if self.lease.auto_ack_demotion {
@@ -235,11 +250,13 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
         &opts.agent_id,
         opts.on_promote.is_some(),
         opts.on_demote.is_some(),
-    );
+    )
+    .with_demote_lead(opts.demote_timeout);
     let hooks = HookCommands {
         on_promote: opts.on_promote.clone(),
         on_demote: opts.on_demote.clone(),
-        timeout: opts.hook_timeout,
+        promote_timeout: opts.hook_timeout,
+        demote_timeout: opts.demote_timeout,
     };
     let session = client.keep_alive(&opts.service, &opts.region, &opts.agent_id, opts.lease);
     let result = drive(session, core, &hooks, &publish, shutdown).await;

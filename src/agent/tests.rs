@@ -175,7 +175,8 @@ impl Harness {
         let hooks = HookCommands {
             on_promote: Some(line.clone()),
             on_demote: Some(format!("sleep 0.3; {line}")),
-            timeout: Duration::from_secs(5),
+            promote_timeout: Duration::from_secs(5),
+            demote_timeout: Duration::from_secs(5),
         };
         let (tx, rx) = watch::channel(LeaseStatus::Pending);
         let log = Arc::new(Mutex::new(Vec::new()));

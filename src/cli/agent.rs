@@ -31,9 +31,14 @@ pub struct AgentArgs {
     /// BATON_REASON=revoked|expired|not-holder|shutdown.
     #[arg(long, value_name = "COMMAND")]
     pub on_demote: Option<String>,
-    /// A hook still running after this is killed (a revocation is then acknowledged anyway).
+    /// A promote hook still running after this is killed (also when demotion becomes due).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s", value_name = "DURATION")]
     pub hook_timeout: Duration,
+    /// A demote hook still running after this is killed. Demotion starts this long before
+    /// the lease's validity ends; keep it under a quarter of the lease TTL. A failed or
+    /// killed demote is not acknowledged: the coordinator then waits out the TTL.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "500ms", value_name = "DURATION")]
+    pub demote_timeout: Duration,
     /// Write the agent's state as JSON to this file (replaced atomically).
     #[arg(long, value_name = "PATH")]
     pub state_file: Option<PathBuf>,
@@ -60,6 +65,7 @@ pub async fn run(global: &GlobalArgs, a: AgentArgs) -> Result<Exit, CliError> {
     opts.on_promote = a.on_promote;
     opts.on_demote = a.on_demote;
     opts.hook_timeout = a.hook_timeout;
+    opts.demote_timeout = a.demote_timeout;
     opts.state_file = a.state_file;
     opts.http_listen = a.http_listen;
     opts.lease = LeaseOptions {

@@ -138,7 +138,7 @@ fn revocation_publishes_replica_runs_demote_and_acks_only_after_the_hook() {
 }
 
 #[test]
-fn revocation_during_promote_waits_for_it_then_demotes_then_acks() {
+fn revocation_during_promote_cancels_it_then_demotes_then_acks() {
     let t = Instant::now();
     let mut c = core();
     one_hook(
@@ -147,8 +147,9 @@ fn revocation_during_promote_waits_for_it_then_demotes_then_acks() {
         7,
     );
     let a = c.on_status(revoking(7, t + 5 * SEC), t);
-    assert!(a.is_empty(), "nothing while the promote hook runs: {a:?}");
-    let a = c.on_hook_done(&HookOutcome::Succeeded, t);
+    assert_eq!(a, vec![Action::CancelHook], "the promote is killed first");
+    assert!(c.on_tick(t).is_empty(), "asked to cancel once");
+    let a = c.on_hook_done(&HookOutcome::Cancelled, t);
     let h = one_hook(&a, HookKind::Demote, 7);
     assert_eq!(reason(&h), Some("revoked"));
     assert!(acks(&a).is_empty());
@@ -255,10 +256,14 @@ fn a_lapse_during_the_promote_hook_is_followed_by_a_demote() {
     let t = Instant::now();
     let mut c = core();
     one_hook(&c.on_status(holding(7, t + SEC), t), HookKind::Promote, 7);
-    // While the hook runs, validity runs out, then a renewal brings it back.
-    assert!(c.on_status(LeaseStatus::Lost, t + SEC).is_empty());
+    // While the hook runs, validity runs out (the hook is killed), then a renewal brings
+    // it back before the hook has ended: the demote is still owed.
+    assert_eq!(
+        c.on_status(LeaseStatus::Lost, t + SEC),
+        vec![Action::CancelHook]
+    );
     assert!(c.on_status(holding(7, t + 5 * SEC), t + 2 * SEC).is_empty());
-    let a = c.on_hook_done(&HookOutcome::Succeeded, t + 2 * SEC);
+    let a = c.on_hook_done(&HookOutcome::Cancelled, t + 2 * SEC);
     assert_eq!(reason(&one_hook(&a, HookKind::Demote, 7)), Some("expired"));
     assert_eq!(c.published().role, Role::Replica);
     let a = c.on_hook_done(&HookOutcome::Succeeded, t + 2 * SEC);
@@ -266,18 +271,18 @@ fn a_lapse_during_the_promote_hook_is_followed_by_a_demote() {
 }
 
 #[test]
-fn a_timed_out_demote_hook_still_acks() {
+fn a_timed_out_demote_hook_is_not_acknowledged() {
+    // Issue 7 (4): the service may still be primary; the coordinator must wait out the TTL.
     let t = Instant::now();
     let mut c = primary(t, 7);
     one_hook(&c.on_status(revoking(7, t + SEC), t), HookKind::Demote, 7);
-    assert_eq!(
-        acks(&c.on_hook_done(&HookOutcome::TimedOut, t + SEC / 2)),
-        vec![7]
-    );
+    assert!(acks(&c.on_hook_done(&HookOutcome::TimedOut, t + SEC / 2)).is_empty());
+    assert!(acks(&c.on_status(revoking(7, t + SEC), t + SEC / 2)).is_empty());
+    assert_eq!(c.published().role, Role::Replica);
 }
 
 #[test]
-fn a_failed_demote_hook_still_acks() {
+fn a_failed_demote_hook_is_not_acknowledged() {
     let t = Instant::now();
     let mut c = primary(t, 7);
     one_hook(&c.on_status(revoking(7, t + SEC), t), HookKind::Demote, 7);
@@ -285,7 +290,62 @@ fn a_failed_demote_hook_still_acks() {
         code: Some(3),
         stderr_tail: "boom".into(),
     };
-    assert_eq!(acks(&c.on_hook_done(&failed, t)), vec![7]);
+    assert!(acks(&c.on_hook_done(&failed, t)).is_empty());
+    assert!(acks(&c.on_tick(t + SEC / 4)).is_empty());
+}
+
+#[test]
+fn demotion_starts_the_demote_timeout_before_validity_ends() {
+    // Issue 7 (4): the hook must have finished (it is killed at its timeout) by the time the
+    // lease's validity ends, not start then.
+    let lead = Duration::from_millis(300);
+    let t = Instant::now();
+    let mut c = core().with_demote_lead(lead);
+    let valid_until = t + SEC;
+    one_hook(
+        &c.on_status(holding(7, valid_until), t),
+        HookKind::Promote,
+        7,
+    );
+    c.on_hook_done(&HookOutcome::Succeeded, t);
+    assert_eq!(c.deadline(), Some(valid_until - lead));
+    assert!(hooks(&c.on_tick(valid_until - lead - Duration::from_millis(1))).is_empty());
+    let a = c.on_tick(valid_until - lead);
+    assert_eq!(published(&a).map(|s| s.role), Some(Role::Replica));
+    assert_eq!(reason(&one_hook(&a, HookKind::Demote, 7)), Some("expired"));
+}
+
+#[test]
+fn no_promotion_when_less_than_the_demote_timeout_is_left() {
+    let lead = Duration::from_millis(300);
+    let t = Instant::now();
+    let mut c = core().with_demote_lead(lead);
+    assert!(hooks(&c.on_status(holding(7, t + lead), t)).is_empty());
+    assert_eq!(c.deadline(), None);
+    one_hook(
+        &c.on_status(holding(7, t + lead * 2), t),
+        HookKind::Promote,
+        7,
+    );
+}
+
+#[test]
+fn a_promote_still_running_at_the_demote_deadline_is_cancelled() {
+    // Issue 7 (4): a slow on_promote must not push on_demote past validity.
+    let lead = Duration::from_millis(300);
+    let t = Instant::now();
+    let mut c = core().with_demote_lead(lead);
+    let valid_until = t + SEC;
+    one_hook(
+        &c.on_status(holding(7, valid_until), t),
+        HookKind::Promote,
+        7,
+    );
+    assert_eq!(c.deadline(), Some(valid_until - lead));
+    assert_eq!(c.on_tick(valid_until - lead), vec![Action::CancelHook]);
+    let a = c.on_hook_done(&HookOutcome::Cancelled, valid_until - lead);
+    one_hook(&a, HookKind::Demote, 7);
+    assert_eq!(c.published().role, Role::Replica);
 }
 
 #[test]
@@ -413,8 +473,11 @@ proptest! {
     fn hooks_alternate_and_never_overlap(inputs in proptest::collection::vec(input(), 1..60)) {
         let start = Instant::now();
         let mut now = start;
-        let mut c = core();
+        let lead = Duration::from_millis(200);
+        let mut c = core().with_demote_lead(lead);
         let mut running: Option<Hook> = None;
+        let mut cancel_asked = false;
+        let mut unproven: Option<u64> = None;
         let mut last_promote: Option<u64> = None;
         let mut lease = LeaseStatus::Pending;
         for i in inputs {
@@ -431,12 +494,16 @@ proptest! {
                 Input::Lost => { lease = LeaseStatus::Lost; c.on_status(lease, now) }
                 Input::Tick => c.on_tick(now),
                 Input::HookDone(k) => {
-                    if running.take().is_none() { continue; }
+                    let Some(done) = running.take() else { continue; };
                     let outcome = match k {
+                        _ if std::mem::take(&mut cancel_asked) => HookOutcome::Cancelled,
                         0 => HookOutcome::TimedOut,
                         1 => HookOutcome::Failed { code: Some(1), stderr_tail: String::new() },
                         _ => HookOutcome::Succeeded,
                     };
+                    if done.kind == HookKind::Demote && outcome != HookOutcome::Succeeded {
+                        unproven = Some(done.token);
+                    }
                     c.on_hook_done(&outcome, now)
                 }
                 Input::Advance(ms) => { now += Duration::from_millis(ms); continue; }
@@ -449,6 +516,7 @@ proptest! {
                         match h.kind {
                             HookKind::Promote => {
                                 prop_assert_eq!(last_promote, None, "promote twice");
+                                unproven = None;
                                 last_promote = Some(h.token);
                             }
                             HookKind::Demote => {
@@ -458,15 +526,22 @@ proptest! {
                         }
                         running = Some(h.clone());
                     }
+                    Action::CancelHook => {
+                        let promoting = running.as_ref().is_some_and(|h| h.kind == HookKind::Promote);
+                        prop_assert!(promoting, "cancel without a running promote");
+                        prop_assert!(!cancel_asked, "cancel asked twice");
+                        cancel_asked = true;
+                    }
                     Action::Ack { token } => {
                         prop_assert!(running.is_none(), "ack while a hook runs");
                         prop_assert_ne!(last_promote, Some(*token), "ack while primary with it");
+                        prop_assert_ne!(unproven, Some(*token), "ack after a failed demote");
                         let ok = matches!(lease, LeaseStatus::Revoking { token: t, .. } if t == *token);
                         prop_assert!(ok, "ack for {} while {:?}", token, lease);
                     }
                     Action::Publish(s) if s.role == Role::Primary => {
                         let valid = matches!(lease, LeaseStatus::Holding { token, valid_until }
-                            if Some(token) == s.token && now < valid_until);
+                            if Some(token) == s.token && now + lead <= valid_until);
                         prop_assert!(valid, "primary published with {:?}", lease);
                         prop_assert_eq!(last_promote, s.token);
                     }
