@@ -378,6 +378,16 @@ struct GrpcTransport {
     client: Client,
 }
 
+/// Whether an answer with `code` ends a lease session for good. NOT_FOUND does not: a
+/// service created just before its agents start may not have reached the node yet (or the
+/// operator is about to create it), so the session retries with backoff and says so.
+pub(crate) fn ends_session(code: Code) -> bool {
+    matches!(
+        code,
+        Code::InvalidArgument | Code::PermissionDenied | Code::Unauthenticated | Code::Unimplemented
+    )
+}
+
 /// How a failed KeepAlive call or stream is to be handled.
 fn judge(client: &Client, idx: usize, addr: &str, status: Status) -> Broken {
     let pool = &client.pool;
@@ -385,16 +395,16 @@ fn judge(client: &Client, idx: usize, addr: &str, status: Status) -> Broken {
         Failure::NotLeader { hint } => Broken::Retry {
             now: pool.not_leader(idx, hint.as_deref()),
         },
-        Failure::Answered
-            if matches!(
-                status.code(),
-                Code::NotFound
-                    | Code::InvalidArgument
-                    | Code::PermissionDenied
-                    | Code::Unauthenticated
-                    | Code::Unimplemented
-            ) =>
-        {
+        Failure::Answered if status.code() == Code::NotFound => {
+            warn!(
+                node = addr,
+                error = %detail(&status),
+                "the service is not known (yet): retrying with backoff; create it with \
+                 `baton service put` if it does not exist"
+            );
+            Broken::Retry { now: false }
+        }
+        Failure::Answered if ends_session(status.code()) => {
             Broken::Fatal(ClientError::Rpc {
                 endpoint: addr.to_string(),
                 status,
@@ -667,6 +677,8 @@ async fn run(
         retry_at: Instant::now(),
     };
     let mut renew_at = Instant::now();
+    // When the last renewal was handed to the transport.
+    let mut last_sent = Instant::now();
     let request = |seq: u64, core: &LeaseCore| KeepAliveRequest {
         service: ident.service.clone(),
         region: ident.region.clone(),
@@ -723,6 +735,7 @@ async fn run(
                 debug!(node = %session.addr, service = %ident.service, "keepalive session open");
                 core.forget_unanswered();
                 core.on_send(session.first_seq, session.sent_at);
+                last_sent = session.sent_at;
                 renew_at = session.sent_at + interval;
                 if core.demoted() {
                     // The demotion may have been acknowledged while the stream opened,
@@ -747,6 +760,7 @@ async fn run(
                 match session.tx.try_send(request(seq, &core)) {
                     Ok(()) => {
                         core.on_send(seq, now);
+                        last_sent = now;
                         continue;
                     }
                     // Full: the node stopped reading; closed: the call ended.
@@ -764,6 +778,9 @@ async fn run(
                 backoff.reset();
                 let before = std::mem::discriminant(&core.status());
                 let reaction = core.on_response(&resp, Instant::now());
+                // The first answer teaches the TTL: a short one must not wait out the
+                // default first interval (the lease would lapse before the next renewal).
+                renew_at = renew_at.min(last_sent + core.renew_interval(options.renew_interval));
                 if std::mem::discriminant(&core.status()) != before {
                     info!(service = %ident.service, region = %ident.region, status = %core.status(), "lease status changed");
                 }

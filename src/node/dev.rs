@@ -134,6 +134,15 @@ pub async fn run(opts: DevOptions) -> Result<(), NodeError> {
             }
         }
     }
+    // Agents start only once the sample service is committed: an agent that asked first
+    // would be told the service does not exist (it retries, but the lease could lapse once
+    // before it gets in, and that shows as a needless failover on the first start).
+    if let Err(e) = wait_for_service(&configs, "payments").await {
+        for n in nodes {
+            let _ = n.stop().await;
+        }
+        return Err(e);
+    }
     let regions = match super::agents::start(&configs, opts.base_port).await {
         Ok(r) => r,
         Err(e) => {
@@ -184,4 +193,25 @@ pub async fn run(opts: DevOptions) -> Result<(), NodeError> {
     }
     drop(regions);
     Ok(())
+}
+
+/// Waits until `service` can be read linearizably from the cluster of `configs`.
+async fn wait_for_service(configs: &[NodeConfig], service: &str) -> Result<(), NodeError> {
+    let endpoints = configs.iter().map(|c| c.listen.clone()).collect();
+    let client = crate::client::Client::new(endpoints).map_err(|e| NodeError::Other(e.to_string()))?;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match client
+            .primary(service, crate::proto::Consistency::Linearizable)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(NodeError::Other(format!(
+                    "the dev cluster did not create {service:?} within 60 s: {e}"
+                )))
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
 }

@@ -591,3 +591,38 @@ async fn dropping_the_handle_stops_renewing_and_reports_lost() {
         tokio::time::timeout(Duration::from_secs(10), peers[0].requests.recv()).await
     {}
 }
+
+#[tokio::test]
+async fn a_short_ttl_learned_from_the_first_answer_brings_the_next_renewal_forward() {
+    // Issue 7: with the first interval at its default (1 s) and a TTL under ~1.1 s, every
+    // session start lapsed once before its second renewal. TTL 900 ms: validity 805 ms after
+    // the send; the second renewal must come at TTL/3 = 300 ms, not at 1 s.
+    let (t, mut peers) = fake(1);
+    let opts = LeaseOptions::default();
+    let h = LeaseHandle::with_transport(t, ident(), opts);
+    let first = peers[0].next().await;
+    let mut a = answer(first.seq, KeepAliveStatus::Renewed, 7);
+    if let Some(l) = a.lease.as_mut() {
+        l.ttl_ms = 900;
+    }
+    peers[0].reply(a).await;
+    wait(&h, |s| matches!(s, LeaseStatus::Holding { .. })).await;
+    let mut lapsed = h.status();
+    let second = peers[0].next().await;
+    assert_eq!(second.token, 7);
+    assert!(
+        !matches!(*lapsed.borrow_and_update(), LeaseStatus::Lost),
+        "the lease lapsed before the second renewal was sent"
+    );
+    h.close().await;
+}
+
+#[test]
+fn not_found_does_not_end_a_session_but_refusals_do() {
+    // A service created just before its agents start may not have reached the node yet.
+    assert!(!ends_session(Code::NotFound));
+    assert!(!ends_session(Code::Unavailable));
+    assert!(ends_session(Code::InvalidArgument));
+    assert!(ends_session(Code::PermissionDenied));
+    assert!(ends_session(Code::Unauthenticated));
+}
