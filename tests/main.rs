@@ -7,6 +7,7 @@ mod automation;
 mod bad_input;
 mod cli;
 mod disk;
+mod lease_safety;
 mod lifecycle;
 mod membership;
 mod switchover;

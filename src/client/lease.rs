@@ -284,6 +284,17 @@ impl LeaseCore {
                 let holding_this = lease.token == self.token
                     && self.valid_until.is_some_and(|v| v > now)
                     && !self.demoted;
+                let lapsed = lease.token == self.token
+                    && self.valid_until.is_some_and(|v| v <= now)
+                    && !self.demoted;
+                if lapsed && !self.auto_ack {
+                    // Held by this session, then its validity ran out: the holder was told to
+                    // stop, but whether it did is the holder's to say (its demote may have
+                    // failed). Say nothing: the coordinator waits out the TTL, which ends a
+                    // drift margin after this validity did.
+                    self.status = LeaseStatus::Lost;
+                    return Reaction::None;
+                }
                 if !holding_this {
                     // Never validly held (or already demoted): this agent is certainly not
                     // acting as primary, so it can say so at once.
@@ -384,7 +395,10 @@ struct GrpcTransport {
 pub(crate) fn ends_session(code: Code) -> bool {
     matches!(
         code,
-        Code::InvalidArgument | Code::PermissionDenied | Code::Unauthenticated | Code::Unimplemented
+        Code::InvalidArgument
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+            | Code::Unimplemented
     )
 }
 
@@ -404,12 +418,10 @@ fn judge(client: &Client, idx: usize, addr: &str, status: Status) -> Broken {
             );
             Broken::Retry { now: false }
         }
-        Failure::Answered if ends_session(status.code()) => {
-            Broken::Fatal(ClientError::Rpc {
-                endpoint: addr.to_string(),
-                status,
-            })
-        }
+        Failure::Answered if ends_session(status.code()) => Broken::Fatal(ClientError::Rpc {
+            endpoint: addr.to_string(),
+            status,
+        }),
         _ => {
             debug!(node = addr, error = %detail(&status), "keepalive stream failed");
             pool.failed(idx);

@@ -48,6 +48,8 @@ struct Inner {
     shared: SharedState,
     reads: ReadBarrier,
     core: Mutex<KeeperCore>,
+    /// A background confirmation round is running.
+    confirming: std::sync::atomic::AtomicBool,
     /// Woken when an agent acknowledges demotion or leadership changes.
     changed: Notify,
 }
@@ -74,6 +76,7 @@ impl Keeper {
             shared,
             reads,
             core: Mutex::new(KeeperCore::new(timing, Instant::now())),
+            confirming: std::sync::atomic::AtomicBool::new(false),
             changed: Notify::new(),
         });
         let keeper = Keeper { inner };
@@ -219,6 +222,7 @@ impl Keeper {
                         }
                         self.lock().on_stall(now);
                     } else {
+                        self.refresh_confirmation(tick_every);
                         self.expire_due(stall).await;
                     }
                     if now.duration_since(last_prune) > Duration::from_secs(5) {
@@ -229,6 +233,36 @@ impl Keeper {
                 }
             }
         }
+    }
+
+    /// While leading, keeps a quorum confirmation at most a few ticks old, so LOCAL reads on
+    /// the leader report an honest staleness (and a cut-off leader's grows) even when no
+    /// linearizable read or renewal ran a round lately.
+    fn refresh_confirmation(&self, tick: Duration) {
+        if !self.is_leading() {
+            return;
+        }
+        let fresh = self
+            .inner
+            .reads
+            .confirmed_age()
+            .is_some_and(|age| age < tick * 4);
+        if fresh
+            || self
+                .inner
+                .confirming
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
+        let keeper = self.clone();
+        tokio::spawn(async move {
+            let _ = keeper.inner.reads.linearize().await;
+            keeper
+                .inner
+                .confirming
+                .store(false, std::sync::atomic::Ordering::Release);
+        });
     }
 
     fn observe_leadership(&self) {

@@ -45,7 +45,17 @@ pub fn wall_clock_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// How long a write may wait for its commit: a leader cut off from its quorum (openraft 0.9
+/// leaders do not step down) would otherwise hold the caller forever. Ten election timeouts,
+/// at least 5 s: far beyond any healthy commit, short enough to answer during an incident.
+pub fn write_timeout(raft: &Raft) -> std::time::Duration {
+    let election = std::time::Duration::from_millis(raft.config().election_timeout_max);
+    (election * 10).max(std::time::Duration::from_secs(5))
+}
+
 /// Proposes a command through Raft and waits until it is applied on this (leader) node.
+/// Gives up after [`write_timeout`] with [`ControlError::Timeout`] (DEADLINE_EXCEEDED): the
+/// outcome is then unknown (the entry may still commit), which the message says.
 pub async fn propose(
     raft: &Raft,
     actor: &str,
@@ -57,7 +67,15 @@ pub async fn propose(
         actor: actor.to_string(),
         command,
     };
-    match raft.client_write(req).await {
+    let limit = write_timeout(raft);
+    let Ok(written) = tokio::time::timeout(limit, raft.client_write(req)).await else {
+        return Err(ControlError::Timeout(format!(
+            "the write did not commit within {}: this leader may be cut off from a majority; \
+             the outcome is unknown, read the state before retrying",
+            humantime::format_duration(limit)
+        )));
+    };
+    match written {
         Ok(resp) => Ok((resp.log_id.index, resp.data)),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(
             ControlError::NotLeader(read::leader_of(f.leader_id, f.leader_node)),

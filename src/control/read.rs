@@ -6,9 +6,9 @@
 //! waits for the next one, because a round that started before its request cannot vouch for
 //! it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -23,19 +23,31 @@ pub struct ReadBarrier {
     tx: mpsc::UnboundedSender<Waiter>,
     /// Set during a leadership transfer: reads would refresh the followers' leader lease.
     paused: Arc<AtomicBool>,
+    /// When the last successful round started (ms after `origin`, 0 = never): this node
+    /// was the leader with everything committed applied at that instant.
+    confirmed: Arc<AtomicU64>,
+    origin: Instant,
 }
 
 impl ReadBarrier {
     /// Starts the batching task; it ends when every handle is dropped.
     pub fn start(raft: Raft, round_timeout: Duration) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<Waiter>();
+        let confirmed = Arc::new(AtomicU64::new(0));
+        let origin = Instant::now();
+        let record = confirmed.clone();
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
                 let mut batch = vec![first];
                 while let Ok(w) = rx.try_recv() {
                     batch.push(w);
                 }
+                let started = Instant::now();
                 let result = one_round(&raft, round_timeout).await;
+                if result.is_ok() {
+                    let ms = started.duration_since(origin).as_millis() as u64;
+                    record.fetch_max(ms.max(1), Ordering::Relaxed);
+                }
                 for w in batch {
                     // A reader that gave up (dropped its receiver) is no error.
                     let _ = w.send(result.clone());
@@ -45,6 +57,21 @@ impl ReadBarrier {
         Self {
             tx,
             paused: Arc::default(),
+            confirmed,
+            origin,
+        }
+    }
+
+    /// How long ago the last successful round started: an honest upper bound on how stale
+    /// this node's state may be while it believes it leads (`None`: never confirmed).
+    pub fn confirmed_age(&self) -> Option<Duration> {
+        match self.confirmed.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(
+                self.origin
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(ms)),
+            ),
         }
     }
 

@@ -198,7 +198,8 @@ pub async fn run(opts: DevOptions) -> Result<(), NodeError> {
 /// Waits until `service` can be read linearizably from the cluster of `configs`.
 async fn wait_for_service(configs: &[NodeConfig], service: &str) -> Result<(), NodeError> {
     let endpoints = configs.iter().map(|c| c.listen.clone()).collect();
-    let client = crate::client::Client::new(endpoints).map_err(|e| NodeError::Other(e.to_string()))?;
+    let client =
+        crate::client::Client::new(endpoints).map_err(|e| NodeError::Other(e.to_string()))?;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         match client

@@ -217,6 +217,16 @@ impl TestCluster {
         }
     }
 
+    /// Sends `sig` to node `i`'s process (SIGSTOP/SIGCONT to freeze and thaw it).
+    pub fn signal(&self, i: usize, sig: i32) {
+        if let Some(c) = &self.nodes[i].child {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(c.id() as i32, sig);
+            }
+        }
+    }
+
     pub fn endpoints(&self) -> Vec<String> {
         self.nodes.iter().map(|n| n.addr.clone()).collect()
     }

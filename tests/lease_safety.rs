@@ -1,0 +1,304 @@
+//! The split-brain windows of issue 7, each tried against real processes. Every assertion
+//! is a lower bound on how long the old holder is protected (time only makes them easier
+//! to meet on a slow machine) or an answer that must come at all.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use baton::proto::{self, KeepAliveRequest, KeepAliveResponse, KeepAliveStatus};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+
+use crate::support::{baton_bin, client, eventually, lease, service_toml, switchover, TestCluster};
+
+/// A KeepAlive stream driven by hand, as a foreign client would.
+struct RawAgent {
+    tx: mpsc::Sender<KeepAliveRequest>,
+    rx: Streaming<KeepAliveResponse>,
+    region: String,
+    agent_id: String,
+    seq: u64,
+}
+
+impl RawAgent {
+    async fn open(c: &TestCluster, node: usize, region: &str, agent_id: &str) -> RawAgent {
+        let (tx, rx) = mpsc::channel(16);
+        let mut co = c.coordinator(node).await;
+        // The server waits for the first message before it answers with headers.
+        tx.send(KeepAliveRequest {
+            service: "payments".into(),
+            region: region.into(),
+            agent_id: agent_id.into(),
+            seq: 1,
+            demoted: false,
+            token: 0,
+        })
+        .await
+        .expect("queue the first message");
+        let rx = co
+            .keep_alive(ReceiverStream::new(rx))
+            .await
+            .expect("keepalive stream")
+            .into_inner();
+        RawAgent {
+            tx,
+            rx,
+            region: region.into(),
+            agent_id: agent_id.into(),
+            seq: 1,
+        }
+    }
+
+    async fn send(&mut self, demoted: bool, token: u64) {
+        self.seq += 1;
+        self.tx
+            .send(KeepAliveRequest {
+                service: "payments".into(),
+                region: self.region.clone(),
+                agent_id: self.agent_id.clone(),
+                seq: self.seq,
+                demoted,
+                token,
+            })
+            .await
+            .expect("send on the keepalive stream");
+    }
+
+    async fn answer(&mut self) -> KeepAliveResponse {
+        tokio::time::timeout(Duration::from_secs(20), self.rx.message())
+            .await
+            .expect("no keepalive answer within 20 s")
+            .expect("keepalive stream failed")
+            .expect("keepalive stream closed")
+    }
+
+    /// Renews; returns the answer's status and the send time.
+    async fn renew(&mut self, token: u64) -> (KeepAliveStatus, u64, Instant) {
+        let sent = Instant::now();
+        self.send(false, token).await;
+        let a = self.answer().await;
+        let ttl = a.lease.as_ref().map_or(0, |l| l.ttl_ms);
+        (a.status(), ttl, sent)
+    }
+}
+
+/// The holder's promise after a renewal sent at `sent` under `ttl_ms`, drift 5%, margin 50 ms.
+fn valid_until(sent: Instant, ttl_ms: u64) -> Instant {
+    sent + Duration::from_millis(ttl_ms).mul_f64(0.95) - Duration::from_millis(50)
+}
+
+/// Starts a switchover to eu-west in the background; resolves to when it returned.
+fn switch_in_background(c: &TestCluster, token: u64) -> tokio::task::JoinHandle<Instant> {
+    let cl = client(c);
+    tokio::spawn(async move {
+        let r = cl.failover(switchover("payments", "eu-west", token)).await;
+        assert!(r.is_ok(), "switchover failed: {r:?}");
+        Instant::now()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_ack_naming_an_older_token_does_not_fence_the_holder() {
+    let c = TestCluster::start(3, &service_toml("payments", "3s")).await;
+    let leader = c.leader(Duration::from_secs(20)).await;
+    let token = lease(&client(&c), "payments").await.token;
+    let mut us = RawAgent::open(&c, leader, "us-east", "us-agent").await;
+    let _ = us.answer().await; // the first message's answer
+    let (status, ttl, sent) = us.renew(token).await;
+    assert_eq!(status, KeepAliveStatus::Renewed);
+    let done = switch_in_background(&c, token);
+    // Revocation seen; acknowledge an *older* token from the holder's own stream.
+    loop {
+        let (status, _, _) = us.renew(token).await;
+        if status == KeepAliveStatus::Revoke {
+            break;
+        }
+    }
+    us.send(true, token - 1).await;
+    let _ = us.answer().await;
+    let finished = done.await.unwrap();
+    assert!(
+        finished >= valid_until(sent, ttl),
+        "the switchover completed {:?} before the holder's validity ended: a stale ack fenced it",
+        valid_until(sent, ttl) - finished
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_ack_on_another_stream_does_not_fence_the_holder() {
+    let c = TestCluster::start(3, &service_toml("payments", "3s")).await;
+    let leader = c.leader(Duration::from_secs(20)).await;
+    let token = lease(&client(&c), "payments").await.token;
+    let mut holder = RawAgent::open(&c, leader, "us-east", "us-agent").await;
+    let _ = holder.answer().await;
+    let (status, ttl, sent) = holder.renew(token).await;
+    assert_eq!(status, KeepAliveStatus::Renewed);
+    let done = switch_in_background(&c, token);
+    loop {
+        let (status, _, _) = holder.renew(token).await;
+        if status == KeepAliveStatus::Revoke {
+            break;
+        }
+    }
+    let mut forger = RawAgent::open(&c, leader, "us-east", "us-agent").await;
+    let first = forger.answer().await;
+    assert_eq!(first.status(), KeepAliveStatus::Revoke);
+    // The holder's own id and the current token, from a stream that never held the lease.
+    forger.send(true, token).await;
+    let _ = forger.answer().await;
+    let finished = done.await.unwrap();
+    assert!(
+        finished >= valid_until(sent, ttl),
+        "the switchover completed {:?} before the holder's validity ended: a forged ack fenced it",
+        valid_until(sent, ttl) - finished
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lowering_a_held_leases_ttl_does_not_shorten_what_the_holder_was_promised() {
+    let c = TestCluster::start(3, &service_toml("payments", "6s")).await;
+    let leader = c.leader(Duration::from_secs(20)).await;
+    let cl = client(&c);
+    let token = lease(&cl, "payments").await.token;
+    let mut us = RawAgent::open(&c, leader, "us-east", "us-agent").await;
+    let _ = us.answer().await;
+    let (status, ttl, sent) = us.renew(token).await;
+    assert_eq!((status, ttl), (KeepAliveStatus::Renewed, 6000));
+    // The operator lowers the TTL to 2 s while the holder is silent (cut off).
+    let mut spec = cl
+        .get_service("payments")
+        .await
+        .unwrap()
+        .service
+        .unwrap()
+        .spec
+        .unwrap();
+    spec.lease_ttl_ms = 2000;
+    cl.put_service(spec, "shorter TTL").await.unwrap();
+    drop(us);
+    let gone = eventually(Duration::from_secs(30), "the lease to expire", || async {
+        let l = cl
+            .primary("payments", proto::Consistency::Linearizable)
+            .await
+            .ok()?
+            .lease?;
+        (l.token != token || l.state != proto::LeaseState::Held as i32).then(Instant::now)
+    })
+    .await;
+    assert!(
+        gone >= valid_until(sent, 6000),
+        "the lease ended {:?} before the holder's 6 s validity",
+        valid_until(sent, 6000) - gone
+    );
+    // The new TTL applies from the next grant.
+    let spec = cl
+        .get_service("payments")
+        .await
+        .unwrap()
+        .service
+        .unwrap()
+        .spec
+        .unwrap();
+    assert_eq!(spec.lease_ttl_ms, 2000);
+}
+
+fn spawn_agent(c: &TestCluster, region: &str, on_demote: &str, log: &std::path::Path) -> Child {
+    Command::new(baton_bin())
+        .args(["--endpoints", &c.endpoints().join(","), "agent"])
+        .args(["--service", "payments", "--region", region])
+        .args(["--agent-id", &format!("agent-{region}")])
+        .args([
+            "--on-promote",
+            &format!("echo promote >> {}", log.display()),
+            "--on-demote",
+            on_demote,
+        ])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_demote_hook_is_not_acknowledged_so_the_switchover_waits_out_the_ttl() {
+    let c = TestCluster::start(3, &service_toml("payments", "3s")).await;
+    c.leader(Duration::from_secs(20)).await;
+    let cl = client(&c);
+    let log = c.root.path().join("hooks.log");
+    let mut agent = spawn_agent(&c, "us-east", "exit 3", &log);
+    let token = lease(&cl, "payments").await.token;
+    eventually(Duration::from_secs(20), "us-east promoted", || async {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|s| s.contains("promote"))
+            .map(|_| ())
+    })
+    .await;
+    // The agent renews every second; the leader accepted one within the last second or so.
+    let started = Instant::now();
+    let r = cl.failover(switchover("payments", "eu-west", token)).await;
+    let took = started.elapsed();
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let r = r.expect("switchover");
+    assert_eq!(r.fenced_by, "ttl-expired", "{r:?}");
+    // Its last renewal may be up to one interval (1 s) old: at least ~2 s of TTL remained.
+    assert!(
+        took >= Duration::from_millis(1800),
+        "fenced after {took:?}: the failed demote was acknowledged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_its_quorum_answers_writes_and_reports_its_staleness() {
+    let c = TestCluster::start(3, &service_toml("payments", "2s")).await;
+    let leader = c.leader(Duration::from_secs(20)).await;
+    let mut co = c.coordinator(leader).await;
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    for &f in &followers {
+        c.signal(f, libc::SIGSTOP);
+    }
+    // LOCAL reads on the cut-off leader say how stale they may be.
+    let stale = eventually(Duration::from_secs(20), "staleness to grow", || {
+        let mut co = co.clone();
+        async move {
+            let r = co
+                .get_primary(proto::GetPrimaryRequest {
+                    service: "payments".into(),
+                    consistency: proto::Consistency::Local as i32,
+                })
+                .await
+                .ok()?
+                .into_inner();
+            (r.staleness_ms >= 1500).then_some(r.staleness_ms)
+        }
+    })
+    .await;
+    assert!(stale >= 1500);
+    // A write answers (outcome unknown) instead of hanging.
+    let got = tokio::time::timeout(
+        Duration::from_secs(60),
+        co.freeze(proto::FreezeRequest {
+            service: "payments".into(),
+            freeze: true,
+            reason: "cut off".into(),
+        }),
+    )
+    .await;
+    for &f in &followers {
+        c.signal(f, libc::SIGCONT);
+    }
+    let err = got
+        .expect("the write hung on a leader without quorum")
+        .expect_err("a write without quorum succeeded");
+    assert!(
+        matches!(
+            err.code(),
+            tonic::Code::DeadlineExceeded | tonic::Code::Unavailable
+        ),
+        "{err:?}"
+    );
+}
