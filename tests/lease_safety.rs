@@ -88,6 +88,27 @@ fn valid_until(sent: Instant, ttl_ms: u64) -> Instant {
     sent + Duration::from_millis(ttl_ms).mul_f64(0.95) - Duration::from_millis(50)
 }
 
+/// A new leader counts demotion acks only once it has led for a whole TTL (plus drift and
+/// margin): renewals its predecessor accepted may still be valid until then. Tests of what an
+/// ack can do start after that point (the agent renewing meanwhile), or any ack would look
+/// harmless. Returns the last renewal's (status, ttl, send time).
+async fn renew_past_new_leader_wait(
+    agent: &mut RawAgent,
+    token: u64,
+    led_since: Instant,
+    ttl: Duration,
+) -> (KeepAliveStatus, u64, Instant) {
+    let from = led_since + ttl.mul_f64(1.05) + Duration::from_millis(100);
+    loop {
+        let r = agent.renew(token).await;
+        assert_eq!(r.0, KeepAliveStatus::Renewed);
+        if Instant::now() >= from {
+            return r;
+        }
+        tokio::time::sleep(ttl / 6).await;
+    }
+}
+
 /// Starts a switchover to eu-west in the background; resolves to when it returned.
 fn switch_in_background(c: &TestCluster, token: u64) -> tokio::task::JoinHandle<Instant> {
     let cl = client(c);
@@ -102,10 +123,12 @@ fn switch_in_background(c: &TestCluster, token: u64) -> tokio::task::JoinHandle<
 async fn a_stale_ack_naming_an_older_token_does_not_fence_the_holder() {
     let c = TestCluster::start(3, &service_toml("payments", "3s")).await;
     let leader = c.leader(Duration::from_secs(20)).await;
+    let led_since = Instant::now();
     let token = lease(&client(&c), "payments").await.token;
     let mut us = RawAgent::open(&c, leader, "us-east", "us-agent").await;
     let _ = us.answer().await; // the first message's answer
-    let (status, ttl, sent) = us.renew(token).await;
+    let (status, ttl, sent) =
+        renew_past_new_leader_wait(&mut us, token, led_since, Duration::from_secs(3)).await;
     assert_eq!(status, KeepAliveStatus::Renewed);
     let done = switch_in_background(&c, token);
     // Revocation seen; acknowledge an *older* token from the holder's own stream.
@@ -129,10 +152,12 @@ async fn a_stale_ack_naming_an_older_token_does_not_fence_the_holder() {
 async fn a_forged_ack_on_another_stream_does_not_fence_the_holder() {
     let c = TestCluster::start(3, &service_toml("payments", "3s")).await;
     let leader = c.leader(Duration::from_secs(20)).await;
+    let led_since = Instant::now();
     let token = lease(&client(&c), "payments").await.token;
     let mut holder = RawAgent::open(&c, leader, "us-east", "us-agent").await;
     let _ = holder.answer().await;
-    let (status, ttl, sent) = holder.renew(token).await;
+    let (status, ttl, sent) =
+        renew_past_new_leader_wait(&mut holder, token, led_since, Duration::from_secs(3)).await;
     assert_eq!(status, KeepAliveStatus::Renewed);
     let done = switch_in_background(&c, token);
     loop {
@@ -226,6 +251,7 @@ fn spawn_agent(c: &TestCluster, region: &str, on_demote: &str, log: &std::path::
 async fn a_failed_demote_hook_is_not_acknowledged_so_the_switchover_waits_out_the_ttl() {
     let c = TestCluster::start(3, &service_toml("payments", "3s")).await;
     c.leader(Duration::from_secs(20)).await;
+    let led_since = Instant::now();
     let cl = client(&c);
     let log = c.root.path().join("hooks.log");
     let mut agent = spawn_agent(&c, "us-east", "exit 3", &log);
@@ -237,6 +263,9 @@ async fn a_failed_demote_hook_is_not_acknowledged_so_the_switchover_waits_out_th
             .map(|_| ())
     })
     .await;
+    // Past the new leader's wait-out (see `renew_past_new_leader_wait`); the agent renews
+    // by itself meanwhile.
+    tokio::time::sleep_until((led_since + Duration::from_millis(3_300)).into()).await;
     // The agent renews every second; the leader accepted one within the last second or so.
     let started = Instant::now();
     let r = cl.failover(switchover("payments", "eu-west", token)).await;
@@ -300,5 +329,57 @@ async fn a_leader_cut_off_from_its_quorum_answers_writes_and_reports_its_stalene
             tonic::Code::DeadlineExceeded | tonic::Code::Unavailable
         ),
         "{err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_the_cluster_stops_sending_watch_progress() {
+    let c = TestCluster::start(3, &service_toml("payments", "2s")).await;
+    let leader = c.leader(Duration::from_secs(20)).await;
+    let watched = (leader + 1) % 3;
+    let mut co = c.coordinator(watched).await;
+    let mut stream = co
+        .watch(proto::WatchRequest {
+            services: vec!["payments".into()],
+            start_revision: 0,
+            progress_interval_ms: 100,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Progress flows while the node hears from its leader.
+    let progress = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(m)) = stream.message().await {
+            if m.progress {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(progress, Ok(true), "no progress message from a healthy node");
+    // Everyone else freezes: the watched node can no longer vouch for anything.
+    let others: Vec<usize> = (0..3).filter(|&i| i != watched).collect();
+    for &i in &others {
+        c.signal(i, libc::SIGSTOP);
+    }
+    // Within an election timeout (600 ms here) progress stops: some 2 s pass in silence.
+    let silent = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(2), stream.message()).await {
+                Err(_) => return true,
+                Ok(Ok(Some(_))) => continue,
+                Ok(_) => return false,
+            }
+        }
+    })
+    .await;
+    for &i in &others {
+        c.signal(i, libc::SIGCONT);
+    }
+    assert_eq!(
+        silent,
+        Ok(true),
+        "a cut-off node kept vouching for its revision with progress messages"
     );
 }

@@ -66,18 +66,8 @@ impl CoordinatorService {
             .map_err(|e| self.ctx.control_status(e))
     }
 
-    /// An upper bound on how stale this node's state may be. A leader counts from the start
-    /// of its last quorum-confirmed round (openraft 0.9 leaders do not step down when cut off,
-    /// so believing it leads proves nothing); a follower from its last leader contact.
     fn staleness_ms(&self) -> u64 {
-        if self.ctx.keeper.is_leading() {
-            return self
-                .ctx
-                .reads
-                .confirmed_age()
-                .map_or(u64::MAX, |d| d.as_millis() as u64);
-        }
-        self.ctx.contact.age_ms().unwrap_or(u64::MAX)
+        self.ctx.staleness_ms()
     }
 
     async fn read_primary(

@@ -160,6 +160,26 @@ impl Ctx {
         }
     }
 
+    /// An upper bound on how stale this node's state may be. A leader counts from the start
+    /// of its last quorum-confirmed round (openraft 0.9 leaders do not step down when cut off,
+    /// so believing it leads proves nothing); a follower from its last leader contact.
+    pub fn staleness_ms(&self) -> u64 {
+        if self.keeper.is_leading() {
+            return self
+                .reads
+                .confirmed_age()
+                .map_or(u64::MAX, |d| d.as_millis() as u64);
+        }
+        self.contact.age_ms().unwrap_or(u64::MAX)
+    }
+
+    /// Whether this node knows its state is current: confirmed (or heard from its leader)
+    /// within an election timeout. Watch progress is sent only then, so a watcher of a node
+    /// cut off from the cluster hears nothing and its idle timeout moves it elsewhere.
+    pub fn is_current(&self) -> bool {
+        self.staleness_ms() <= self.timing.election_timeout_max.as_millis() as u64
+    }
+
     /// Maps a control error to a status a person can act on.
     pub fn control_status(&self, e: ControlError) -> Status {
         match e {

@@ -131,7 +131,9 @@ pub fn open(
                 _ = shutdown.changed() => return,
                 _ = tx.closed() => return,
                 _ = tick => {
-                    if !sent_since_tick {
+                    // Progress vouches for "nothing changed up to `cursor`": only true while
+                    // this node is current.
+                    if !sent_since_tick && ctx.is_current() {
                         let p = proto::WatchResponse { revision: cursor, events: vec![], progress: true, served_by: ctx.id };
                         if tx.send(Ok(p)).await.is_err() {
                             return;

@@ -19,8 +19,9 @@ pub struct WatchOptions {
     /// lets a resumed watch skip revisions that did not touch the watched services.
     pub progress_interval: Option<Duration>,
     /// Reconnect elsewhere when nothing (not even progress) arrived for this long (`None` =
-    /// rely on HTTP/2 pings only). Set it a few times above `progress_interval` to leave a
-    /// node that is alive but cut off from the cluster.
+    /// rely on HTTP/2 pings only). Nodes send progress only while they know they are
+    /// current, so this is what leaves a node that is alive but cut off from the cluster;
+    /// keep it a few times above `progress_interval`. Default: 5 s.
     pub idle_timeout: Option<Duration>,
     /// Give up with [`ClientError::Unavailable`] when no node could be watched for this
     /// long (`None` = keep trying forever).
@@ -31,7 +32,7 @@ impl Default for WatchOptions {
     fn default() -> Self {
         Self {
             progress_interval: Some(Duration::from_secs(1)),
-            idle_timeout: None,
+            idle_timeout: Some(Duration::from_secs(5)),
             give_up_after: None,
         }
     }

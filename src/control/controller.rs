@@ -267,12 +267,9 @@ impl Controller {
         }
         // Running: timed out?
         if let Some(started) = step.started_ms {
-            if step.spec.timeout_ms > 0 && now > started + step.spec.timeout_ms as i64 {
-                let why = format!(
-                    "{} timed out after {} ms",
-                    step.spec.kind.name(),
-                    step.spec.timeout_ms
-                );
+            let limit = step.spec.effective_timeout_ms();
+            if limit > 0 && now > started.saturating_add(limit.min(i64::MAX as u64) as i64) {
+                let why = format!("{} timed out after {} ms", step.spec.kind.name(), limit);
                 return self
                     .fail(&rec, &run, step.spec.on_failure, why, voters)
                     .await;

@@ -520,3 +520,47 @@ fn a_run_with_an_expected_token_is_refused_once_the_lease_moved() {
     }
     assert!(!rejected(&s.apply(3, &req(T, "op", cmd(1))).response));
 }
+
+#[test]
+fn a_rollback_after_the_grant_is_refused_and_the_default_failback_plan_has_none() {
+    // Issue 7: the failback plan's verify-step rollback could never roll back (the lease had
+    // moved to the new holder, whose token no longer matched).
+    for kind in [RunKind::Failover, RunKind::Switchover, RunKind::Failback] {
+        assert_eq!(
+            crate::state::service::validate_plan(kind.as_str(), &default_plan(kind)),
+            Ok(())
+        );
+    }
+    let mut plan = default_plan(RunKind::Failback);
+    let verify = plan.len() - 1;
+    plan[verify].on_failure = OnFailure::Rollback;
+    let err = crate::state::service::validate_plan("failback", &plan).unwrap_err();
+    assert!(err.contains("after the grant"), "{err}");
+    // Before the grant a rollback is possible (nothing was granted yet).
+    let mut plan = default_plan(RunKind::Failback);
+    plan[1].on_failure = OnFailure::Rollback;
+    assert_eq!(crate::state::service::validate_plan("failback", &plan), Ok(()));
+}
+
+#[test]
+fn an_approval_without_a_timeout_gets_the_default_one() {
+    let approval = StepSpec {
+        kind: StepKind::Approval,
+        timeout_ms: 0,
+        on_failure: OnFailure::Abort,
+    };
+    assert_eq!(
+        approval.effective_timeout_ms(),
+        crate::state::workflow::DEFAULT_APPROVAL_TIMEOUT_MS
+    );
+    let explicit = StepSpec {
+        timeout_ms: 1_000,
+        ..approval.clone()
+    };
+    assert_eq!(explicit.effective_timeout_ms(), 1_000);
+    let fence = StepSpec {
+        kind: StepKind::Fence,
+        ..approval
+    };
+    assert_eq!(fence.effective_timeout_ms(), 0);
+}

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::names::check_name;
-use super::workflow::{StepKind, StepSpec};
+use super::workflow::{OnFailure, StepKind, StepSpec};
 
 /// Smallest lease TTL the state machine accepts; the node also requires three heartbeats.
 pub const MIN_TTL_MS: u64 = 100;
@@ -113,6 +113,20 @@ pub fn validate_plan(kind: &str, steps: &[StepSpec]) -> Result<(), String> {
     if pos(&StepKind::Fence) > pos(&StepKind::Grant) {
         return Err(format!(
             "plan {kind:?}: fence must come before grant (never two holders)"
+        ));
+    }
+    let grant = pos(&StepKind::Grant).unwrap_or(steps.len());
+    if let Some(i) = steps
+        .iter()
+        .skip(grant + 1)
+        .position(|s| s.on_failure == OnFailure::Rollback)
+    {
+        return Err(format!(
+            "plan {kind:?}: step {} ({}) comes after the grant and cannot roll back (giving the \
+             lease back would need the new holder fenced first); use abort: a lease its new \
+             holder never renews expires and automation moves it on",
+            grant + 2 + i,
+            steps[grant + 1 + i].kind.name()
         ));
     }
     for s in steps {

@@ -124,12 +124,25 @@ pub struct StepSpec {
     pub on_failure: OnFailure,
 }
 
+/// How long an approval step waits when its plan gives no timeout: nobody answering must
+/// not leave a run (and its service's automation) waiting forever.
+pub const DEFAULT_APPROVAL_TIMEOUT_MS: u64 = 15 * 60 * 1000;
+
 impl StepSpec {
     fn new(kind: StepKind, timeout_ms: u64, on_failure: OnFailure) -> Self {
         Self {
             kind,
             timeout_ms,
             on_failure,
+        }
+    }
+
+    /// The step's time limit in ms (0 = none): its own, or for an approval without one
+    /// [`DEFAULT_APPROVAL_TIMEOUT_MS`].
+    pub fn effective_timeout_ms(&self) -> u64 {
+        match (self.timeout_ms, &self.kind) {
+            (0, StepKind::Approval) => DEFAULT_APPROVAL_TIMEOUT_MS,
+            (t, _) => t,
         }
     }
 }
@@ -206,7 +219,10 @@ pub fn default_plan(kind: RunKind) -> Vec<StepSpec> {
             StepSpec::new(WaitHealthy, 60_000, Abort),
             StepSpec::new(Fence, 0, Abort),
             StepSpec::new(Grant, 5_000, Retry(3)),
-            StepSpec::new(Verify, 30_000, Rollback),
+            // Abort, not rollback: after the grant the lease could only go back once the
+            // new holder is fenced. A holder that never renews loses the lease by its TTL
+            // and automation moves it on.
+            StepSpec::new(Verify, 30_000, Abort),
         ],
     }
 }
