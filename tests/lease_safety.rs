@@ -357,7 +357,11 @@ async fn a_node_cut_off_from_the_cluster_stops_sending_watch_progress() {
         false
     })
     .await;
-    assert_eq!(progress, Ok(true), "no progress message from a healthy node");
+    assert_eq!(
+        progress,
+        Ok(true),
+        "no progress message from a healthy node"
+    );
     // Everyone else freezes: the watched node can no longer vouch for anything.
     let others: Vec<usize> = (0..3).filter(|&i| i != watched).collect();
     for &i in &others {

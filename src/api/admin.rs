@@ -247,7 +247,7 @@ impl Admin for AdminService {
             .as_ref()
             .ok_or_else(|| Status::invalid_argument("spec is required"))?;
         let spec = spec_from_proto(spec_proto).map_err(Status::invalid_argument)?;
-        check_ttl(&spec, self.ctx.timing.heartbeat).map_err(Status::invalid_argument)?;
+        check_ttl(&spec, &self.ctx.timing).map_err(Status::invalid_argument)?;
         if !req.reason.is_empty() {
             check_reason(&req.reason).map_err(Status::invalid_argument)?;
         }

@@ -45,8 +45,20 @@ pub async fn transfer(ctx: &Ctx, to: NodeId) -> Result<NodeId, Status> {
         .channel(target, &node.addr)
         .map_err(|e| Status::unavailable(format!("cannot reach node {target}: {e}")))?;
     let election_max = ctx.timing.election_timeout_max;
+    // While quiet, no renewal is answered: never stay quiet longer than the shortest held
+    // lease can go without one, or the transfer itself would make holders fence themselves.
+    let budget = {
+        let view = ctx.shared.read().unwrap_or_else(|e| e.into_inner());
+        crate::control::quiet_budget(
+            view.state.services().map(|r| &r.lease),
+            ctx.timing.drift,
+            ctx.timing.margin,
+        )
+    };
+    let limit = budget.map_or(election_max * 6, |b| b.min(election_max * 6));
     tracing::info!(
         target,
+        limit_ms = limit.as_millis() as u64,
         "transferring leadership: going quiet so node {target} can win an election"
     );
     ctx.reads.pause(true);
@@ -59,18 +71,17 @@ pub async fn transfer(ctx: &Ctx, to: NodeId) -> Result<NodeId, Status> {
         FORWARDED_HEADER,
         tonic::metadata::MetadataValue::from_static("1"),
     );
-    let result = tokio::time::timeout(
-        election_max * 6,
-        AdminClient::new(channel).transfer_leadership(req),
-    )
-    .await;
+    let result =
+        tokio::time::timeout(limit, AdminClient::new(channel).transfer_leadership(req)).await;
     ctx.raft.runtime_config().heartbeat(true);
     ctx.reads.pause(false);
     match result {
         Ok(Ok(r)) => Ok(r.into_inner().leader_id),
         Ok(Err(s)) => Err(s),
         Err(_) => Err(Status::deadline_exceeded(format!(
-            "node {target} did not win an election in time"
+            "node {target} did not win an election within {} (bounded by the shortest lease \
+             TTL, so holders keep renewing); this node leads on",
+            humantime::format_duration(limit)
         ))),
     }
 }

@@ -276,19 +276,29 @@ impl NodeConfig {
             let spec = s
                 .to_spec()
                 .map_err(|m| ConfigError::invalid(&format!("services[{i}]"), m))?;
-            check_ttl(&spec, t.heartbeat)
+            check_ttl(&spec, t)
                 .map_err(|m| ConfigError::invalid(&format!("services[{i}].lease_ttl"), m))?;
         }
         Ok(())
     }
 }
 
-/// A lease TTL must span at least three heartbeats, so one lost heartbeat does not expire it.
-pub fn check_ttl(spec: &crate::state::ServiceSpec, heartbeat: Duration) -> Result<(), String> {
-    let min = (heartbeat * 3).as_millis() as u64;
-    if spec.lease_ttl_ms < min {
+/// A lease TTL must span at least three heartbeats, so one lost heartbeat does not expire it,
+/// and at least the election timeout: a leader change leaves agents unable to renew for up to
+/// that long, and a shorter TTL would make every leader change expire every lease.
+pub fn check_ttl(spec: &crate::state::ServiceSpec, timing: &TimingConfig) -> Result<(), String> {
+    let beats = (timing.heartbeat * 3).as_millis() as u64;
+    if spec.lease_ttl_ms < beats {
         return Err(format!(
-            "lease TTL {} ms is shorter than three heartbeats ({min} ms): raise the TTL",
+            "lease TTL {} ms is shorter than three heartbeats ({beats} ms): raise the TTL",
+            spec.lease_ttl_ms
+        ));
+    }
+    let election = timing.election_timeout_max.as_millis() as u64;
+    if spec.lease_ttl_ms < election {
+        return Err(format!(
+            "lease TTL {} ms is shorter than the election timeout ({election} ms): every leader \
+             change would expire the lease; raise the TTL",
             spec.lease_ttl_ms
         ));
     }
@@ -373,6 +383,17 @@ mod tests {
             }
         }
         assert_eq!(n, 8);
+    }
+
+    #[test]
+    fn a_service_ttl_below_the_election_timeout_is_refused() {
+        let t = TimingConfig::default();
+        let mut spec = crate::state::ServiceSpec::new("payments", &["us-east"]);
+        spec.lease_ttl_ms = t.election_timeout_max.as_millis() as u64 - 1;
+        let e = check_ttl(&spec, &t).unwrap_err();
+        assert!(e.contains("election timeout"), "{e}");
+        spec.lease_ttl_ms += 1;
+        assert_eq!(check_ttl(&spec, &t), Ok(()));
     }
 
     #[test]

@@ -37,6 +37,25 @@ pub enum ControlError {
     Fatal(String),
 }
 
+/// How long the leader may answer no renewal without any holder's validity running out:
+/// for the shortest held TTL, the validity after a renewal (`ttl·(1−drift) − margin`) less the
+/// renewal interval (`ttl/3`) that may already have passed. `None` when nothing is held.
+pub fn quiet_budget<'a>(
+    leases: impl Iterator<Item = &'a crate::state::Lease>,
+    drift: f64,
+    margin: std::time::Duration,
+) -> Option<std::time::Duration> {
+    leases
+        .filter(|l| l.state != crate::state::LeaseState::Vacant)
+        .map(|l| {
+            let ttl = std::time::Duration::from_millis(l.ttl_ms);
+            ttl.mul_f64((1.0 - drift).clamp(0.0, 1.0))
+                .saturating_sub(margin)
+                .saturating_sub(ttl / 3)
+        })
+        .min()
+}
+
 /// Milliseconds since the Unix epoch on this node's clock (the leader's stamp).
 pub fn wall_clock_ms() -> i64 {
     SystemTime::now()
@@ -84,5 +103,34 @@ pub async fn propose(
             Err(ControlError::Fatal(e.to_string()))
         }
         Err(RaftError::Fatal(f)) => Err(ControlError::Fatal(f.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use std::time::Duration;
+
+    use super::quiet_budget;
+    use crate::state::{Lease, LeaseState};
+
+    #[test]
+    fn the_quiet_budget_is_set_by_the_shortest_held_lease() {
+        let mut short = Lease::vacant(2_000);
+        short.state = LeaseState::Held;
+        short.holder = Some("us-east".into());
+        let mut long = short.clone();
+        long.ttl_ms = 30_000;
+        let vacant = Lease::vacant(100);
+        let b = quiet_budget(
+            [&long, &short, &vacant].into_iter(),
+            0.05,
+            Duration::from_millis(50),
+        );
+        // 2000·0.95 − 50 − 666.67 ms.
+        assert_eq!(b.map(|d| d.as_millis()), Some(1183));
+        assert_eq!(
+            quiet_budget([&vacant].into_iter(), 0.05, Duration::ZERO),
+            None
+        );
     }
 }

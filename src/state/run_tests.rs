@@ -539,7 +539,10 @@ fn a_rollback_after_the_grant_is_refused_and_the_default_failback_plan_has_none(
     // Before the grant a rollback is possible (nothing was granted yet).
     let mut plan = default_plan(RunKind::Failback);
     plan[1].on_failure = OnFailure::Rollback;
-    assert_eq!(crate::state::service::validate_plan("failback", &plan), Ok(()));
+    assert_eq!(
+        crate::state::service::validate_plan("failback", &plan),
+        Ok(())
+    );
 }
 
 #[test]
