@@ -78,6 +78,8 @@ impl CoordinatorService {
         if lin {
             self.barrier().await?;
         }
+        // Before the state lock: the keeper lock is always taken first (never under it).
+        let staleness_ms = if lin { 0 } else { self.staleness_ms() };
         let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
         let rec = view.state.service(service).ok_or_else(|| {
             Status::not_found(format!(
@@ -89,7 +91,7 @@ impl CoordinatorService {
             revision: view.state.revision(),
             served_by: self.ctx.id,
             linearizable: lin,
-            staleness_ms: if lin { 0 } else { self.staleness_ms() },
+            staleness_ms,
         })
     }
 

@@ -285,16 +285,22 @@ impl Keeper {
 
     /// Services whose lease looks due now (a first look; [`Keeper::expire_due`] confirms).
     fn looks_due(&self) -> Vec<String> {
+        // Lock order everywhere: the keeper lock, then the state's read lock. Copy the leases
+        // out first rather than hold the state lock while taking the keeper's.
+        let leases: Vec<(String, Lease, bool)> = {
+            let view = self.inner.shared.read().unwrap_or_else(|e| e.into_inner());
+            view.state
+                .services()
+                .filter(|r| r.lease.state != crate::state::LeaseState::Vacant)
+                .map(|r| (r.spec.name.clone(), r.lease.clone(), r.active_run.is_some()))
+                .collect()
+        };
         let now = Instant::now();
-        let view = self.inner.shared.read().unwrap_or_else(|e| e.into_inner());
         let mut core = self.lock();
-        view.state
-            .services()
-            .filter(|r| {
-                core.due(&r.spec.name, &r.lease, r.active_run.is_some(), now)
-                    .is_some()
-            })
-            .map(|r| r.spec.name.clone())
+        leases
+            .into_iter()
+            .filter(|(name, lease, run)| core.due(name, lease, *run, now).is_some())
+            .map(|(name, _, _)| name)
             .collect()
     }
 
