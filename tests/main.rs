@@ -9,5 +9,6 @@ mod cli;
 mod disk;
 mod lifecycle;
 mod membership;
+mod security;
 mod switchover;
 mod watch;

@@ -407,9 +407,16 @@ impl PeerNetwork {
 }
 
 fn classify<E: StdError>(status: tonic::Status) -> RpcErr<E> {
-    // A peer of another cluster will not start answering: treat it like a dead one so
-    // openraft backs off instead of hammering it.
-    if is_connect_error(&status) || status.code() == tonic::Code::FailedPrecondition {
+    // A peer of another cluster, or one that refuses us (not a member in its view, a term it
+    // finds absurd), will not start answering: treat it like a dead one so openraft backs
+    // off instead of hammering it.
+    let refused = matches!(
+        status.code(),
+        tonic::Code::FailedPrecondition
+            | tonic::Code::PermissionDenied
+            | tonic::Code::InvalidArgument
+    );
+    if is_connect_error(&status) || refused {
         RPCError::Unreachable(Unreachable::new(&status))
     } else {
         RPCError::Network(NetworkError::new(&status))

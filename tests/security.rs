@@ -1,0 +1,147 @@
+//! Issue 9: the internal Raft service refuses messages from outside the membership and
+//! absurd terms, so a crafted vote cannot wedge the cluster.
+
+use std::time::{Duration, Instant};
+
+use baton::proto::raft_client::RaftClient;
+use baton::proto::{RaftReply, RaftRequest};
+use openraft::raft::{AppendEntriesRequest, VoteRequest, VoteResponse};
+use openraft::{CommittedLeaderId, LogId, Vote};
+
+use crate::support::{channel, eventually, service_toml, TestCluster};
+
+/// Sends one raw Raft RPC to node `i`'s Raft service (as a foreign client would).
+async fn raw(
+    c: &TestCluster,
+    i: usize,
+    from: u64,
+    vote: bool,
+    payload: Vec<u8>,
+) -> Result<RaftReply, tonic::Status> {
+    let mut client = RaftClient::new(channel(&c.nodes[i].peer_addr));
+    let req = RaftRequest {
+        cluster: c.cluster.clone(),
+        from,
+        payload,
+    };
+    let res = if vote {
+        client.vote(req).await
+    } else {
+        client.append_entries(req).await
+    };
+    res.map(|r| r.into_inner())
+}
+
+/// A vote request from `node` at `term` claiming a log far ahead of everyone's.
+fn crafted_vote(term: u64, node: u64) -> Vec<u8> {
+    let last = LogId::new(CommittedLeaderId::new(term, node), u64::MAX - 2);
+    bincode::serialize(&VoteRequest::new(Vote::new(term, node), Some(last))).unwrap()
+}
+
+/// Asserts the crafted message was refused with `code` (never handed to openraft).
+fn refused(r: Result<RaftReply, tonic::Status>, code: tonic::Code) {
+    match r {
+        Err(e) => assert_eq!(e.code(), code, "{e:?}"),
+        Ok(reply) => {
+            let granted = bincode::deserialize::<VoteResponse<u64>>(&reply.payload)
+                .map(|v| v.vote_granted)
+                .unwrap_or(false);
+            panic!("the crafted message reached openraft (vote granted: {granted})");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crafted_vote_is_refused_and_the_cluster_keeps_electing() {
+    let mut c = TestCluster::start(3, &service_toml("payments", "1h")).await;
+    let leader = c.leader(Duration::from_secs(20)).await;
+    let leader_id = c.nodes[leader].id;
+    let follower = (leader + 1) % 3;
+
+    // A fake node 42 with a term near u64::MAX, sent to every node.
+    for i in 0..3 {
+        refused(
+            raw(&c, i, 42, true, crafted_vote(u64::MAX - 2, 42)).await,
+            tonic::Code::PermissionDenied,
+        );
+    }
+    // A member's id with an absurd term (a forged or corrupted sender).
+    refused(
+        raw(
+            &c,
+            follower,
+            leader_id,
+            true,
+            crafted_vote(u64::MAX - 2, leader_id),
+        )
+        .await,
+        tonic::Code::InvalidArgument,
+    );
+    // An append from a fake leader.
+    let append: AppendEntriesRequest<baton::raft::TypeConfig> = AppendEntriesRequest {
+        vote: Vote::new_committed(u64::MAX - 2, 42),
+        prev_log_id: None,
+        entries: Vec::new(),
+        leader_commit: None,
+    };
+    refused(
+        raw(
+            &c,
+            follower,
+            42,
+            false,
+            bincode::serialize(&append).unwrap(),
+        )
+        .await,
+        tonic::Code::PermissionDenied,
+    );
+    // The cluster keeps its leader.
+    assert_eq!(c.leader(Duration::from_secs(20)).await, leader);
+
+    // Kill the leader and keep sending the crafted vote while the others elect: no leader
+    // lease protects them then, so openraft would grant it.
+    c.kill(leader);
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        for &i in &others {
+            refused(
+                raw(&c, i, 42, true, crafted_vote(u64::MAX - 2, 42)).await,
+                tonic::Code::PermissionDenied,
+            );
+        }
+    }
+    let next = c.leader(Duration::from_secs(30)).await;
+    assert_ne!(next, leader);
+
+    // The old leader comes back as a follower, later leader changes still work, and no
+    // node crashed.
+    c.spawn(leader);
+    let next_id = c.nodes[next].id;
+    eventually(
+        Duration::from_secs(30),
+        "the old leader to rejoin",
+        || async {
+            let s = c.status(leader).await?;
+            (s.leader_id == next_id).then_some(())
+        },
+    )
+    .await;
+    c.kill(next);
+    let third = c.leader(Duration::from_secs(30)).await;
+    assert_ne!(third, next);
+    c.spawn(next);
+    c.leader(Duration::from_secs(30)).await;
+    for i in 0..3 {
+        assert!(
+            c.status(i).await.is_some(),
+            "node {} stopped",
+            c.nodes[i].id
+        );
+        assert!(
+            !c.log(i).contains("panicked"),
+            "node {} panicked",
+            c.nodes[i].id
+        );
+    }
+}
