@@ -145,3 +145,23 @@ async fn a_crafted_vote_is_refused_and_the_cluster_keeps_electing() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_is_served_on_the_peer_listener_only() {
+    let c = TestCluster::start(3, &service_toml("payments", "1h")).await;
+    c.leader(Duration::from_secs(20)).await;
+    // The client address does not serve Raft: a vote sent there is not even routed.
+    let mut client = RaftClient::new(channel(&c.nodes[0].addr));
+    let e = client
+        .vote(RaftRequest {
+            cluster: c.cluster.clone(),
+            from: 2,
+            payload: crafted_vote(1, 2),
+        })
+        .await
+        .expect_err("the client listener must not serve Raft");
+    assert_eq!(e.code(), tonic::Code::Unimplemented, "{e:?}");
+    // Clients read through the client address as before.
+    let cl = crate::support::client(&c);
+    crate::support::lease(&cl, "payments").await;
+}

@@ -97,10 +97,12 @@ impl TestCluster {
         c
     }
 
-    /// Writes the configs of `n` voters without starting them.
+    /// Writes the configs of `n` voters without starting them. Each node serves Raft on its
+    /// own peer port (`peer_listen`), which the others dial.
     pub fn prepare(n: usize, services_toml: &str, extra: &str) -> TestCluster {
         let root = tempfile::tempdir().unwrap();
-        let ports = free_ports(n);
+        let all = free_ports(2 * n);
+        let (ports, peer_ports) = all.split_at(n);
         let cluster = "test".to_string();
         let mut peers = String::new();
         for (i, port) in ports.iter().enumerate() {
@@ -116,9 +118,16 @@ impl TestCluster {
             let dir = root.path().join(format!("node{id}"));
             std::fs::create_dir_all(&dir).unwrap();
             let config = dir.join("node.toml");
+            let mut dial = String::from("[dial]\n");
+            for (j, pp) in peer_ports.iter().enumerate() {
+                if j != i {
+                    dial.push_str(&format!("\"{}\" = \"127.0.0.1:{pp}\"\n", j + 1));
+                }
+            }
             let text = format!(
-                "cluster = \"{cluster}\"\nid = {id}\nregion = \"{}\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n{TIMING}\n{extra}\n{peers}\n{services_toml}",
+                "cluster = \"{cluster}\"\nid = {id}\nregion = \"{}\"\nlisten = \"127.0.0.1:{port}\"\npeer_listen = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\n{TIMING}\n{dial}\n{extra}\n{peers}\n{services_toml}",
                 REGIONS[i],
+                peer_ports[i],
                 dir.join("data").display()
             );
             std::fs::write(&config, text).unwrap();
@@ -126,7 +135,7 @@ impl TestCluster {
                 id,
                 region: REGIONS[i].to_string(),
                 addr: format!("127.0.0.1:{port}"),
-                peer_addr: format!("127.0.0.1:{port}"),
+                peer_addr: format!("127.0.0.1:{}", peer_ports[i]),
                 config,
                 dir,
                 child: None,
@@ -153,15 +162,21 @@ impl TestCluster {
         None
     }
 
-    /// Writes the config of a new node that joins later (no initial peers).
+    /// Writes the config of a new node that joins later (no initial peers). It dials the
+    /// others at their peer ports; they have no `[dial]` entry for it, so it serves Raft on
+    /// its client address (no `peer_listen`).
     pub fn prepare_joiner(&mut self, region: &str, extra: &str) -> usize {
         let id = self.nodes.len() as u64 + 1;
         let port = free_ports(1)[0];
         let dir = self.root.path().join(format!("node{id}"));
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("node.toml");
+        let mut dial = String::from("[dial]\n");
+        for n in &self.nodes {
+            dial.push_str(&format!("\"{}\" = \"{}\"\n", n.id, n.peer_addr));
+        }
         let text = format!(
-            "cluster = \"{}\"\nid = {id}\nregion = \"{region}\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n{TIMING}\n{extra}\n",
+            "cluster = \"{}\"\nid = {id}\nregion = \"{region}\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n{TIMING}\n{dial}\n{extra}\n",
             self.cluster,
             dir.join("data").display()
         );
