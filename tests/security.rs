@@ -165,3 +165,112 @@ async fn raft_is_served_on_the_peer_listener_only() {
     let cl = crate::support::client(&c);
     crate::support::lease(&cl, "payments").await;
 }
+
+/// A Raft client of `addr` over TLS trusting `certs/ca.pem`, presenting `identity`
+/// (`node-2` → `certs/node-2.pem` and `.key`) if given.
+fn tls_client(
+    addr: &str,
+    certs: &std::path::Path,
+    identity: Option<(&std::path::Path, &str)>,
+) -> RaftClient<tonic::transport::Channel> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let ca = std::fs::read(certs.join("ca.pem")).unwrap();
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+    if let Some((dir, name)) = identity {
+        let cert = std::fs::read(dir.join(format!("{name}.pem"))).unwrap();
+        let key = std::fs::read(dir.join(format!("{name}.key"))).unwrap();
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    let ch = Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(5))
+        .connect_lazy();
+    RaftClient::new(ch)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_refuses_peers_without_a_certificate_of_its_ca() {
+    let mut c = TestCluster::prepare(3, &service_toml("payments", "1h"), "");
+    let certs = c.make_certs("certs");
+    let foreign = c.make_certs("foreign-ca");
+    c.enable_peer_tls(&certs);
+    for i in 0..3 {
+        c.spawn(i);
+    }
+    c.leader(Duration::from_secs(30)).await;
+    let cl = crate::support::client(&c);
+    crate::support::lease(&cl, "payments").await;
+
+    let peer = c.nodes[0].peer_addr.clone();
+    // A vote at term 1 from member 2: harmless (the cluster is past term 1), answered by
+    // openraft only if the connection is accepted.
+    let vote = || RaftRequest {
+        cluster: c.cluster.clone(),
+        from: 2,
+        payload: crafted_vote(1, 2),
+    };
+    // Plaintext, TLS without a client certificate, and a certificate of another CA: refused.
+    let plain = RaftClient::new(channel(&peer)).vote(vote()).await;
+    assert!(
+        plain.is_err(),
+        "plaintext reached the TLS peer listener: {plain:?}"
+    );
+    let anonymous = tls_client(&peer, &certs, None).vote(vote()).await;
+    assert!(
+        anonymous.is_err(),
+        "a peer without a certificate was served: {anonymous:?}"
+    );
+    let other_ca = tls_client(&peer, &certs, Some((&foreign, "node-2")))
+        .vote(vote())
+        .await;
+    assert!(
+        other_ca.is_err(),
+        "a certificate of another CA was accepted: {other_ca:?}"
+    );
+    // The same request with a certificate of the cluster's CA gets through (control).
+    let member = tls_client(&peer, &certs, Some((&certs, "node-2")))
+        .vote(vote())
+        .await;
+    assert!(
+        member.is_ok(),
+        "a member's certificate was refused: {member:?}"
+    );
+
+    // The cluster still leads and serves, and survives a leader kill over TLS.
+    let leader = c.leader(Duration::from_secs(20)).await;
+    c.kill(leader);
+    let next = c.leader(Duration::from_secs(30)).await;
+    assert_ne!(next, leader);
+    crate::support::lease(&cl, "payments").await;
+}
+
+#[test]
+fn baton_cert_never_overwrites_a_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = || {
+        std::process::Command::new(crate::support::baton_bin())
+            .args(["cert", "--nodes", "1", "--client", "ops", "--out"])
+            .arg(dir.path())
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    assert!(first.status.success(), "{first:?}");
+    for f in [
+        "ca.pem",
+        "ca.key",
+        "node-1.pem",
+        "node-1.key",
+        "client-ops.pem",
+        "client-ops.key",
+    ] {
+        assert!(dir.path().join(f).exists(), "{f} missing");
+    }
+    let again = run();
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("not overwriting"), "{err}");
+}

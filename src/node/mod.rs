@@ -9,6 +9,7 @@ pub mod agents;
 pub mod dev;
 mod peer;
 mod probes;
+mod tls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -141,7 +142,11 @@ impl Node {
             .iter()
             .filter_map(|(k, v)| k.parse().ok().map(|id| (id, v.clone())))
             .collect();
-        let peers = Peers::new(cfg.cluster.clone(), cfg.id).with_dial(dial.clone());
+        let peer_tls = cfg.peer_tls.as_ref().map(tls::load).transpose()?;
+        let mut peers = Peers::new(cfg.cluster.clone(), cfg.id).with_dial(dial.clone());
+        if let Some(t) = &peer_tls {
+            peers = peers.with_tls(t.client.clone());
+        }
         let config = Arc::new(raft_config(&cfg)?);
         let raft = Raft::new(cfg.id, config, peers.factory(), log, sm)
             .await
@@ -212,7 +217,13 @@ impl Node {
             .max_encoding_message_size(MAX_API_MESSAGE);
         let raft_svc = crate::raft::service::server(raft.clone(), cfg.cluster.clone(), contact);
         let (raft_on_client, peer_server) = match peer_listener {
-            Some(l) => (None, Some(peer::serve(l, raft_svc, shutdown_rx.clone()))),
+            Some(l) => {
+                let tls = peer_tls.map(|t| t.server);
+                (
+                    None,
+                    Some(peer::serve(l, raft_svc, tls, shutdown_rx.clone())?),
+                )
+            }
             None => (Some(raft_svc), None),
         };
         let mut stop = shutdown_rx.clone();

@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::ServerTlsConfig;
 
 use super::NodeError;
 use crate::config::NodeConfig;
@@ -41,14 +42,22 @@ pub(super) async fn bind(cfg: &NodeConfig) -> Result<Option<TcpListener>, NodeEr
     Ok(Some(listener))
 }
 
-/// Serves the Raft service alone on `listener` until `stop` turns true.
+/// Serves the Raft service alone on `listener` until `stop` turns true; with `tls`, only to
+/// peers presenting a certificate of the cluster CA.
 pub(super) fn serve(
     listener: TcpListener,
     raft: RaftServer<RaftService>,
+    tls: Option<ServerTlsConfig>,
     mut stop: watch::Receiver<bool>,
-) -> JoinHandle<Result<(), tonic::transport::Error>> {
-    tokio::spawn(
-        tonic::transport::Server::builder()
+) -> Result<JoinHandle<Result<(), tonic::transport::Error>>, NodeError> {
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| NodeError::Other(format!("peer_tls: {e}")))?;
+    }
+    Ok(tokio::spawn(
+        builder
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .add_service(raft)
@@ -58,5 +67,5 @@ pub(super) fn serve(
                     let _ = stop.wait_for(|s| *s).await;
                 },
             ),
-    )
+    ))
 }

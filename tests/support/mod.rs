@@ -148,6 +148,32 @@ impl TestCluster {
         }
     }
 
+    /// Makes a CA and node certificates with `baton cert` in `<root>/<name>`; returns the dir.
+    pub fn make_certs(&self, name: &str) -> PathBuf {
+        let dir = self.root.path().join(name);
+        let out = Command::new(baton_bin())
+            .args(["cert", "--nodes", &self.nodes.len().to_string(), "--out"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "baton cert: {out:?}");
+        dir
+    }
+
+    /// Turns on mutual TLS between the nodes with the certificates in `certs` (before start).
+    pub fn enable_peer_tls(&self, certs: &std::path::Path) {
+        for n in &self.nodes {
+            let mut text = std::fs::read_to_string(&n.config).unwrap();
+            text.push_str(&format!(
+                "\n[peer_tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+                certs.join("ca.pem").display(),
+                certs.join(format!("node-{}.pem", n.id)).display(),
+                certs.join(format!("node-{}.key", n.id)).display()
+            ));
+            std::fs::write(&n.config, text).unwrap();
+        }
+    }
+
     /// Waits for node `i`'s process to exit; returns its exit code.
     pub fn wait_exit(&mut self, i: usize, timeout: Duration) -> Option<i32> {
         let deadline = Instant::now() + timeout;
