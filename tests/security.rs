@@ -230,6 +230,17 @@ async fn a_tls_cluster_refuses_peers_without_a_certificate_of_its_ca() {
         other_ca.is_err(),
         "a certificate of another CA was accepted: {other_ca:?}"
     );
+    // A member's certificate speaking for another member: refused.
+    let spoof = RaftRequest {
+        from: 3,
+        payload: crafted_vote(1, 3),
+        ..vote()
+    };
+    let e = tls_client(&peer, &certs, Some((&certs, "node-2")))
+        .vote(spoof)
+        .await
+        .expect_err("node 2's certificate must not speak for node 3");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
     // The same request with a certificate of the cluster's CA gets through (control).
     let member = tls_client(&peer, &certs, Some((&certs, "node-2")))
         .vote(vote())

@@ -20,7 +20,8 @@ pub struct CertArgs {
     /// into (created if missing; existing files are never overwritten).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
-    /// Node certificates for ids 1..=N (usable as TLS server and client between peers).
+    /// Node certificates for ids 1..=N (usable as TLS server and client between peers),
+    /// each naming its node as DNS name `node-<id>`.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(0..=100))]
     pub nodes: u64,
     /// Extra host names or IP addresses every node certificate is valid for (besides
@@ -121,7 +122,12 @@ pub fn run(ctx: &mut Ctx<'_>, args: CertArgs) -> Result<Exit, CliError> {
     write_new(&dir.join("ca.key"), &ca_key.serialize_pem(), true)?;
     let mut made = vec!["ca.pem".to_string()];
     for id in 1..=args.nodes {
-        let mut sans = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        // `node-<id>` is the identity peers check (a node may only speak for itself).
+        let mut sans = vec![
+            format!("node-{id}"),
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+        ];
         sans.extend(args.san.iter().cloned());
         let (cert, key) = make_leaf(&format!("node-{id}"), sans, &ca, &ca_key)
             .map_err(|e| cert_err(&format!("node {id}'s certificate"), e))?;

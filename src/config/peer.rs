@@ -17,7 +17,9 @@ use super::{check_addr, ConfigError, NodeConfig};
 pub struct PeerTlsConfig {
     /// The cluster CA: peers must present a certificate it signed.
     pub ca: PathBuf,
-    /// This node's certificate (signed by `ca`), presented to peers both ways.
+    /// This node's certificate (signed by `ca`), presented to peers both ways. It must carry
+    /// the DNS name `node-<id>` (peers accept Raft messages only from the node it names) and
+    /// the host name or IP address peers dial it at.
     pub cert: PathBuf,
     /// This node's private key.
     pub key: PathBuf,

@@ -215,7 +215,12 @@ impl Node {
         let admin = AdminServer::new(AdminService::new(ctx.clone()))
             .max_decoding_message_size(MAX_API_MESSAGE)
             .max_encoding_message_size(MAX_API_MESSAGE);
-        let raft_svc = crate::raft::service::server(raft.clone(), cfg.cluster.clone(), contact);
+        let raft_svc = crate::raft::service::server_verifying(
+            raft.clone(),
+            cfg.cluster.clone(),
+            contact,
+            peer_tls.is_some(),
+        );
         let (raft_on_client, peer_server) = match peer_listener {
             Some(l) => {
                 let tls = peer_tls.map(|t| t.server);

@@ -27,6 +27,9 @@ pub struct RaftService {
     raft: Raft,
     cluster: String,
     contact: Arc<LeaderContact>,
+    /// Peers authenticate with TLS certificates: the sender id must be the one the
+    /// certificate names (DNS name `node-<id>`).
+    verify_identity: bool,
     /// Refusals since the last warning logged (warnings are rate-limited, see [`Self::refuse`]).
     refusals: AtomicU64,
     /// When the last refusal warning was logged, in ms since `started`.
@@ -38,6 +41,17 @@ pub struct RaftService {
 /// ahead by failed elections (one per election timeout), so a million terms is days of
 /// partition; a forged term near `u64::MAX` is far beyond it.
 pub const MAX_TERM_LEAD: u64 = 1_000_000;
+
+/// Whether the DER certificate `cert` names node `id`: it carries the DNS name `node-<id>`
+/// (as `baton cert` makes them). Chain and validity were checked by the TLS handshake.
+pub fn cert_names_node(cert: &tonic::transport::CertificateDer<'_>, id: NodeId) -> bool {
+    let Ok(name) = rustls_pki_types::ServerName::try_from(format!("node-{id}")) else {
+        return false;
+    };
+    webpki::EndEntityCert::try_from(cert)
+        .and_then(|c| c.verify_is_valid_for_subject_name(&name))
+        .is_ok()
+}
 
 /// Whether a Raft message from `from`, carrying the vote of `sender` at `term`, may be handed
 /// to openraft, given this node's metrics. Refuses senders outside the membership (voters and
@@ -73,10 +87,22 @@ pub fn server(
     cluster: impl Into<String>,
     contact: Arc<LeaderContact>,
 ) -> RaftServer<RaftService> {
+    server_verifying(raft, cluster, contact, false)
+}
+
+/// Like [`server`]; with `verify_identity` (the peer listener runs mutual TLS) a request's
+/// sender id must be named by the peer's certificate, see [`cert_names_node`].
+pub fn server_verifying(
+    raft: Raft,
+    cluster: impl Into<String>,
+    contact: Arc<LeaderContact>,
+    verify_identity: bool,
+) -> RaftServer<RaftService> {
     RaftServer::new(RaftService {
         raft,
         cluster: cluster.into(),
         contact,
+        verify_identity,
         refusals: AtomicU64::new(0),
         warned_ms: AtomicU64::new(0),
         started: std::time::Instant::now(),
@@ -91,7 +117,24 @@ impl RaftService {
         &self,
         request: Request<RaftRequest>,
     ) -> Result<(NodeId, T), Status> {
+        let certs = request.peer_certs();
         let req = request.into_inner();
+        if self.verify_identity {
+            let named = certs
+                .as_ref()
+                .and_then(|c| c.first())
+                .is_some_and(|c| cert_names_node(c, req.from));
+            if !named {
+                return Err(self.refuse(
+                    "any",
+                    Status::permission_denied(format!(
+                        "the peer certificate does not name node {0} (DNS name node-{0}): \
+                         a node may only speak for itself",
+                        req.from
+                    )),
+                ));
+            }
+        }
         if req.cluster != self.cluster {
             return Err(Status::failed_precondition(format!(
                 "node {} belongs to cluster {:?}, but this node belongs to cluster {:?}: \
@@ -284,6 +327,18 @@ mod tests {
             code(admit(2, 2, u64::MAX - 2, &metrics(u64::MAX / 2))),
             Some(Code::InvalidArgument)
         );
+    }
+
+    #[test]
+    fn a_certificate_names_only_its_node() {
+        let c =
+            rcgen::generate_simple_self_signed(vec!["node-2".into(), "localhost".into()]).unwrap();
+        let der = c.cert.der();
+        assert!(cert_names_node(der, 2));
+        assert!(!cert_names_node(der, 3));
+        assert!(!cert_names_node(der, 22));
+        let junk = tonic::transport::CertificateDer::from(vec![1u8, 2, 3]);
+        assert!(!cert_names_node(&junk, 2));
     }
 
     #[test]
