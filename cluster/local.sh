@@ -8,7 +8,8 @@
 #   cluster/local.sh stop          SIGTERM every node (clean stop)
 #   cluster/local.sh status        `baton status` against the cluster
 #
-# Ports: 7201.. (BATON_LOCAL_PORT to change), so it does not clash with `baton dev` (7101..).
+# Ports: 7201.. for clients (BATON_LOCAL_PORT to change), so it does not clash with `baton dev`
+# (7101..); each node's Raft peer listener is its client port + 100.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=${BATON_LOCAL_DIR:-$PWD/target/local-cluster}
@@ -42,13 +43,20 @@ case "${1:-}" in
       peers+=$'\n'"[[peers]]"$'\n'"id = $i"$'\n'"addr = \"127.0.0.1:$((BASE + i - 1))\""$'\n'"region = \"${REGIONS[i - 1]}\""$'\n'
     done
     for ((i = 1; i <= n; i++)); do
+      dial=""
+      for ((j = 1; j <= n; j++)); do
+        ((j == i)) || dial+="\"$j\" = \"127.0.0.1:$((BASE + 100 + j - 1))\""$'\n'
+      done
       cat >"$DIR/node$i.toml" <<TOML
 cluster = "local"
 id = $i
 region = "${REGIONS[i - 1]}"
 listen = "127.0.0.1:$((BASE + i - 1))"
+peer_listen = "127.0.0.1:$((BASE + 100 + i - 1))"
 data_dir = "$DIR/data$i"
 
+[dial]
+$dial
 [timing]
 heartbeat = "50ms"
 election_timeout_min = "300ms"

@@ -10,5 +10,6 @@ mod disk;
 mod lease_safety;
 mod lifecycle;
 mod membership;
+mod security;
 mod switchover;
 mod watch;

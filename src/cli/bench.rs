@@ -60,8 +60,9 @@ pub struct GetPrimaryArgs {
 /// `baton bench leader-kill`.
 #[derive(Debug, Args)]
 pub struct LeaderKillArgs {
-    /// Port of the first node of the private cluster; the others use the next two.
-    #[arg(long, default_value_t = 7201, value_parser = clap::value_parser!(u16).range(1..=65533))]
+    /// Port of the first node of the private cluster; the others use the next two, and
+    /// their Raft peer listeners base+20..base+22.
+    #[arg(long, default_value_t = 7201, value_parser = clap::value_parser!(u16).range(1..=65513))]
     pub base_port: u16,
     /// How many times to kill the leader.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]

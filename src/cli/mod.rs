@@ -10,6 +10,7 @@ mod admin;
 mod agent;
 mod audit;
 mod bench;
+mod cert;
 mod control;
 mod drill;
 mod exit;
@@ -169,6 +170,8 @@ pub enum Command {
     /// Measure a cluster (prints figures; asserts nothing).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Make a development CA with node and client certificates (for `[peer_tls]`).
+    Cert(cert::CertArgs),
     /// Hold a region's lease for a service: run hooks on promotion and demotion, and fence
     /// itself when the lease can no longer be proved valid.
     Agent(agent::AgentArgs),
@@ -328,6 +331,7 @@ async fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<Exit, CliError> {
     match cli.command {
         Command::Server(args) => server::server(args).await,
         Command::Dev(args) => server::dev(args).await,
+        Command::Cert(args) => cert::run(&mut ctx, args),
         Command::Status => status::run(&mut ctx).await,
         Command::Primary(args) => read::primary(&mut ctx, args).await,
         Command::Services(args) => services::run(&mut ctx, args).await,

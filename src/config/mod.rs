@@ -3,6 +3,7 @@
 //! Every duration accepts humantime strings (`750ms`, `2s`, `1m 30s`). Unknown keys are
 //! refused so a typo does not silently fall back to a default; errors name the field.
 
+mod peer;
 mod service;
 
 use std::collections::BTreeMap;
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use peer::PeerTlsConfig;
 pub use service::{HealthConfig, ServiceConfig, ServiceFile};
 
 use crate::state::names::check_name;
@@ -134,8 +136,15 @@ pub struct NodeConfig {
     pub id: u64,
     /// This node's region.
     pub region: String,
-    /// Address to listen on for the public API and Raft.
+    /// Address to listen on for the public API (and Raft when `peer_listen` is absent).
     pub listen: String,
+    /// Address to listen on for the internal Raft transport only (see `config::peer`).
+    /// Absent: Raft is served on `listen` too, to anyone who reaches it (logged loudly).
+    #[serde(default)]
+    pub peer_listen: Option<String>,
+    /// Mutual TLS on the peer listener and for dials to peers (needs `peer_listen`).
+    #[serde(default)]
+    pub peer_tls: Option<PeerTlsConfig>,
     /// Address other nodes and clients use to reach this node (default: `listen`).
     #[serde(default)]
     pub advertise: Option<String>,
@@ -272,6 +281,7 @@ impl NodeConfig {
             }
             check_addr(v).map_err(|m| ConfigError::invalid(&format!("dial.{k}"), m))?;
         }
+        peer::validate(self)?;
         for (i, s) in self.services.iter().enumerate() {
             let spec = s
                 .to_spec()

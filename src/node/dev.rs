@@ -64,6 +64,14 @@ pub fn sample_service(base_port: Option<u16>) -> ServiceConfig {
     }
 }
 
+/// Port offset of the nodes' peer (Raft) listeners: node `i` (1-based) listens for peers on
+/// `base + PEER_OFFSET + i - 1`.
+pub const PEER_OFFSET: u16 = 20;
+
+fn peer_addr(base_port: u16, id: u64) -> String {
+    format!("127.0.0.1:{}", base_port + PEER_OFFSET + id as u16 - 1)
+}
+
 /// Node configs of a local three-region cluster on `127.0.0.1:base..base+2` under `dir`;
 /// `with_health` adds the simulated regions' health checks to the sample service.
 pub fn cluster_configs(
@@ -89,9 +97,15 @@ pub fn cluster_configs(
             region: p.region.clone(),
             listen: p.addr.clone(),
             advertise: None,
+            peer_listen: Some(peer_addr(base_port, p.id)),
+            peer_tls: None,
             data_dir: dir.join(format!("node{}", p.id)),
             peers: peers.clone(),
-            dial: Default::default(),
+            dial: peers
+                .iter()
+                .filter(|q| q.id != p.id)
+                .map(|q| (q.id.to_string(), peer_addr(base_port, q.id)))
+                .collect(),
             timing: TimingConfig {
                 heartbeat: Duration::from_millis(50),
                 election_timeout_min: Duration::from_millis(300),
@@ -156,7 +170,13 @@ pub async fn run(opts: DevOptions) -> Result<(), NodeError> {
     println!("baton dev — a local three-region cluster");
     println!("  INSECURE: no TLS and no authentication; for trying baton on this machine only.");
     for c in &configs {
-        println!("  node {}  {:<9} {}", c.id, c.region, c.listen);
+        println!(
+            "  node {}  {:<9} {}  (Raft peers: {})",
+            c.id,
+            c.region,
+            c.listen,
+            c.peer_listen.as_deref().unwrap_or("-")
+        );
     }
     match &opts.data_dir {
         Some(d) => println!("  data: {} (kept)", d.display()),

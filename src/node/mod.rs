@@ -7,7 +7,9 @@
 
 pub mod agents;
 pub mod dev;
+mod peer;
 mod probes;
+mod tls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -77,14 +79,17 @@ impl AuditSource for AuditLog {
 pub struct Node {
     /// Node id.
     pub id: NodeId,
-    /// Address the server is bound to.
+    /// Address the client API is bound to.
     pub addr: SocketAddr,
+    /// Address the peer (Raft) listener is bound to, when separate from `addr`.
+    pub peer_addr: Option<SocketAddr>,
     /// The Raft handle.
     pub raft: Raft,
     ctx: Arc<Ctx>,
     audit: AuditLog,
     shutdown: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
+    peer_server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
 }
 
 fn raft_config(cfg: &NodeConfig) -> Result<openraft::Config, NodeError> {
@@ -116,6 +121,14 @@ impl Node {
         let addr = listener
             .local_addr()
             .map_err(|e| NodeError::Other(e.to_string()))?;
+        let peer_listener = peer::bind(&cfg).await?;
+        let peer_addr = match &peer_listener {
+            Some(l) => Some(
+                l.local_addr()
+                    .map_err(|e| NodeError::Other(e.to_string()))?,
+            ),
+            None => None,
+        };
         let raft_dir = cfg.data_dir.join("raft");
         let (log, sm, audit) =
             store::open(&raft_dir, cfg.storage.watch_history).map_err(|e| NodeError::Storage {
@@ -129,7 +142,11 @@ impl Node {
             .iter()
             .filter_map(|(k, v)| k.parse().ok().map(|id| (id, v.clone())))
             .collect();
-        let peers = Peers::new(cfg.cluster.clone(), cfg.id).with_dial(dial.clone());
+        let peer_tls = cfg.peer_tls.as_ref().map(tls::load).transpose()?;
+        let mut peers = Peers::new(cfg.cluster.clone(), cfg.id).with_dial(dial.clone());
+        if let Some(t) = &peer_tls {
+            peers = peers.with_tls(t.client.clone());
+        }
         let config = Arc::new(raft_config(&cfg)?);
         let raft = Raft::new(cfg.id, config, peers.factory(), log, sm)
             .await
@@ -164,7 +181,13 @@ impl Node {
             keeper,
             contact.clone(),
             cfg.timing.clone(),
-            Links::new(dial),
+            // `dial` names peer addresses when Raft has its own listener; client API
+            // forwarding then goes to the leader's advertised client address.
+            Links::new(if peer_listener.is_some() {
+                HashMap::new()
+            } else {
+                dial
+            }),
             shutdown_rx.clone(),
         ));
 
@@ -192,7 +215,22 @@ impl Node {
         let admin = AdminServer::new(AdminService::new(ctx.clone()))
             .max_decoding_message_size(MAX_API_MESSAGE)
             .max_encoding_message_size(MAX_API_MESSAGE);
-        let raft_svc = crate::raft::service::server(raft.clone(), cfg.cluster.clone(), contact);
+        let raft_svc = crate::raft::service::server_verifying(
+            raft.clone(),
+            cfg.cluster.clone(),
+            contact,
+            peer_tls.is_some(),
+        );
+        let (raft_on_client, peer_server) = match peer_listener {
+            Some(l) => {
+                let tls = peer_tls.map(|t| t.server);
+                (
+                    None,
+                    Some(peer::serve(l, raft_svc, tls, shutdown_rx.clone())?),
+                )
+            }
+            None => (Some(raft_svc), None),
+        };
         let mut stop = shutdown_rx.clone();
         let server = tokio::spawn(
             tonic::transport::Server::builder()
@@ -209,9 +247,9 @@ impl Node {
                 })
                 .tcp_nodelay(true)
                 .http2_keepalive_interval(Some(Duration::from_secs(10)))
-                .add_service(raft_svc)
                 .add_service(coordinator)
                 .add_service(admin)
+                .add_optional_service(raft_on_client)
                 .serve_with_incoming_shutdown(
                     TcpIncoming::from(listener).with_nodelay(Some(true)),
                     async move {
@@ -219,16 +257,18 @@ impl Node {
                     },
                 ),
         );
-        tracing::info!(id = cfg.id, region = %cfg.region, %addr, cluster = %cfg.cluster, "node serving");
+        tracing::info!(id = cfg.id, region = %cfg.region, %addr, ?peer_addr, cluster = %cfg.cluster, "node serving");
 
         let node = Node {
             id: cfg.id,
             addr,
+            peer_addr,
             raft,
             ctx,
             audit,
             shutdown: shutdown_tx,
             server,
+            peer_server,
         };
         node.bootstrap(&cfg).await?;
         Ok(node)
@@ -371,6 +411,14 @@ impl Node {
             Ok(Err(e)) => tracing::warn!("server task failed: {e}"),
             Err(_) => tracing::warn!("server did not drain within 5s"),
             Ok(Ok(Ok(()))) => {}
+        }
+        if let Some(peer_server) = self.peer_server {
+            match tokio::time::timeout(Duration::from_secs(5), peer_server).await {
+                Ok(Ok(Err(e))) => tracing::warn!("peer server stopped with an error: {e}"),
+                Ok(Err(e)) => tracing::warn!("peer server task failed: {e}"),
+                Err(_) => tracing::warn!("peer server did not drain within 5s"),
+                Ok(Ok(Ok(()))) => {}
+            }
         }
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");

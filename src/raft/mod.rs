@@ -30,7 +30,8 @@ pub type NodeId = u64;
 /// Where a node listens and which region it belongs to.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
-    /// `host:port` serving the public API and Raft.
+    /// `host:port` serving the public API (and Raft, unless the node has a separate peer
+    /// listener: peers then dial it at their `[dial]` address for it).
     pub addr: String,
     /// The node's region (its vantage point).
     pub region: String,

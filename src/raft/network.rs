@@ -24,7 +24,7 @@ use openraft::raft::{
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::{NodeId, NodeInfo, TypeConfig};
 use crate::proto::raft_client::RaftClient;
@@ -110,6 +110,8 @@ struct PeersInner {
     forward_timeout: Duration,
     /// Per-node dial address overrides (e.g. through a fault-injecting proxy).
     dial: HashMap<NodeId, String>,
+    /// Mutual TLS to peers (`[peer_tls]`); plaintext when `None`.
+    tls: Option<ClientTlsConfig>,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
@@ -122,6 +124,7 @@ impl Peers {
                 me,
                 forward_timeout: DEFAULT_FORWARD_TIMEOUT,
                 dial: HashMap::new(),
+                tls: None,
                 channels: Mutex::new(HashMap::new()),
             }),
         }
@@ -139,6 +142,7 @@ impl Peers {
             me: old.me,
             forward_timeout: old.forward_timeout,
             dial: old.dial.clone(),
+            tls: old.tls.clone(),
             channels: Mutex::new(channels),
         };
         f(&mut inner);
@@ -151,6 +155,14 @@ impl Peers {
     /// in fault-injection tests, a different network path).
     pub fn with_dial(self, dial: HashMap<NodeId, String>) -> Self {
         self.rebuild(|i| i.dial = dial)
+    }
+
+    /// Dials peers over mutual TLS with `tls` (and `https`). Drops channels made so far.
+    pub fn with_tls(self, tls: ClientTlsConfig) -> Self {
+        self.rebuild(|i| {
+            i.tls = Some(tls);
+            i.channels = Mutex::new(HashMap::new());
+        })
     }
 
     /// Sets the time a forwarded write may take (default [`DEFAULT_FORWARD_TIMEOUT`]).
@@ -194,12 +206,21 @@ impl Peers {
         if let Some(ch) = channels.get(addr) {
             return Ok(ch.clone());
         }
+        let scheme = if self.inner.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let uri = if addr.contains("://") {
             addr.to_string()
         } else {
-            format!("http://{addr}")
+            format!("{scheme}://{addr}")
         };
-        let ch = Endpoint::from_shared(uri)?
+        let mut endpoint = Endpoint::from_shared(uri)?;
+        if let Some(tls) = &self.inner.tls {
+            endpoint = endpoint.tls_config(tls.clone())?;
+        }
+        let ch = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
@@ -407,9 +428,16 @@ impl PeerNetwork {
 }
 
 fn classify<E: StdError>(status: tonic::Status) -> RpcErr<E> {
-    // A peer of another cluster will not start answering: treat it like a dead one so
-    // openraft backs off instead of hammering it.
-    if is_connect_error(&status) || status.code() == tonic::Code::FailedPrecondition {
+    // A peer of another cluster, or one that refuses us (not a member in its view, a term it
+    // finds absurd), will not start answering: treat it like a dead one so openraft backs
+    // off instead of hammering it.
+    let refused = matches!(
+        status.code(),
+        tonic::Code::FailedPrecondition
+            | tonic::Code::PermissionDenied
+            | tonic::Code::InvalidArgument
+    );
+    if is_connect_error(&status) || refused {
         RPCError::Unreachable(Unreachable::new(&status))
     } else {
         RPCError::Network(NetworkError::new(&status))

@@ -49,6 +49,8 @@ pub struct TestNode {
     pub id: u64,
     pub region: String,
     pub addr: String,
+    /// Where the node serves the internal Raft service.
+    pub peer_addr: String,
     pub config: PathBuf,
     pub dir: PathBuf,
     child: Option<Child>,
@@ -95,10 +97,12 @@ impl TestCluster {
         c
     }
 
-    /// Writes the configs of `n` voters without starting them.
+    /// Writes the configs of `n` voters without starting them. Each node serves Raft on its
+    /// own peer port (`peer_listen`), which the others dial.
     pub fn prepare(n: usize, services_toml: &str, extra: &str) -> TestCluster {
         let root = tempfile::tempdir().unwrap();
-        let ports = free_ports(n);
+        let all = free_ports(2 * n);
+        let (ports, peer_ports) = all.split_at(n);
         let cluster = "test".to_string();
         let mut peers = String::new();
         for (i, port) in ports.iter().enumerate() {
@@ -114,9 +118,16 @@ impl TestCluster {
             let dir = root.path().join(format!("node{id}"));
             std::fs::create_dir_all(&dir).unwrap();
             let config = dir.join("node.toml");
+            let mut dial = String::from("[dial]\n");
+            for (j, pp) in peer_ports.iter().enumerate() {
+                if j != i {
+                    dial.push_str(&format!("\"{}\" = \"127.0.0.1:{pp}\"\n", j + 1));
+                }
+            }
             let text = format!(
-                "cluster = \"{cluster}\"\nid = {id}\nregion = \"{}\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n{TIMING}\n{extra}\n{peers}\n{services_toml}",
+                "cluster = \"{cluster}\"\nid = {id}\nregion = \"{}\"\nlisten = \"127.0.0.1:{port}\"\npeer_listen = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\n{TIMING}\n{dial}\n{extra}\n{peers}\n{services_toml}",
                 REGIONS[i],
+                peer_ports[i],
                 dir.join("data").display()
             );
             std::fs::write(&config, text).unwrap();
@@ -124,6 +135,7 @@ impl TestCluster {
                 id,
                 region: REGIONS[i].to_string(),
                 addr: format!("127.0.0.1:{port}"),
+                peer_addr: format!("127.0.0.1:{}", peer_ports[i]),
                 config,
                 dir,
                 child: None,
@@ -133,6 +145,32 @@ impl TestCluster {
             root,
             nodes,
             cluster,
+        }
+    }
+
+    /// Makes a CA and node certificates with `baton cert` in `<root>/<name>`; returns the dir.
+    pub fn make_certs(&self, name: &str) -> PathBuf {
+        let dir = self.root.path().join(name);
+        let out = Command::new(baton_bin())
+            .args(["cert", "--nodes", &self.nodes.len().to_string(), "--out"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "baton cert: {out:?}");
+        dir
+    }
+
+    /// Turns on mutual TLS between the nodes with the certificates in `certs` (before start).
+    pub fn enable_peer_tls(&self, certs: &std::path::Path) {
+        for n in &self.nodes {
+            let mut text = std::fs::read_to_string(&n.config).unwrap();
+            text.push_str(&format!(
+                "\n[peer_tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+                certs.join("ca.pem").display(),
+                certs.join(format!("node-{}.pem", n.id)).display(),
+                certs.join(format!("node-{}.key", n.id)).display()
+            ));
+            std::fs::write(&n.config, text).unwrap();
         }
     }
 
@@ -150,15 +188,21 @@ impl TestCluster {
         None
     }
 
-    /// Writes the config of a new node that joins later (no initial peers).
+    /// Writes the config of a new node that joins later (no initial peers). It dials the
+    /// others at their peer ports; they have no `[dial]` entry for it, so it serves Raft on
+    /// its client address (no `peer_listen`).
     pub fn prepare_joiner(&mut self, region: &str, extra: &str) -> usize {
         let id = self.nodes.len() as u64 + 1;
         let port = free_ports(1)[0];
         let dir = self.root.path().join(format!("node{id}"));
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("node.toml");
+        let mut dial = String::from("[dial]\n");
+        for n in &self.nodes {
+            dial.push_str(&format!("\"{}\" = \"{}\"\n", n.id, n.peer_addr));
+        }
         let text = format!(
-            "cluster = \"{}\"\nid = {id}\nregion = \"{region}\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n{TIMING}\n{extra}\n",
+            "cluster = \"{}\"\nid = {id}\nregion = \"{region}\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n{TIMING}\n{dial}\n{extra}\n",
             self.cluster,
             dir.join("data").display()
         );
@@ -167,6 +211,7 @@ impl TestCluster {
             id,
             region: region.to_string(),
             addr: format!("127.0.0.1:{port}"),
+            peer_addr: format!("127.0.0.1:{port}"),
             config,
             dir,
             child: None,
