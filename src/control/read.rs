@@ -17,6 +17,9 @@ use crate::raft::{NodeId, NodeInfo, Raft};
 
 type Waiter = oneshot::Sender<Result<(), ControlError>>;
 
+/// Confirmation rounds tried for one batch before its readers are told there is no quorum.
+const ROUND_ATTEMPTS: usize = 3;
+
 /// Batches linearizable read barriers.
 #[derive(Clone)]
 pub struct ReadBarrier {
@@ -43,9 +46,24 @@ impl ReadBarrier {
                     batch.push(w);
                 }
                 let started = Instant::now();
-                let result = one_round(&raft, round_timeout).await;
+                let mut round_start = started;
+                let mut result = one_round(&raft, round_timeout).await;
+                // openraft gives each confirmation a single heartbeat interval: on a busy host
+                // one late answer fails the round. Try again (a fresh round, still started after
+                // every waiter arrived) before failing every reader and renewal waiting on it.
+                for _ in 1..ROUND_ATTEMPTS {
+                    if !matches!(result, Err(ControlError::NoQuorum(_))) {
+                        break;
+                    }
+                    if started.elapsed() >= round_timeout {
+                        break;
+                    }
+                    round_start = Instant::now();
+                    result =
+                        one_round(&raft, round_timeout.saturating_sub(started.elapsed())).await;
+                }
                 if result.is_ok() {
-                    let ms = started.duration_since(origin).as_millis() as u64;
+                    let ms = round_start.duration_since(origin).as_millis() as u64;
                     record.fetch_max(ms.max(1), Ordering::Relaxed);
                 }
                 for w in batch {
