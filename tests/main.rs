@@ -8,6 +8,7 @@ mod bad_input;
 mod cli;
 mod disk;
 mod lifecycle;
+mod limits;
 mod membership;
 mod switchover;
 mod watch;

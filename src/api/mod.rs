@@ -175,6 +175,7 @@ impl Ctx {
                 Status::unavailable("the node is shutting down; use another node")
             }
             ControlError::Fatal(m) => Status::internal(format!("raft stopped: {m}")),
+            ControlError::Invalid(m) => Status::invalid_argument(m),
         }
     }
 

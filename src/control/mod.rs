@@ -35,6 +35,9 @@ pub enum ControlError {
     /// Raft stopped with a fatal error.
     #[error("raft stopped: {0}")]
     Fatal(String),
+    /// The command breaks a limit (too big to replicate); nothing was proposed.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// Milliseconds since the Unix epoch on this node's clock (the leader's stamp).
@@ -57,6 +60,9 @@ pub async fn propose(
         actor: actor.to_string(),
         command,
     };
+    // An oversized entry would be copied to every node and into every snapshot: refuse it
+    // before it enters the log.
+    crate::state::limits::check_command_size(&req).map_err(ControlError::Invalid)?;
     match raft.client_write(req).await {
         Ok(resp) => Ok((resp.log_id.index, resp.data)),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(

@@ -28,8 +28,11 @@ use crate::raft::store::{self, AuditLog};
 use crate::raft::{LeaderContact, NodeId, NodeInfo, Raft};
 use crate::state::{audit::AUTOMATION, AuditEntry, Command, Response as StateResponse};
 
-/// Largest public API message accepted (a ListServices of 10,000 services fits).
+/// Largest public API message sent (a ListServices of every service fits).
 pub const MAX_API_MESSAGE: usize = 64 * 1024 * 1024;
+/// Largest public API request accepted: the biggest legitimate one is a PutService of a
+/// definition within `state::limits::MAX_SPEC_BYTES`; more is refused before it is decoded.
+pub const MAX_API_REQUEST: usize = 1024 * 1024;
 
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -187,10 +190,10 @@ impl Node {
         );
 
         let coordinator = CoordinatorServer::new(CoordinatorService::new(ctx.clone()))
-            .max_decoding_message_size(MAX_API_MESSAGE)
+            .max_decoding_message_size(MAX_API_REQUEST)
             .max_encoding_message_size(MAX_API_MESSAGE);
         let admin = AdminServer::new(AdminService::new(ctx.clone()))
-            .max_decoding_message_size(MAX_API_MESSAGE)
+            .max_decoding_message_size(MAX_API_REQUEST)
             .max_encoding_message_size(MAX_API_MESSAGE);
         let raft_svc = crate::raft::service::server(raft.clone(), cfg.cluster.clone(), contact);
         let mut stop = shutdown_rx.clone();

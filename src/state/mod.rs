@@ -16,6 +16,7 @@ pub mod audit;
 pub mod command;
 pub mod history;
 pub mod lease;
+pub mod limits;
 pub mod names;
 pub mod service;
 pub mod workflow;
@@ -252,6 +253,19 @@ impl State {
         entry
     }
 
+    /// Whether a service named `name` may be created or replaced: at most
+    /// [`limits::MAX_SERVICES`] exist (replacing one is always allowed).
+    pub fn check_room(&self, name: &str) -> Result<(), String> {
+        if !self.services.contains_key(name) && self.services.len() >= limits::MAX_SERVICES {
+            return Err(format!(
+                "the cluster holds {} services; the limit is {} — delete unused ones first",
+                self.services.len(),
+                limits::MAX_SERVICES
+            ));
+        }
+        Ok(())
+    }
+
     fn record(&mut self, name: &str) -> Result<&mut ServiceRecord, Rejection> {
         self.services
             .get_mut(name)
@@ -271,6 +285,7 @@ impl State {
         match &req.command {
             Command::PutService { spec, reason } => {
                 spec.validate().map_err(Rejection::Invalid)?;
+                self.check_room(&spec.name).map_err(Rejection::Invalid)?;
                 match self.services.get_mut(&spec.name) {
                     Some(rec) => {
                         if let Some(holder) = &rec.lease.holder {

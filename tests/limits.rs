@@ -1,0 +1,263 @@
+//! Hostile and oversized input: limits with clear errors, and a Raft log that keeps
+//! replicating (and electing) with the largest entries the limits allow.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use baton::proto::{
+    Consistency, FailoverRequest, GetPrimaryRequest, HealthCheck, ListAuditRequest, Plan, PlanStep,
+    PutServiceRequest, ServiceSpec, TransferLeadershipRequest,
+};
+use baton::state::limits::MAX_SPEC_BYTES;
+use tonic::Code;
+
+use crate::support::{agent, client, eventually, held, lease, service_toml, TestCluster};
+
+fn step(kind: &str, url: &str) -> PlanStep {
+    PlanStep {
+        kind: kind.into(),
+        timeout_ms: 0,
+        on_failure: String::new(),
+        url: url.into(),
+    }
+}
+
+fn spec_bytes(p: &ServiceSpec) -> Result<usize, String> {
+    let s = baton::convert::spec_from_proto(p)?;
+    s.validate()?;
+    Ok(bincode::serialized_size(&s).map_err(|e| e.to_string())? as usize)
+}
+
+/// The `bulk` service padded with webhook steps to just under the spec size limit; `salt`
+/// makes each version differ so every write is a real change.
+fn largest_spec(salt: u32) -> ServiceSpec {
+    let mut spec = ServiceSpec {
+        name: "bulk".into(),
+        regions: vec!["us-east".into(), "eu-west".into(), "ap-south".into()],
+        lease_ttl_ms: 5_000 + u64::from(salt),
+        failback: "manual".into(),
+        ..Default::default()
+    };
+    let url = |i: usize, n: usize| format!("http://h{salt}-{i}.example/{}", "p".repeat(n));
+    'fill: for kind in ["failover", "switchover", "failback"] {
+        let mut steps = vec![step("precheck", ""), step("fence", ""), step("grant", "")];
+        for i in 0..13 {
+            steps.insert(0, step("webhook", &url(i, 990)));
+            spec.plans.insert(
+                kind.into(),
+                Plan {
+                    steps: steps.clone(),
+                },
+            );
+            if spec_bytes(&spec).is_err() {
+                // Over the limit: shorten this URL so the spec ends just under it.
+                let size = |n| {
+                    let mut s = spec.clone();
+                    s.plans.get_mut(kind).unwrap().steps[0].url = url(i, n);
+                    (spec_bytes(&s), s)
+                };
+                let fit = (0..990).rev().find(|n| size(*n).0.is_ok()).unwrap();
+                spec = size(fit).1;
+                break 'fill;
+            }
+        }
+    }
+    let bytes = spec_bytes(&spec).unwrap();
+    assert!(bytes > MAX_SPEC_BYTES - 64, "{bytes}");
+    spec
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn largest_specs_replicate_across_leader_changes_and_oversized_ones_are_refused() {
+    // A 10 s TTL: a restarted node may call an election before the leader's reconnect
+    // backoff lets it hear a heartbeat (no pre-vote in openraft 0.9); that brief churn is
+    // not what this test measures.
+    let mut c = TestCluster::start(3, &service_toml("payments", "10s")).await;
+    let cl = client(&c);
+    lease(&cl, "payments").await;
+    let us = agent(&c, "payments", "us-east");
+    let token = held(&us).await;
+
+    // Reads and renewals still work: a linearizable read answers from some node, and the
+    // agent's lease is unchanged and valid.
+    let check = |what: String| {
+        let cl = &cl;
+        let us = &us;
+        async move {
+            let l = lease(cl, "payments").await;
+            assert_eq!(l.token, token, "{what}: the lease moved");
+            let status = *us.status().borrow();
+            assert!(
+                us.is_valid() && us.token() == Some(token),
+                "{what}: the agent is {status:?}"
+            );
+        }
+    };
+
+    let put = |i: u32| PutServiceRequest {
+        spec: Some(largest_spec(i)),
+        reason: format!("largest spec #{i}"),
+    };
+    let mut n = 0;
+    for round in 0..3 {
+        // A follower misses a run of big entries, then must catch up and lead.
+        let leader = c.leader(Duration::from_secs(20)).await;
+        let behind = (leader + 1) % 3;
+        c.kill(behind);
+        for _ in 0..8 {
+            let mut admin = c.admin(leader).await;
+            admin.put_service(put(n)).await.expect("largest spec");
+            n += 1;
+        }
+        c.spawn(behind);
+        let to = c.nodes[behind].id;
+        eventually(
+            Duration::from_secs(30),
+            "the lagging node to take over",
+            || {
+                let c = &c;
+                async move {
+                    let l = c.leader(Duration::from_secs(20)).await;
+                    if l == behind {
+                        return Some(());
+                    }
+                    let _ = c
+                        .admin(l)
+                        .await
+                        .transfer_leadership(TransferLeadershipRequest {
+                            to,
+                            campaign: false,
+                        })
+                        .await;
+                    None
+                }
+            },
+        )
+        .await;
+        check(format!("round {round}")).await;
+    }
+
+    let leader = c.leader(Duration::from_secs(20)).await;
+    let mut admin = c.admin(leader).await;
+    // One byte of padding too many: refused, naming the limit.
+    let mut over = largest_spec(999);
+    let shortest = over
+        .plans
+        .values_mut()
+        .flat_map(|p| p.steps.iter_mut())
+        .filter(|s| s.kind == "webhook")
+        .min_by_key(|s| s.url.len())
+        .unwrap();
+    shortest.url.push_str(&"p".repeat(64));
+    let err = admin
+        .put_service(PutServiceRequest {
+            spec: Some(over),
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    assert!(
+        err.message().contains("limit is 32768"),
+        "{}",
+        err.message()
+    );
+    // A long health target: refused by its own limit.
+    let mut long_target = largest_spec(1000);
+    long_target.plans.clear();
+    long_target.health = HashMap::from([(
+        "us-east".to_string(),
+        HealthCheck {
+            kind: "http".into(),
+            target: format!("http://{}", "x".repeat(500_000)),
+            interval_ms: 1000,
+            timeout_ms: 500,
+            threshold: 2,
+        },
+    )]);
+    let err = admin
+        .put_service(PutServiceRequest {
+            spec: Some(long_target.clone()),
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    assert!(
+        err.message().contains("target") && err.message().contains("limit is 512"),
+        "{}",
+        err.message()
+    );
+    // 10 MB: refused before it is even decoded.
+    long_target.health.get_mut("us-east").unwrap().target = "x".repeat(10 << 20);
+    let err = admin
+        .put_service(PutServiceRequest {
+            spec: Some(long_target),
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("too large"), "{err:?}");
+
+    // A dry run's reason is bounded too; an unknown consistency is refused, not guessed.
+    let mut co = c.coordinator(leader).await;
+    let err = co
+        .failover(FailoverRequest {
+            service: "payments".into(),
+            to_region: "eu-west".into(),
+            reason: "r".repeat(100_000),
+            expected_token: 0,
+            dry_run: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("limit is 1024"), "{}", err.message());
+    let err = co
+        .get_primary(GetPrimaryRequest {
+            service: "payments".into(),
+            consistency: 99,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("consistency 99"),
+        "{}",
+        err.message()
+    );
+
+    // Every audit page fits in a message, and paging reaches the end.
+    let mut from_seq = 0;
+    let mut seen = 0;
+    loop {
+        let page = co
+            .list_audit(ListAuditRequest {
+                from_seq,
+                limit: 1000,
+                service: String::new(),
+            })
+            .await
+            .expect("an audit page")
+            .into_inner();
+        assert!(page.chain_ok);
+        if page.entries.is_empty() {
+            break;
+        }
+        seen += page.entries.len();
+        from_seq = page.next_seq;
+    }
+    assert!(seen >= n as usize, "{seen} audit entries");
+    // A follower answers ListServices with every large spec (no 4 MiB forwarding limit).
+    let services = c
+        .coordinator((leader + 1) % 3)
+        .await
+        .list_services(baton::proto::ListServicesRequest {
+            consistency: Consistency::Linearizable as i32,
+        })
+        .await
+        .expect("list services from a follower")
+        .into_inner();
+    assert_eq!(services.services.len(), 2);
+    check("the end".into()).await;
+}
