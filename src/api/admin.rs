@@ -13,6 +13,7 @@ use crate::control::propose;
 use crate::convert::{record_to_proto, spec_from_proto};
 use crate::proto::{self, admin_client::AdminClient, admin_server::Admin};
 use crate::raft::{NodeId, NodeInfo};
+use crate::state::limits::{check_len, MAX_ADDR_LEN};
 use crate::state::names::{check_name, check_reason};
 use crate::state::{Command, LeaseState, Response as StateResponse};
 
@@ -138,6 +139,7 @@ impl Admin for AdminService {
             ));
         }
         check_name("region", &req.region).map_err(Status::invalid_argument)?;
+        check_len("addr", &req.addr, MAX_ADDR_LEN).map_err(Status::invalid_argument)?;
         if req
             .addr
             .rsplit_once(':')

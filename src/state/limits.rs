@@ -20,6 +20,8 @@ pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
 pub const MAX_TARGET_LEN: usize = 512;
 /// Longest webhook URL in a plan.
 pub const MAX_URL_LEN: usize = 1024;
+/// Longest node address (`host:port`) a membership change may carry.
+pub const MAX_ADDR_LEN: usize = 255;
 /// Most steps in one plan.
 pub const MAX_PLAN_STEPS: usize = 16;
 /// Shortest health probe interval: faster probing floods the log with observations.
