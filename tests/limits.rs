@@ -261,3 +261,101 @@ async fn largest_specs_replicate_across_leader_changes_and_oversized_ones_are_re
     assert_eq!(services.services.len(), 2);
     check("the end".into()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_held_service_is_one_command_and_old_tokens_stay_superseded() {
+    use baton::proto::{
+        DeleteServiceRequest, LeaseState, TokenValidity, ValidateTokenRequest, WatchRequest,
+    };
+    let c = TestCluster::start(3, &service_toml("payments", "24h")).await;
+    let cl = client(&c);
+    let token = lease(&cl, "payments").await.token;
+    let leader = c.leader(Duration::from_secs(20)).await;
+    let mut admin = c.admin(leader).await;
+
+    // Held by us-east with a 24 h TTL and no agent to acknowledge: the delete cannot finish
+    // until the TTL runs out, so it answers at once, pending, instead of blocking.
+    let resp = admin
+        .delete_service(DeleteServiceRequest {
+            name: "payments".into(),
+            reason: "retire".into(),
+        })
+        .await
+        .expect("delete")
+        .into_inner();
+    assert!(resp.pending, "{resp:?}");
+    let l = lease(&cl, "payments").await;
+    assert_eq!((l.state, l.token), (LeaseState::Revoking as i32, token));
+    let again = PutServiceRequest {
+        spec: Some(ServiceSpec {
+            name: "payments".into(),
+            regions: vec!["us-east".into(), "eu-west".into()],
+            lease_ttl_ms: 5_000,
+            failback: "manual".into(),
+            ..Default::default()
+        }),
+        reason: "recreate".into(),
+    };
+    let err = admin.put_service(again.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+    assert!(err.message().contains("being deleted"), "{}", err.message());
+
+    // A service whose holder can be fenced (2 s TTL, an agent that acknowledges demotion):
+    // the same single delete completes by itself once it is, on whichever node leads.
+    let orders = |ttl_ms: u64| PutServiceRequest {
+        spec: Some(ServiceSpec {
+            name: "orders".into(),
+            regions: vec!["us-east".into(), "eu-west".into()],
+            lease_ttl_ms: ttl_ms,
+            failback: "manual".into(),
+            ..Default::default()
+        }),
+        reason: "create".into(),
+    };
+    admin.put_service(orders(2_000)).await.expect("orders");
+    let us = agent(&c, "orders", "us-east");
+    let token = held(&us).await;
+    admin
+        .delete_service(DeleteServiceRequest {
+            name: "orders".into(),
+            reason: "retire".into(),
+        })
+        .await
+        .expect("delete orders");
+    eventually(Duration::from_secs(30), "orders to go", || {
+        let cl = &cl;
+        async move {
+            let r = cl.primary("orders", Consistency::Linearizable).await;
+            matches!(r, Err(e) if e.to_string().contains("does not exist")).then_some(())
+        }
+    })
+    .await;
+    let mut co = c.coordinator((leader + 1) % 3).await;
+    let v = co
+        .validate_token(ValidateTokenRequest {
+            service: "orders".into(),
+            token,
+            consistency: Consistency::Linearizable as i32,
+        })
+        .await
+        .expect("validate a deleted service's token")
+        .into_inner();
+    assert_eq!(v.validity, TokenValidity::Superseded as i32, "{v:?}");
+    assert!(v.lease.is_none());
+    admin
+        .put_service(orders(5_000))
+        .await
+        .expect("created again");
+
+    // A watch from a revision that cannot exist is refused, naming what to do.
+    let err = co
+        .watch(WatchRequest {
+            services: vec![],
+            start_revision: u64::MAX,
+            progress_interval_ms: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{}", err.message());
+    assert!(err.message().contains("in the future"), "{}", err.message());
+}

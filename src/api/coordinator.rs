@@ -508,12 +508,20 @@ impl Coordinator for CoordinatorService {
             }
         }
         let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
-        let rec = view.state.service(&req.service).ok_or_else(|| {
-            Status::not_found(format!("service {:?} does not exist", req.service))
-        })?;
+        // A deleted service's tokens answer SUPERSEDED (from its tombstone), with no lease.
+        let validity = view
+            .state
+            .validate_token(&req.service, req.token)
+            .ok_or_else(|| {
+                Status::not_found(format!("service {:?} does not exist", req.service))
+            })?;
+        let lease = view
+            .state
+            .service(&req.service)
+            .map(|rec| lease_to_proto(&req.service, &rec.lease));
         Ok(Response::new(proto::ValidateTokenResponse {
-            validity: validity_to_proto(view.state.validate_token(&req.service, req.token)) as i32,
-            lease: Some(lease_to_proto(&req.service, &rec.lease)),
+            validity: validity_to_proto(Some(validity)) as i32,
+            lease,
             revision: view.state.revision(),
         }))
     }

@@ -19,6 +19,9 @@ use crate::state::{Compacted, Event, State};
 
 /// Most services one watch may name.
 pub const MAX_WATCHED: usize = 1024;
+/// How far past this node's applied revision a watch may start: a client resuming on a
+/// node that lags a little waits for it, a revision far in the future is a mistake.
+pub const MAX_WATCH_AHEAD: u64 = 100_000;
 
 fn compacted(c: Compacted) -> Status {
     Status::failed_precondition(format!(
@@ -62,7 +65,9 @@ fn replay(
         .iter()
         .filter_map(|(rev, events)| filter.response(ctx, *rev, events))
         .collect();
-    Ok((out, state.revision().max(from.saturating_sub(1))))
+    // The cursor is what this node has applied, even when `from` is ahead of it, so
+    // progress messages never claim a revision that does not exist yet.
+    Ok((out, state.revision()))
 }
 
 /// Opens a watch stream.
@@ -99,9 +104,20 @@ pub fn open(
             };
             (vec![resp], state.revision())
         } else {
+            let ahead = req.start_revision.saturating_sub(state.revision());
+            if ahead > MAX_WATCH_AHEAD {
+                return Err(Status::out_of_range(format!(
+                    "start revision {} is in the future: this node is at revision {} — resume \
+                     from your last received revision + 1, or from 0 for the current state",
+                    req.start_revision,
+                    state.revision()
+                )));
+            }
             replay(&ctx, state, &filter, req.start_revision)?
         }
     };
+    // Revisions below this were not asked for (a start ahead of this node).
+    let floor = req.start_revision;
     let (tx, out) = mpsc::channel::<Result<proto::WatchResponse, Status>>(256);
     let progress = (req.progress_interval_ms > 0)
         .then(|| Duration::from_millis(req.progress_interval_ms.max(10)));
@@ -148,6 +164,9 @@ pub fn open(
                         continue;
                     }
                     cursor = revision;
+                    if revision < floor {
+                        continue;
+                    }
                     Ok(filter
                         .response(&ctx, revision, &events)
                         .into_iter()
@@ -156,7 +175,7 @@ pub fn open(
                 // Missed broadcasts, or the state was replaced by a snapshot: re-read.
                 Ok(Change::Reset { .. }) | Err(broadcast::error::RecvError::Lagged(_)) => {
                     let view = ctx.shared.read().unwrap_or_else(|e| e.into_inner());
-                    replay(&ctx, &view.state, &filter, cursor + 1).map(|(out, c)| {
+                    replay(&ctx, &view.state, &filter, (cursor + 1).max(floor)).map(|(out, c)| {
                         cursor = c;
                         out
                     })

@@ -12,6 +12,9 @@ use super::service::ServiceSpec;
 
 /// Most services a cluster holds.
 pub const MAX_SERVICES: usize = 1000;
+/// Most deleted services whose tokens are remembered (for `ValidateToken`); the one
+/// deleted longest ago is forgotten first.
+pub const MAX_TOMBSTONES: usize = 10_000;
 /// Largest encoded service definition (bincode), in bytes.
 pub const MAX_SPEC_BYTES: usize = 32 * 1024;
 /// Largest encoded Raft command (bincode), in bytes: a spec plus its reason and envelope.
