@@ -359,3 +359,71 @@ async fn deleting_a_held_service_is_one_command_and_old_tokens_stay_superseded()
     assert_eq!(err.code(), Code::OutOfRange, "{}", err.message());
     assert!(err.message().contains("in the future"), "{}", err.message());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_is_capped_and_silent_sockets_are_closed() {
+    use tokio::io::AsyncReadExt;
+    let c = TestCluster::start_with(
+        3,
+        &service_toml("payments", "5s"),
+        "[limits]\nmax_connections = 40\n",
+    )
+    .await;
+    let cl = client(&c);
+    lease(&cl, "payments").await;
+    let us = agent(&c, "payments", "us-east");
+    let token = held(&us).await;
+    // A client connected before the flood.
+    let mut co = c.coordinator(0).await;
+    let read = GetPrimaryRequest {
+        service: "payments".into(),
+        consistency: Consistency::Linearizable as i32,
+    };
+    co.get_primary(read.clone()).await.expect("read before");
+
+    // 60 sockets that connect and never speak, against a cap of 40.
+    let mut silent = Vec::new();
+    for _ in 0..60 {
+        let s = tokio::net::TcpStream::connect(&c.nodes[0].addr)
+            .await
+            .expect("the kernel accepts the TCP connection");
+        silent.push(s);
+    }
+    let closed = silent
+        .into_iter()
+        .map(|mut s| {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                // The server sends its HTTP/2 settings, then closes: EOF or a reset.
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect::<Vec<_>>();
+
+    // The existing client, the agent and the node carry on meanwhile.
+    for _ in 0..5 {
+        co.get_primary(read.clone())
+            .await
+            .expect("read during the flood");
+    }
+    // Every silent socket is closed: those over the cap at once, the rest after the
+    // handshake timeout.
+    for h in closed {
+        tokio::time::timeout(Duration::from_secs(30), h)
+            .await
+            .expect("a silent connection was left open")
+            .expect("reader task");
+    }
+    assert!(c.status(0).await.is_some(), "node 1 stopped answering");
+    let mut fresh = c.coordinator(0).await;
+    fresh
+        .get_primary(read)
+        .await
+        .expect("a new client after the flood");
+    assert_eq!(lease(&cl, "payments").await.token, token);
+    assert!(us.is_valid() && us.token() == Some(token));
+}

@@ -6,6 +6,7 @@
 //! stream, stops Raft and flushes storage.
 
 pub mod agents;
+pub mod conn;
 pub mod dev;
 mod probes;
 
@@ -17,7 +18,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
 
 use crate::api::{admin::AdminService, coordinator::CoordinatorService, AuditSource, Ctx, Links};
 use crate::config::NodeConfig;
@@ -211,12 +211,18 @@ impl Node {
                     tracing::info_span!("rpc", method = %req.uri().path(), request_id = %id)
                 })
                 .tcp_nodelay(true)
+                // A peer that stops answering pings is dropped within 15 s.
                 .http2_keepalive_interval(Some(Duration::from_secs(10)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+                .max_concurrent_streams(cfg.limits.max_streams_per_connection.max(1))
                 .add_service(raft_svc)
                 .add_service(coordinator)
                 .add_service(admin)
                 .serve_with_incoming_shutdown(
-                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    conn::incoming(
+                        listener,
+                        conn::connection_budget(cfg.limits.max_connections),
+                    ),
                     async move {
                         let _ = stop.wait_for(|s| *s).await;
                     },
