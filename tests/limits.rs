@@ -427,3 +427,118 @@ async fn a_connection_flood_is_capped_and_silent_sockets_are_closed() {
     assert_eq!(lease(&cl, "payments").await.token, token);
     assert!(us.is_valid() && us.token() == Some(token));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_that_never_read_are_cut_off_and_do_not_stall_writes() {
+    use baton::proto::coordinator_client::CoordinatorClient;
+    use baton::proto::{FreezeRequest, WatchRequest};
+    let c = TestCluster::start(3, &service_toml("payments", "5s")).await;
+    let cl = client(&c);
+    lease(&cl, "payments").await;
+    let us = agent(&c, "payments", "us-east");
+    let token = held(&us).await;
+    let watch = || WatchRequest {
+        services: vec![],
+        start_revision: 0,
+        progress_interval_ms: 0,
+    };
+    let node = 1;
+    let rss_before = c.rss_kib(node);
+
+    // Clients with small HTTP/2 windows, so a watcher that does not read soon makes the
+    // node buffer for it (hyper's default windows would absorb the whole test).
+    let small = || {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.nodes[node].addr))
+            .unwrap()
+            .initial_stream_window_size(Some(8 * 1024))
+            .initial_connection_window_size(Some(4 << 20))
+            .connect_lazy();
+        CoordinatorClient::new(ch)
+    };
+    // 300 watch streams on node 2, on three connections, that are never read.
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let mut co = small();
+        for _ in 0..100 {
+            idle.push(co.watch(watch()).await.expect("watch").into_inner());
+        }
+    }
+    // A fourth connection may open 256, not more.
+    let mut co = small();
+    let mut capped = Vec::new();
+    for _ in 0..baton::api::watch::MAX_WATCHERS_PER_CONNECTION {
+        capped.push(co.watch(watch()).await.expect("watch under the cap"));
+    }
+    let err = co.watch(watch()).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
+    assert!(
+        err.message().contains("per connection"),
+        "{}",
+        err.message()
+    );
+    drop(capped);
+
+    // Writes keep committing while every watcher falls behind.
+    let leader = c.leader(Duration::from_secs(20)).await;
+    let mut writer = c.coordinator(leader).await;
+    // Events over 256 bytes: the client's HTTP/2 library cuts a connection that buffers
+    // too many tiny frames, which is not what this test is about.
+    let padding = "p".repeat(300);
+    for i in 0..1500 {
+        writer
+            .freeze(FreezeRequest {
+                service: "payments".into(),
+                freeze: i % 2 == 0,
+                reason: format!("flip {i} {padding}"),
+            })
+            .await
+            .expect("a write while watchers lag");
+    }
+    let rss_full = c.rss_kib(node);
+    assert_eq!(lease(&cl, "payments").await.token, token);
+    assert!(us.is_valid(), "the agent's lease lapsed");
+
+    // A lagging watcher, read at last, gets what was buffered and then the explicit error.
+    let mut slow = idle.pop().unwrap();
+    let mut got = 0;
+    let err = loop {
+        match tokio::time::timeout(Duration::from_secs(10), slow.message()).await {
+            Ok(Ok(Some(_))) => got += 1,
+            Ok(Ok(None)) => panic!("the stream ended without an error after {got} responses"),
+            Ok(Err(e)) => break e,
+            Err(_) => panic!("no error after {got} responses"),
+        }
+    };
+    assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
+    assert!(
+        err.message()
+            .contains("resume it from your last received revision"),
+        "{}",
+        err.message()
+    );
+    drop(idle);
+    // Closing the streams frees their slots (and their buffers).
+    let mut again = Vec::new();
+    for _ in 0..baton::api::watch::MAX_WATCHERS_PER_CONNECTION {
+        let w = eventually(Duration::from_secs(10), "a watch slot to come back", || {
+            let mut co = co.clone();
+            async move { co.watch(watch()).await.ok() }
+        })
+        .await;
+        again.push(w);
+    }
+    drop(again);
+    let rss_after = c.rss_kib(node);
+    eprintln!(
+        "node {} RSS KiB: before {rss_before:?}, 300 lagging watchers after 1500 writes {rss_full:?}, after closing {rss_after:?}",
+        node + 1
+    );
+    if let (Some(b), Some(f)) = (rss_before, rss_full) {
+        // 300 watchers with full buffers: bounded by WATCH_BUFFER responses plus the HTTP/2
+        // send buffer (hyper's default, 400 KiB) each.
+        assert!(
+            f.saturating_sub(b) < 300 * 1024,
+            "RSS grew from {b} to {f} KiB"
+        );
+    }
+}

@@ -472,7 +472,8 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<proto::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let stream = super::watch::open(self.ctx.clone(), request.into_inner())?;
+        let slot = self.ctx.watchers.admit(request.remote_addr())?;
+        let stream = super::watch::open(self.ctx.clone(), request.into_inner(), slot)?;
         Ok(Response::new(Box::pin(stream)))
     }
 
