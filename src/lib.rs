@@ -39,6 +39,9 @@ pub mod node;
 pub mod raft;
 pub mod state;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 /// Generated protobuf types and gRPC stubs of `proto/baton/v1`.
 pub mod proto {
     #![allow(missing_docs, clippy::all)]

@@ -9,6 +9,7 @@ mod cli;
 mod disk;
 mod lease_safety;
 mod lifecycle;
+mod limits;
 mod membership;
 mod security;
 mod switchover;

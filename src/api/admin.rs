@@ -13,8 +13,9 @@ use crate::control::propose;
 use crate::convert::{record_to_proto, spec_from_proto};
 use crate::proto::{self, admin_client::AdminClient, admin_server::Admin};
 use crate::raft::{NodeId, NodeInfo};
+use crate::state::limits::{check_len, MAX_ADDR_LEN};
 use crate::state::names::{check_name, check_reason};
-use crate::state::{Command, LeaseState, Response as StateResponse};
+use crate::state::{Command, Response as StateResponse};
 
 /// The Admin service of one node.
 #[derive(Clone)]
@@ -138,6 +139,7 @@ impl Admin for AdminService {
             ));
         }
         check_name("region", &req.region).map_err(Status::invalid_argument)?;
+        check_len("addr", &req.addr, MAX_ADDR_LEN).map_err(Status::invalid_argument)?;
         if req
             .addr
             .rsplit_once(':')
@@ -290,50 +292,13 @@ impl Admin for AdminService {
             request,
             |r| async move {
                 let r = r.into_inner();
-                self.ctx
-                    .reads
-                    .linearize()
-                    .await
-                    .map_err(|e| self.ctx.control_status(e))?;
-                let lease = {
-                    let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
-                    view.state.service(&r.name).map(|rec| rec.lease.clone())
-                };
-                let lease = lease.ok_or_else(|| {
-                    Status::not_found(format!("service {:?} does not exist", r.name))
-                })?;
-                let _guard = self
-                    .ctx
-                    .keeper
-                    .begin_switchover(&r.name)
-                    .map_err(|e| self.ctx.control_status(e))?;
-                if lease.state == LeaseState::Held {
-                    // Fence the holder first, exactly as a switchover does, so a service
-                    // created again under this name cannot be granted while it still acts.
-                    let revoke = Command::Revoke {
-                        service: r.name.clone(),
-                        token: lease.token,
-                        reason: r.reason.clone(),
-                    };
-                    let (_, resp) = propose(&self.ctx.raft, &who, revoke)
-                        .await
-                        .map_err(|e| self.ctx.control_status(e))?;
-                    if let StateResponse::Rejected(rej) = resp {
-                        return Err(rejection_status(&rej));
-                    }
-                }
-                if lease.state != LeaseState::Vacant {
-                    self.ctx
-                        .keeper
-                        .wait_fenced(&r.name, lease.token)
-                        .await
-                        .map_err(|e| self.ctx.control_status(e))?;
-                }
+                // One command: a held lease is revoked and the service removed once its
+                // holder is fenced, so nothing waits here and no half-done delete is left.
                 let (index, resp) = propose(
                     &self.ctx.raft,
                     &who,
                     Command::DeleteService {
-                        name: r.name,
+                        name: r.name.clone(),
                         reason: r.reason,
                     },
                 )
@@ -342,7 +307,14 @@ impl Admin for AdminService {
                 if let StateResponse::Rejected(rej) = resp {
                     return Err(rejection_status(&rej));
                 }
-                Ok(proto::DeleteServiceResponse { revision: index })
+                let pending = {
+                    let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
+                    view.state.deleting(&r.name).is_some()
+                };
+                Ok(proto::DeleteServiceResponse {
+                    revision: index,
+                    pending,
+                })
             },
             async |mut c, r| c.delete_service(r).await,
         )

@@ -17,7 +17,8 @@ use crate::convert::{
 use crate::proto::{
     self, coordinator_client::CoordinatorClient, coordinator_server::Coordinator, Consistency,
 };
-use crate::state::names::{check_name, check_reason};
+use crate::state::limits::check_len;
+use crate::state::names::{check_name, check_reason, MAX_REASON_LEN};
 use crate::state::{
     self, plan_for, Command, FailbackMode, LeaseMode, LeaseState, Response as StateResponse,
     RunKind, RunState, StepKind, Trigger,
@@ -30,7 +31,7 @@ macro_rules! forward_unless_leading {
         if !$self.ctx.keeper.is_leading() && !Ctx::was_forwarded(&$request) {
             let ch = $self.ctx.leader_channel()?;
             let fwd = forwarded(&$request, $request.get_ref().clone());
-            return CoordinatorClient::new(ch).$method(fwd).await;
+            return leader_client(ch).$method(fwd).await;
         }
     };
 }
@@ -52,8 +53,49 @@ fn invalid(m: String) -> Status {
     Status::invalid_argument(m)
 }
 
-fn linearizable(c: i32) -> bool {
-    Consistency::try_from(c).unwrap_or(Consistency::Unspecified) != Consistency::Local
+/// Whether a read must be linearizable; an unknown consistency value is refused rather
+/// than guessed.
+fn linearizable(c: i32) -> Result<bool, Status> {
+    match Consistency::try_from(c) {
+        Ok(c) => Ok(c != Consistency::Local),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "consistency {c} is not a known value: use 0 (unspecified: linearizable), 1 (LINEARIZABLE) or 2 (LOCAL)"
+        ))),
+    }
+}
+
+/// Most bytes of audit entries in one ListAudit page (at least one entry is always sent):
+/// large definitions are copied into `before` and `after`, and a page must stay well under
+/// the message limit. The caller continues from `next_seq`.
+pub const AUDIT_PAGE_BYTES: usize = 8 * 1024 * 1024;
+
+/// The longest prefix of `entries` within [`AUDIT_PAGE_BYTES`] (never empty if `entries`
+/// is not).
+fn cap_page(mut entries: Vec<state::AuditEntry>) -> Vec<state::AuditEntry> {
+    let mut total = 0;
+    let keep = entries
+        .iter()
+        .position(|e| {
+            total += e.actor.len()
+                + e.action.len()
+                + e.service.len()
+                + e.reason.len()
+                + e.before.len()
+                + e.after.len()
+                + e.outcome.len()
+                + 200;
+            total > AUDIT_PAGE_BYTES
+        })
+        .map_or(entries.len(), |i| i.max(1));
+    entries.truncate(keep);
+    entries
+}
+
+/// A client for forwarding to the leader that accepts answers as large as this node sends.
+fn leader_client(ch: tonic::transport::Channel) -> CoordinatorClient<tonic::transport::Channel> {
+    CoordinatorClient::new(ch)
+        .max_decoding_message_size(crate::node::MAX_API_MESSAGE)
+        .max_encoding_message_size(crate::node::MAX_API_MESSAGE)
 }
 
 impl CoordinatorService {
@@ -113,7 +155,10 @@ impl CoordinatorService {
         if let Some(to) = to {
             check_name("region", to).map_err(invalid)?;
         }
-        if !dry_run {
+        if dry_run {
+            // A dry run needs no reason, but one given is still bounded.
+            check_len("reason", reason, MAX_REASON_LEN).map_err(invalid)?;
+        } else {
             check_reason(reason).map_err(invalid)?;
         }
         self.barrier().await?;
@@ -375,7 +420,7 @@ impl Coordinator for CoordinatorService {
         async {
             let req = request.get_ref();
             check_name("service", &req.service).map_err(invalid)?;
-            let lin = linearizable(req.consistency);
+            let lin = linearizable(req.consistency)?;
             match self.read_primary(&req.service, lin).await {
                 Err(s)
                     if lin
@@ -387,7 +432,7 @@ impl Coordinator for CoordinatorService {
                         Err(_) => return Err(s),
                     };
                     let fwd = forwarded(&request, req.clone());
-                    CoordinatorClient::new(ch).get_primary(fwd).await
+                    leader_client(ch).get_primary(fwd).await
                 }
                 other => other.map(Response::new),
             }
@@ -401,14 +446,14 @@ impl Coordinator for CoordinatorService {
         request: Request<proto::ListServicesRequest>,
     ) -> Result<Response<proto::ListServicesResponse>, Status> {
         let req = request.get_ref();
-        let lin = linearizable(req.consistency);
+        let lin = linearizable(req.consistency)?;
         if lin {
             if let Err(s) = self.barrier().await {
                 if Ctx::was_forwarded(&request) || s.code() != tonic::Code::Unavailable {
                     return Err(s);
                 }
                 let ch = self.ctx.leader_channel().map_err(|_| s)?;
-                return CoordinatorClient::new(ch)
+                return leader_client(ch)
                     .list_services(forwarded(&request, *req))
                     .await;
             }
@@ -426,7 +471,8 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<proto::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let stream = super::watch::open(self.ctx.clone(), request.into_inner())?;
+        let slot = self.ctx.watchers.admit(request.remote_addr())?;
+        let stream = super::watch::open(self.ctx.clone(), request.into_inner(), slot)?;
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -449,25 +495,33 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<proto::ValidateTokenResponse>, Status> {
         let req = request.get_ref();
         check_name("service", &req.service).map_err(invalid)?;
-        let lin = linearizable(req.consistency);
+        let lin = linearizable(req.consistency)?;
         if lin {
             if let Err(s) = self.barrier().await {
                 if Ctx::was_forwarded(&request) || s.code() != tonic::Code::Unavailable {
                     return Err(s);
                 }
                 let ch = self.ctx.leader_channel().map_err(|_| s)?;
-                return CoordinatorClient::new(ch)
+                return leader_client(ch)
                     .validate_token(forwarded(&request, req.clone()))
                     .await;
             }
         }
         let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
-        let rec = view.state.service(&req.service).ok_or_else(|| {
-            Status::not_found(format!("service {:?} does not exist", req.service))
-        })?;
+        // A deleted service's tokens answer SUPERSEDED (from its tombstone), with no lease.
+        let validity = view
+            .state
+            .validate_token(&req.service, req.token)
+            .ok_or_else(|| {
+                Status::not_found(format!("service {:?} does not exist", req.service))
+            })?;
+        let lease = view
+            .state
+            .service(&req.service)
+            .map(|rec| lease_to_proto(&req.service, &rec.lease));
         Ok(Response::new(proto::ValidateTokenResponse {
-            validity: validity_to_proto(view.state.validate_token(&req.service, req.token)) as i32,
-            lease: Some(lease_to_proto(&req.service, &rec.lease)),
+            validity: validity_to_proto(Some(validity)) as i32,
+            lease,
             revision: view.state.revision(),
         }))
     }
@@ -516,6 +570,7 @@ impl Coordinator for CoordinatorService {
             .audit
             .list(req.from_seq, limit, service)
             .map_err(|e| Status::internal(format!("reading the audit trail: {e}")))?;
+        let entries = cap_page(entries);
         // The chain can only be checked on a contiguous page (no service filter).
         let chain_ok = if service.is_none() {
             let prev = match entries.first() {

@@ -77,6 +77,8 @@ pub struct Ctx {
     pub links: Links,
     /// Flips to true when the node stops: streams end.
     pub shutdown: tokio_watch::Receiver<bool>,
+    /// Open watch streams per connection and per caller.
+    pub watchers: watch::Watchers,
     next_request: AtomicU64,
 }
 
@@ -112,6 +114,7 @@ impl Ctx {
             timing,
             links,
             shutdown,
+            watchers: watch::Watchers::default(),
             next_request: AtomicU64::new(1),
         }
     }
@@ -195,6 +198,7 @@ impl Ctx {
                 Status::unavailable("the node is shutting down; use another node")
             }
             ControlError::Fatal(m) => Status::internal(format!("raft stopped: {m}")),
+            ControlError::Invalid(m) => Status::invalid_argument(m),
         }
     }
 

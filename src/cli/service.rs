@@ -187,9 +187,19 @@ async fn delete(ctx: &mut Ctx<'_>, args: DeleteArgs) -> Result<Exit, CliError> {
     let client = ctx.client()?;
     let resp = client.delete_service(&args.name, &args.reason).await?;
     let t = Table::record(
-        &["service", "deleted_at_revision"],
-        vec![Value::from(args.name), Value::from(resp.revision)],
+        &["service", "deleted_at_revision", "pending"],
+        vec![
+            Value::from(args.name.clone()),
+            Value::from(resp.revision),
+            Value::from(resp.pending),
+        ],
     );
     ctx.print(&t)?;
+    if resp.pending {
+        eprintln!(
+            "{}'s lease is revoking: the service is removed once its holder acknowledges demotion or its TTL runs out",
+            args.name
+        );
+    }
     Ok(Exit::Ok)
 }

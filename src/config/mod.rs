@@ -3,6 +3,7 @@
 //! Every duration accepts humantime strings (`750ms`, `2s`, `1m 30s`). Unknown keys are
 //! refused so a typo does not silently fall back to a default; errors name the field.
 
+mod limits;
 mod peer;
 mod service;
 
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use limits::LimitsConfig;
 pub use peer::PeerTlsConfig;
 pub use service::{HealthConfig, ServiceConfig, ServiceFile};
 
@@ -162,6 +164,9 @@ pub struct NodeConfig {
     /// Storage.
     #[serde(default)]
     pub storage: StorageConfig,
+    /// Connection and stream limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// Services created when the cluster is first initialised.
     #[serde(default)]
     pub services: Vec<ServiceConfig>,

@@ -35,6 +35,9 @@ pub enum ControlError {
     /// Raft stopped with a fatal error.
     #[error("raft stopped: {0}")]
     Fatal(String),
+    /// The command breaks a limit (too big to replicate); nothing was proposed.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// How long the leader may answer no renewal without any holder's validity running out:
@@ -86,6 +89,9 @@ pub async fn propose(
         actor: actor.to_string(),
         command,
     };
+    // An oversized entry would be copied to every node and into every snapshot: refuse it
+    // before it enters the log.
+    crate::state::limits::check_command_size(&req).map_err(ControlError::Invalid)?;
     let limit = write_timeout(raft);
     let Ok(written) = tokio::time::timeout(limit, raft.client_write(req)).await else {
         return Err(ControlError::Timeout(format!(

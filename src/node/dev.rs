@@ -113,6 +113,7 @@ pub fn cluster_configs(
                 ..TimingConfig::default()
             },
             storage: StorageConfig::default(),
+            limits: Default::default(),
             services: vec![sample_service(with_health.then_some(base_port))],
         })
         .collect()

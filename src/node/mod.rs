@@ -6,6 +6,7 @@
 //! stream, stops Raft and flushes storage.
 
 pub mod agents;
+pub mod conn;
 pub mod dev;
 mod peer;
 mod probes;
@@ -19,7 +20,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
 
 use crate::api::{admin::AdminService, coordinator::CoordinatorService, AuditSource, Ctx, Links};
 use crate::config::NodeConfig;
@@ -30,8 +30,11 @@ use crate::raft::store::{self, AuditLog};
 use crate::raft::{LeaderContact, NodeId, NodeInfo, Raft};
 use crate::state::{audit::AUTOMATION, AuditEntry, Command, Response as StateResponse};
 
-/// Largest public API message accepted (a ListServices of 10,000 services fits).
+/// Largest public API message sent (a ListServices of every service fits).
 pub const MAX_API_MESSAGE: usize = 64 * 1024 * 1024;
+/// Largest public API request accepted: the biggest legitimate one is a PutService of a
+/// definition within `state::limits::MAX_SPEC_BYTES`; more is refused before it is decoded.
+pub const MAX_API_REQUEST: usize = 1024 * 1024;
 
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -210,10 +213,10 @@ impl Node {
         );
 
         let coordinator = CoordinatorServer::new(CoordinatorService::new(ctx.clone()))
-            .max_decoding_message_size(MAX_API_MESSAGE)
+            .max_decoding_message_size(MAX_API_REQUEST)
             .max_encoding_message_size(MAX_API_MESSAGE);
         let admin = AdminServer::new(AdminService::new(ctx.clone()))
-            .max_decoding_message_size(MAX_API_MESSAGE)
+            .max_decoding_message_size(MAX_API_REQUEST)
             .max_encoding_message_size(MAX_API_MESSAGE);
         let raft_svc = crate::raft::service::server_verifying(
             raft.clone(),
@@ -246,12 +249,18 @@ impl Node {
                     tracing::info_span!("rpc", method = %req.uri().path(), request_id = %id)
                 })
                 .tcp_nodelay(true)
+                // A peer that stops answering pings is dropped within 15 s.
                 .http2_keepalive_interval(Some(Duration::from_secs(10)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+                .max_concurrent_streams(cfg.limits.max_streams_per_connection.max(1))
                 .add_service(coordinator)
                 .add_service(admin)
                 .add_optional_service(raft_on_client)
                 .serve_with_incoming_shutdown(
-                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    conn::incoming(
+                        listener,
+                        conn::connection_budget(cfg.limits.max_connections),
+                    ),
                     async move {
                         let _ = stop.wait_for(|s| *s).await;
                     },

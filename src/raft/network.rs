@@ -450,6 +450,11 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
+        // openraft 0.9 wraps this call in its own timeout of one heartbeat interval, so a
+        // longer deadline here would not help: what keeps a batch within that time is its
+        // size, bounded by the log reader (`store::log::REPLICATION_BATCH_BYTES`) and by
+        // `state::limits::MAX_COMMAND_BYTES` per entry. Snapshot chunks get
+        // `timing.install_snapshot_timeout` each.
         self.call(Rpc::AppendEntries, &rpc, option.hard_ttl()).await
     }
 

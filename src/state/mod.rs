@@ -19,6 +19,7 @@ pub mod audit;
 pub mod command;
 pub mod history;
 pub mod lease;
+pub mod limits;
 pub mod names;
 pub mod service;
 pub mod workflow;
@@ -113,6 +114,10 @@ pub struct State {
     history: History,
     audit: AuditHead,
     runs: BTreeMap<u64, Run>,
+    /// Services deleted while held: removed once their lease is vacant. Name -> reason.
+    deleting: BTreeMap<String, String>,
+    /// Tokens of deleted services, ascending, so old tokens stay SUPERSEDED.
+    tombstones: BTreeMap<String, Vec<u64>>,
 }
 
 impl Default for State {
@@ -130,6 +135,8 @@ impl State {
             history: History::new(history_limit),
             audit: AuditHead::default(),
             runs: BTreeMap::new(),
+            deleting: BTreeMap::new(),
+            tombstones: BTreeMap::new(),
         }
     }
 
@@ -173,11 +180,20 @@ impl State {
         &self.audit
     }
 
-    /// How `token` relates to `service`'s lease; `None` if the service does not exist.
+    /// How `token` relates to `service`'s lease; `None` if the service does not exist and
+    /// never did (tokens of a deleted service stay SUPERSEDED).
     pub fn validate_token(&self, service: &str, token: u64) -> Option<TokenValidity> {
-        let rec = self.services.get(service)?;
+        let buried = self.tombstones.get(service);
+        let old = if buried.is_some_and(|t| t.binary_search(&token).is_ok()) {
+            TokenValidity::Superseded
+        } else {
+            TokenValidity::Unknown
+        };
+        let Some(rec) = self.services.get(service) else {
+            return buried.map(|_| old);
+        };
         if rec.tokens.binary_search(&token).is_err() {
-            return Some(TokenValidity::Unknown);
+            return Some(old);
         }
         if token == rec.lease.token && rec.lease.state == LeaseState::Held {
             Some(TokenValidity::Current)
@@ -191,7 +207,13 @@ impl State {
     pub fn apply(&mut self, index: u64, req: &Request) -> Applied {
         let service = req.command.service().to_string();
         let before = self.services.get(&service).cloned();
-        let result = self.apply_command(index, req);
+        let result = self
+            .check_not_deleting(&req.command)
+            .and_then(|()| self.apply_command(index, req))
+            .map(|mut events| {
+                events.extend(self.finish_deletion(index, req.at_ms, &service));
+                events
+            });
         let (response, events, outcome) = match result {
             Ok(events) => {
                 let lease = self.services.get(&service).map(|r| r.lease.clone());
@@ -255,6 +277,99 @@ impl State {
         entry
     }
 
+    /// Whether a service named `name` may be created or replaced: at most
+    /// [`limits::MAX_SERVICES`] exist (replacing one is always allowed).
+    pub fn check_room(&self, name: &str) -> Result<(), String> {
+        if !self.services.contains_key(name) && self.services.len() >= limits::MAX_SERVICES {
+            return Err(format!(
+                "the cluster holds {} services; the limit is {} — delete unused ones first",
+                self.services.len(),
+                limits::MAX_SERVICES
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses what would hand out or redefine the lease of a service being deleted.
+    fn check_not_deleting(&self, command: &Command) -> Result<(), Rejection> {
+        let creates = matches!(
+            command,
+            Command::PutService { .. } | Command::Grant { .. } | Command::StartRun { .. }
+        );
+        match self.deleting.get(command.service()) {
+            Some(why) if creates => Err(Rejection::WrongState(format!(
+                "service {:?} is being deleted ({why}): its lease is revoking until the holder \
+                 acknowledges demotion or its TTL runs out; create it again after that",
+                command.service()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Removes a service marked for deletion once its lease is vacant (its holder fenced).
+    fn finish_deletion(&mut self, index: u64, at_ms: i64, name: &str) -> Vec<Event> {
+        let vacant = self
+            .services
+            .get(name)
+            .is_some_and(|r| r.lease.state == LeaseState::Vacant);
+        match self.deleting.get(name) {
+            Some(reason) if vacant => {
+                let reason = reason.clone();
+                self.remove_service(index, at_ms, name, &reason)
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Removes a service whose lease is vacant, ends its run and keeps its tokens in a
+    /// tombstone (so `ValidateToken` still answers SUPERSEDED for them).
+    fn remove_service(&mut self, index: u64, at_ms: i64, name: &str, reason: &str) -> Vec<Event> {
+        self.deleting.remove(name);
+        let Some(mut rec) = self.services.remove(name) else {
+            return Vec::new();
+        };
+        rec.lease.holder = None;
+        rec.lease.state = LeaseState::Vacant;
+        rec.lease.revision = index;
+        if let Some(run) = rec.active_run.and_then(|id| self.runs.get_mut(&id)) {
+            end_run(
+                run,
+                at_ms,
+                RunState::Failed,
+                format!("service deleted: {reason}"),
+            );
+        }
+        let buried = self.tombstones.entry(name.to_string()).or_default();
+        buried.extend(&rec.tokens);
+        buried.sort_unstable();
+        buried.dedup();
+        if self.tombstones.len() > limits::MAX_TOMBSTONES {
+            // Forget the service deleted longest ago (its newest token is the oldest).
+            let oldest = self
+                .tombstones
+                .iter()
+                .min_by_key(|(_, t)| t.last().copied().unwrap_or(0))
+                .map(|(n, _)| n.clone());
+            if let Some(n) = oldest {
+                self.tombstones.remove(&n);
+            }
+        }
+        let deleted = Event {
+            kind: EventKind::ServiceDeleted,
+            service: rec.spec.name.clone(),
+            revision: index,
+            lease: rec.lease.clone(),
+            reason: reason.to_string(),
+            frozen: rec.frozen,
+        };
+        vec![deleted]
+    }
+
+    /// Why `service` is being deleted, while its lease is still being revoked.
+    pub fn deleting(&self, service: &str) -> Option<&str> {
+        self.deleting.get(service).map(String::as_str)
+    }
+
     fn record(&mut self, name: &str) -> Result<&mut ServiceRecord, Rejection> {
         self.services
             .get_mut(name)
@@ -274,6 +389,7 @@ impl State {
         match &req.command {
             Command::PutService { spec, reason } => {
                 spec.validate().map_err(Rejection::Invalid)?;
+                self.check_room(&spec.name).map_err(Rejection::Invalid)?;
                 match self.services.get_mut(&spec.name) {
                     Some(rec) => {
                         if let Some(holder) = &rec.lease.holder {
@@ -335,22 +451,9 @@ impl State {
                 }
             }
             Command::DeleteService { name, reason } => {
-                let held = self.record(name)?.lease.state == LeaseState::Held;
-                if held {
-                    // Deleting a held lease would let a re-created service be granted while
-                    // the old holder still acts: revoke and fence first.
-                    return Err(Rejection::WrongState(format!(
-                        "service {name:?} is held: revoke the lease (and fence its holder) before deleting it"
-                    )));
-                }
-                let mut rec = self
-                    .services
-                    .remove(name)
-                    .ok_or_else(|| Rejection::UnknownService(name.clone()))?;
-                rec.lease.holder = None;
-                rec.lease.state = LeaseState::Vacant;
-                rec.lease.revision = index;
-                if let Some(run) = rec.active_run.and_then(|id| self.runs.get_mut(&id)) {
+                let rec = self.record(name)?;
+                // A run in progress cannot finish on a service being deleted: end it now.
+                if let Some(run) = rec.active_run.take().and_then(|id| self.runs.get_mut(&id)) {
                     end_run(
                         run,
                         at_ms,
@@ -358,7 +461,26 @@ impl State {
                         format!("service deleted: {reason}"),
                     );
                 }
-                Ok(vec![event(EventKind::ServiceDeleted, &rec, reason)])
+                let rec = self.record(name)?;
+                match rec.lease.state {
+                    LeaseState::Held => {
+                        // Deleting a held lease outright would let a re-created service be
+                        // granted while the old holder still acts. Fence first, in this same
+                        // command: the lease goes Revoking now, and the service goes when its
+                        // holder is fenced (it acknowledges demotion or its TTL runs out; the
+                        // leader's keeper commits that expiry, on whichever node leads then).
+                        let token = rec.lease.token;
+                        revoke_lease(rec, token, index)?;
+                        let revoking = event(EventKind::Revoking, rec, reason);
+                        self.deleting.insert(name.clone(), reason.clone());
+                        Ok(vec![revoking])
+                    }
+                    LeaseState::Revoking => {
+                        self.deleting.insert(name.clone(), reason.clone());
+                        Ok(Vec::new())
+                    }
+                    LeaseState::Vacant => Ok(self.remove_service(index, at_ms, name, reason)),
+                }
             }
             Command::Revoke {
                 service,

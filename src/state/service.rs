@@ -4,6 +4,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::limits::{
+    check_len, check_spec_size, MAX_PLAN_STEPS, MAX_TARGET_LEN, MAX_URL_LEN, MIN_PROBE_INTERVAL_MS,
+};
 use super::names::check_name;
 use super::workflow::{OnFailure, StepKind, StepSpec};
 
@@ -102,6 +105,12 @@ pub fn validate_plan(kind: &str, steps: &[StepSpec]) -> Result<(), String> {
             "plan {kind:?} is not one of failover, switchover, failback"
         ));
     }
+    if steps.len() > MAX_PLAN_STEPS {
+        return Err(format!(
+            "plan {kind:?} has {} steps; the limit is {MAX_PLAN_STEPS}",
+            steps.len()
+        ));
+    }
     let pos = |k: &StepKind| steps.iter().position(|s| &s.kind == k);
     let grants = steps.iter().filter(|s| s.kind == StepKind::Grant).count();
     let fences = steps.iter().filter(|s| s.kind == StepKind::Fence).count();
@@ -131,6 +140,7 @@ pub fn validate_plan(kind: &str, steps: &[StepSpec]) -> Result<(), String> {
     }
     for s in steps {
         if let StepKind::Webhook(url) = &s.kind {
+            check_len(&format!("plan {kind:?}: webhook URL"), url, MAX_URL_LEN)?;
             if !url.starts_with("http://") {
                 return Err(format!(
                     "plan {kind:?}: webhook URL {url:?} must start with http://"
@@ -256,18 +266,31 @@ impl ServiceSpec {
             if check.target.is_empty() {
                 return Err(format!("health check for {region:?} has no target"));
             }
+            check_len(
+                &format!("health check target for {region:?}"),
+                &check.target,
+                MAX_TARGET_LEN,
+            )?;
             if check.interval_ms == 0 || check.timeout_ms == 0 || check.threshold == 0 {
                 return Err(format!(
                     "health check for {region:?} needs a non-zero interval, timeout and threshold"
                 ));
             }
+            if check.interval_ms < MIN_PROBE_INTERVAL_MS {
+                return Err(format!(
+                    "health check for {region:?}: interval {} ms is below the minimum of \
+                     {MIN_PROBE_INTERVAL_MS} ms",
+                    check.interval_ms
+                ));
+            }
         }
-        Ok(())
+        check_spec_size(self)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::workflow::{default_plan, OnFailure};
     use super::*;
 
     #[test]
@@ -297,8 +320,59 @@ mod tests {
         s.allowed_regions = vec!["us-east".into()];
         assert!(s.validate().unwrap_err().contains("not an allowed"));
 
-        let mut s = ok;
+        let mut s = ok.clone();
         s.allowed_regions = vec!["eu-west".into()];
         assert_eq!(s.first_primary(), Some("eu-west"));
+
+        let check = |target: String, interval_ms: u64| HealthCheck {
+            kind: "http".into(),
+            target,
+            interval_ms,
+            timeout_ms: 50,
+            threshold: 1,
+        };
+        let mut s = ok.clone();
+        s.health.insert(
+            "us-east".into(),
+            check("x".repeat(MAX_TARGET_LEN + 1), 1000),
+        );
+        let e = s.validate().unwrap_err();
+        assert!(e.contains("target") && e.contains("limit is 512"), "{e}");
+
+        let mut s = ok.clone();
+        s.health.insert("us-east".into(), check("h:1".into(), 10));
+        assert!(s.validate().unwrap_err().contains("minimum of 100 ms"));
+
+        let mut s = ok.clone();
+        let mut plan = default_plan(super::super::workflow::RunKind::Switchover);
+        plan.insert(
+            0,
+            StepSpec {
+                kind: StepKind::Webhook(format!("http://{}", "u".repeat(MAX_URL_LEN))),
+                timeout_ms: 0,
+                on_failure: OnFailure::Abort,
+            },
+        );
+        s.plans.insert("switchover".into(), plan);
+        assert!(s.validate().unwrap_err().contains("webhook URL"));
+
+        // Every plan full of long (each allowed) webhook URLs: the whole spec is too big.
+        let mut s = ok;
+        for kind in ["failover", "switchover", "failback"] {
+            let mut plan = default_plan(super::super::workflow::RunKind::Switchover);
+            while plan.len() < MAX_PLAN_STEPS {
+                plan.insert(
+                    0,
+                    StepSpec {
+                        kind: StepKind::Webhook(format!("http://{}", "u".repeat(1000))),
+                        timeout_ms: 0,
+                        on_failure: OnFailure::Abort,
+                    },
+                );
+            }
+            s.plans.insert(kind.into(), plan);
+        }
+        let e = s.validate().unwrap_err();
+        assert!(e.contains("limit is 32768"), "{e}");
     }
 }

@@ -465,30 +465,67 @@ fn delete_removes_the_service_and_emits_a_vacant_service_deleted_event() {
     assert!(s.service("payments").is_none());
     assert_eq!(s.service_count(), 0);
     assert_eq!(s.revision(), 3);
-    assert_eq!(s.validate_token("payments", 1), None);
+    // The tombstone keeps the old tokens: SUPERSEDED, not UNKNOWN.
+    assert_eq!(
+        s.validate_token("payments", 1),
+        Some(TokenValidity::Superseded)
+    );
+    assert_eq!(
+        s.validate_token("payments", 2),
+        Some(TokenValidity::Unknown)
+    );
+    assert_eq!(s.validate_token("never-was", 1), None);
 
     // Recreating it issues a fresh token, above every token of the old incarnation.
     s.apply(5, &put(&payments()));
     assert_eq!(lease(&s, "payments").token, 5);
     assert_eq!(
         s.validate_token("payments", 1),
-        Some(TokenValidity::Unknown)
+        Some(TokenValidity::Superseded)
+    );
+    assert_eq!(
+        s.validate_token("payments", 5),
+        Some(TokenValidity::Current)
     );
 }
 
 // Deleting a held service, then creating it again, would grant the lease to a new region while
-// the old holder may still consider its lease valid (invariant 1): a held lease must be
-// revoked and fenced before the service goes.
+// the old holder may still consider its lease valid (invariant 1). So deleting a held service
+// is one command that revokes first; the service goes when the holder is fenced (Expire), and
+// nothing can grant or redefine it in between.
 #[test]
-fn deleting_a_held_service_is_refused_fail_over_first() {
+fn deleting_a_held_service_revokes_then_removes_it_once_fenced() {
     let mut s = with_payments();
-    let rej = assert_refused_changing_nothing(&mut s, 2, &delete("payments"));
-    assert!(matches!(rej, Rejection::WrongState(_)), "{rej:?}");
+    let a = s.apply(2, &delete("payments"));
+    assert_eq!(kinds(&a.events), vec![EventKind::Revoking]);
+    assert!(matches!(a.response, Response::Applied { .. }), "{a:?}");
+    assert_eq!(lease(&s, "payments").state, LeaseState::Revoking);
+    assert_eq!(s.deleting("payments"), Some("retire"));
 
-    // Once the lease is vacant, the service may go.
-    s.apply(3, &expire("payments", 1));
-    let a = s.apply(4, &delete("payments"));
-    assert_eq!(kinds(&a.events), vec![EventKind::ServiceDeleted]);
+    // Nothing hands the lease out or redefines the service meanwhile.
+    for (i, r) in [(3, grant("payments", "eu-west", 1)), (4, put(&payments()))] {
+        let rej = assert_refused_changing_nothing(&mut s, i, &r);
+        assert!(rej.to_string().contains("being deleted"), "{rej}");
+    }
+    // Deleting again is harmless.
+    let a = s.apply(5, &delete("payments"));
+    assert!(a.events.is_empty(), "{a:?}");
+
+    // The holder is fenced: the same entry removes the service.
+    let a = s.apply(6, &expire("payments", 1));
+    assert_eq!(
+        kinds(&a.events),
+        vec![EventKind::Vacated, EventKind::ServiceDeleted]
+    );
+    assert!(s.service("payments").is_none());
+    assert_eq!(s.deleting("payments"), None);
+    assert_eq!(
+        s.validate_token("payments", 1),
+        Some(TokenValidity::Superseded)
+    );
+    // And it may be created again, with a fresh token.
+    s.apply(7, &put(&payments()));
+    assert_eq!(lease(&s, "payments").token, 7);
 }
 
 #[test]

@@ -17,6 +17,14 @@ const LAST_PURGED: &[u8] = b"last_purged";
 
 type Result<T> = std::result::Result<T, StorageError<NodeId>>;
 
+/// Most bytes of log entries in one AppendEntries (one entry is always sent, and commands
+/// are bounded by `state::limits::MAX_COMMAND_BYTES`). openraft 0.9 gives every
+/// AppendEntries one heartbeat interval, whatever it carries, so a batch must be small
+/// enough to cross the link in one heartbeat: 512 KiB in 100 ms needs about 40 Mbit/s.
+/// A follower far behind catches up in many small batches instead of timing out forever
+/// on one large one.
+pub const REPLICATION_BATCH_BYTES: usize = 512 * 1024;
+
 /// The Raft log store. Cheap to clone: clones share the database (and serve as the log
 /// reader of replication tasks).
 #[derive(Clone)]
@@ -84,6 +92,25 @@ impl LogStore {
         }
         Ok(out)
     }
+
+    /// Entries `[start, end)` up to [`REPLICATION_BATCH_BYTES`] (at least one).
+    fn read_limited(
+        &self,
+        start: u64,
+        end: u64,
+    ) -> std::result::Result<Vec<Entry<TypeConfig>>, StoreError> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for kv in self.trees.logs.range(key(start)..key(end)) {
+            let (_, v) = kv?;
+            bytes += v.len();
+            if bytes > REPLICATION_BATCH_BYTES && !out.is_empty() {
+                break;
+            }
+            out.push(bincode::deserialize(&v)?);
+        }
+        Ok(out)
+    }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -105,6 +132,19 @@ impl RaftLogReader<TypeConfig> for LogStore {
             return Ok(Vec::new());
         }
         self.read_range(start, end)
+            .map_err(|e| e.into_raft(ErrorSubject::Logs, ErrorVerb::Read))
+    }
+
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry<TypeConfig>>> {
+        // Replication reads through here: bound each batch by bytes, not only by count.
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        self.read_limited(start, end)
             .map_err(|e| e.into_raft(ErrorSubject::Logs, ErrorVerb::Read))
     }
 }

@@ -301,3 +301,51 @@ async fn one_sync_per_append_vote_and_snapshot() {
         "a snapshot is synced before purging is allowed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_batches_are_bounded_by_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _sm, _) = open(dir.path(), 100).unwrap();
+    // 40 entries of ~50 KB each: 2 MB in all, four times the batch budget.
+    let big = |index: u64| Entry {
+        log_id: log_id(1, 1, index),
+        payload: EntryPayload::Normal(Request {
+            at_ms: 1,
+            actor: "tester".into(),
+            command: Command::DeleteService {
+                name: "svc".into(),
+                reason: "r".repeat(50_000),
+            },
+        }),
+    };
+    append(&mut log, (1..=40).map(big).collect()).await;
+    let mut next = 1;
+    let mut batches = 0;
+    while next <= 40 {
+        let got = log.limited_get_log_entries(next, 41).await.unwrap();
+        assert!(!got.is_empty(), "a non-empty range must return entries");
+        assert!(
+            got.len() * 50_000 <= super::log::REPLICATION_BATCH_BYTES,
+            "{}",
+            got.len()
+        );
+        assert_eq!(got[0].log_id.index, next);
+        next = got.last().unwrap().log_id.index + 1;
+        batches += 1;
+    }
+    assert!(batches >= 4, "{batches} batches");
+    // One entry over the budget still goes alone (never an empty batch).
+    let dir2 = tempfile::tempdir().unwrap();
+    let (mut log2, _sm2, _) = open(dir2.path(), 100).unwrap();
+    let mut huge = big(1);
+    if let EntryPayload::Normal(r) = &mut huge.payload {
+        r.command = Command::DeleteService {
+            name: "svc".into(),
+            reason: "r".repeat(super::log::REPLICATION_BATCH_BYTES + 1),
+        };
+    }
+    append(&mut log2, vec![huge, big(2)]).await;
+    assert_eq!(log2.limited_get_log_entries(1, 3).await.unwrap().len(), 1);
+    // Counts are still bounded by the range.
+    assert_eq!(log.limited_get_log_entries(5, 6).await.unwrap().len(), 1);
+}
