@@ -47,11 +47,9 @@ pub const HOOK_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// The `sh -c` command of a hook that appends `<event> <token> <ns>` to `file`.
 pub fn hook_command(event: &str, file: &Path) -> String {
-    // Single quotes: the run folder path has no quote of its own (it is ours).
-    format!(
-        "echo \"{event} $BATON_TOKEN $(date +%s%N)\" >> '{}'",
-        file.display()
-    )
+    // Single-quoted, with any quote in the path (from --out) closed, escaped and reopened.
+    let path = file.display().to_string().replace('\'', "'\\''");
+    format!("echo \"{event} $BATON_TOKEN $(date +%s%N)\" >> '{path}'")
 }
 
 /// One line of a hook file: `(event, token, realtime ns)`; `None` for a malformed or torn
@@ -398,6 +396,15 @@ async fn http_get(addr: SocketAddr) -> io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hook_commands_quote_the_path() {
+        let c = hook_command("demote", Path::new("/tmp/it's/us.hooks"));
+        assert_eq!(
+            c,
+            r#"echo "demote $BATON_TOKEN $(date +%s%N)" >> '/tmp/it'\''s/us.hooks'"#
+        );
+    }
 
     #[test]
     fn hook_lines_parse_and_torn_lines_do_not() {
