@@ -40,7 +40,7 @@ use serde_json::json;
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::agents::{agent_source, AgentProcs};
 use crate::history::{Event, HistoryWriter};
@@ -268,6 +268,8 @@ pub struct Cluster {
     pub agents: AgentProcs,
     /// The services' lease TTL as last set (the run's, or the TTL nemesis's), ms.
     ttl_ms: Arc<AtomicU64>,
+    /// Set while the switchover client must not start failovers (see `pause_at_deadline`).
+    hold_switchovers: Arc<AtomicBool>,
 }
 
 fn free_ports(n: usize) -> io::Result<Vec<u16>> {
@@ -496,6 +498,7 @@ impl Cluster {
             crashes: std::sync::atomic::AtomicUsize::new(0),
             agents: AgentProcs::default(),
             ttl_ms: Arc::new(AtomicU64::new(ttl_ms)),
+            hold_switchovers: Arc::new(AtomicBool::new(false)),
         };
         for &i in &ids {
             cluster.spawn(i).await?;
@@ -582,6 +585,11 @@ impl Cluster {
     /// The TTL the harness last set, shared (agents record it with their renewals).
     pub fn ttl_handle(&self) -> Arc<AtomicU64> {
         self.ttl_ms.clone()
+    }
+
+    /// Set while the switchover client must hold its failovers, shared with the workload.
+    pub fn switchover_hold(&self) -> Arc<AtomicBool> {
+        self.hold_switchovers.clone()
     }
 
     /// One-way latency and jitter of the links between nodes `a` and `b`, as configured.
@@ -1195,53 +1203,17 @@ impl Cluster {
                 ))
             }
             AgentFault::PauseAtDeadline { target, offset_ms } => {
-                let ttl = self.lease_ttl_now();
-                let t = &self.cfg.timing;
-                // Right after a renewal: the agent's validity moved forward. The holder
-                // changes often (switchovers), so it is looked up again for each try.
-                let give_up = tokio::time::Instant::now() + ttl * 2;
-                let (region, valid_until) = loop {
-                    let region = self.agent_region(target, service).await?;
-                    if let Some(v) = self.agents.wait_renewal(&region, ttl / 2).await {
-                        break (region, v);
-                    }
-                    if tokio::time::Instant::now() >= give_up {
-                        return Err(format!(
-                            "{region}'s agent published no renewal within {:?}",
-                            ttl * 2
-                        ));
-                    }
-                };
-                self.agents
-                    .pause(&region, history)
-                    .await
-                    .ok_or_else(|| format!("{region}'s agent is not running"))?;
-                // As for the cut: the region's in-harness agents must not keep the lease
-                // alive while the real one sleeps.
-                let ri = REGIONS.iter().position(|r| *r == region).unwrap_or(0);
-                let leader = self.leader().await;
-                let cuts = leader.map(|l| leader_cuts(l, ri)).unwrap_or_default();
-                self.cut(&cuts);
-                // The agent's validity is sent + ttl·(1−drift) − margin; the leader's
-                // deadline for that renewal is about sent + ttl·(1+drift) + margin.
-                let ms = |d: Duration| d.as_millis() as i64;
-                let span = ms(ttl.mul_f64(1.0 - t.drift)) - ms(t.margin);
-                let sent = valid_until as i64 - span;
-                let deadline = sent + ms(ttl.mul_f64(1.0 + t.drift)) + ms(t.margin);
-                let resume_unix = deadline + offset_ms;
-                let now_unix = (crate::agents::realtime_ns() / 1_000_000) as i64;
-                let wait = Duration::from_millis((resume_unix - now_unix).max(0) as u64);
-                Ok((
-                    Applied::AgentPaused {
-                        region: region.clone(),
-                        resume_at: tokio::time::Instant::now() + wait,
-                        cuts,
-                    },
-                    json!({
-                        "region": region, "leader": leader, "valid_until_unix_ms": valid_until,
-                        "leader_deadline_unix_ms": deadline, "resume_unix_ms": resume_unix,
-                    }),
-                ))
+                // No switchovers meanwhile: a lease under a switchover is revoked by the
+                // run, not expired, and the expiry is the race this fault aims at. Cleared
+                // at the heal (and on a skip).
+                self.hold_switchovers.store(true, Ordering::Relaxed);
+                let r = self
+                    .pause_at_deadline(target, *offset_ms, service, history)
+                    .await;
+                if r.is_err() {
+                    self.hold_switchovers.store(false, Ordering::Relaxed);
+                }
+                r
             }
             AgentFault::ChangeTtl { ttl_ms, cut_holder } => {
                 let before = self.lease_ttl_now();
@@ -1276,6 +1248,63 @@ impl Cluster {
         }
     }
 
+    /// `pause_at_deadline`: see [`AgentFault::PauseAtDeadline`].
+    async fn pause_at_deadline(
+        &self,
+        target: &AgentTarget,
+        offset: i64,
+        service: &str,
+        history: &HistoryWriter,
+    ) -> Result<(Applied, serde_json::Value), String> {
+        let ttl = self.lease_ttl_now();
+        let t = &self.cfg.timing;
+        // Right after a renewal: the agent's validity moved forward. The holder
+        // changes often (switchovers), so it is looked up again for each try.
+        let give_up = tokio::time::Instant::now() + ttl * 2;
+        let (region, valid_until) = loop {
+            let region = self.agent_region(target, service).await?;
+            if let Some(v) = self.agents.wait_renewal(&region, ttl / 2).await {
+                break (region, v);
+            }
+            if tokio::time::Instant::now() >= give_up {
+                return Err(format!(
+                    "{region}'s agent published no renewal within {:?}",
+                    ttl * 2
+                ));
+            }
+        };
+        self.agents
+            .pause(&region, history)
+            .await
+            .ok_or_else(|| format!("{region}'s agent is not running"))?;
+        // As for the cut: the region's in-harness agents must not keep the lease
+        // alive while the real one sleeps.
+        let ri = REGIONS.iter().position(|r| *r == region).unwrap_or(0);
+        let leader = self.leader().await;
+        let cuts = leader.map(|l| leader_cuts(l, ri)).unwrap_or_default();
+        self.cut(&cuts);
+        // The agent's validity is sent + ttl·(1−drift) − margin; the leader's
+        // deadline for that renewal is about sent + ttl·(1+drift) + margin.
+        let ms = |d: Duration| d.as_millis() as i64;
+        let span = ms(ttl.mul_f64(1.0 - t.drift)) - ms(t.margin);
+        let sent = valid_until as i64 - span;
+        let deadline = sent + ms(ttl.mul_f64(1.0 + t.drift)) + ms(t.margin);
+        let resume_unix = deadline + offset;
+        let now_unix = (crate::agents::realtime_ns() / 1_000_000) as i64;
+        let wait = Duration::from_millis((resume_unix - now_unix).max(0) as u64);
+        Ok((
+            Applied::AgentPaused {
+                region: region.clone(),
+                resume_at: tokio::time::Instant::now() + wait,
+                cuts,
+            },
+            json!({
+                "region": region, "leader": leader, "valid_until_unix_ms": valid_until,
+                "leader_deadline_unix_ms": deadline, "resume_unix_ms": resume_unix,
+            }),
+        ))
+    }
+
     /// Heals what `apply` did.
     async fn heal(&self, applied: &Applied, history: &HistoryWriter) {
         match applied {
@@ -1284,6 +1313,7 @@ impl Cluster {
             }
             Applied::AgentPaused { region, cuts, .. } => {
                 self.agents.resume(region, history).await;
+                self.hold_switchovers.store(false, Ordering::Relaxed);
                 self.fabric.apply_cuts(cuts.iter(), Mode::Open, false);
             }
             Applied::Ttl {
@@ -1420,7 +1450,9 @@ pub async fn execute(
                         cluster.bump_peer_latency(*leader, Duration::ZERO);
                     }
                     Applied::AgentPaused { resume_at, .. } => {
-                        sleep_until((*resume_at).min(end), &mut abort).await;
+                        // At the computed time even past the step's end (by at most a
+                        // renew interval): a pause cut short misses the deadline.
+                        sleep_until(*resume_at, &mut abort).await;
                         cluster.heal(&applied, history).await;
                         sleep_until(end, &mut abort).await;
                     }

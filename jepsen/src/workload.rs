@@ -187,6 +187,8 @@ struct Ctx {
     tokens: Mutex<BTreeSet<u64>>,
     /// The lease TTL the harness last set (ms; the TTL nemesis changes it).
     ttl_ms: Arc<AtomicU64>,
+    /// Set by the nemesis while no switchover may start.
+    hold_switchovers: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Ctx {
@@ -447,6 +449,9 @@ async fn switchover(
     loop {
         if !pause(&mut rng, ctx.cfg.switchover_pause, &mut stop).await {
             break;
+        }
+        if ctx.hold_switchovers.load(Ordering::Relaxed) {
+            continue;
         }
         let Some(lease) = get_primary(
             &ctx,
@@ -894,6 +899,7 @@ impl Workload {
             cfg: cfg.clone(),
             tokens: Mutex::new(BTreeSet::new()),
             ttl_ms: cluster.ttl_handle(),
+            hold_switchovers: cluster.switchover_hold(),
         });
         let fence = Arc::new(FencedResource::new("r", history.clone()));
         let (stop_clients, stop_c) = watch::channel(false);
