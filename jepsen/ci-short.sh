@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The short jepsen suite for CI: every nemesis family once, about 40 s of faults each, with
 # fixed seeds (chosen so that each family's schedule exercises its interesting kinds), plus
-# the liveness window after the last heal. Takes about 5 minutes.
+# the liveness window after the last heal. Takes about 6 minutes.
 #
 #   jepsen/ci-short.sh [BATON_BINARY]
 #
@@ -18,7 +18,7 @@ PROFILE=${PROFILE:-debug}
 BATON=${1:-target/$PROFILE/baton}
 OUT=${OUT:-jepsen/runs/ci}
 TIME_LIMIT=${TIME_LIMIT:-40}
-FAMILIES=${FAMILIES:-partition kill pause clock disk}
+FAMILIES=${FAMILIES:-partition kill pause clock disk agents}
 
 if [ ! -x "$BATON" ]; then
     echo "ci-short: no baton binary at $BATON (cargo build -p baton --bin baton)" >&2
@@ -38,6 +38,7 @@ SUITE=(
     "pause 4"     # pause one node, then the leader three times (longer than the lease TTL)
     "clock 10"    # one node's clock at 2x, then a jump forward, then falling behind
     "disk 5"      # full data directory, read-only data directory, full again
+    "agents 5"    # pause the holder's agent to the leader's deadline, TTL 2 s -> 1 s with the holder cut, pause again
 )
 
 status=0

@@ -30,7 +30,7 @@ use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use baton::client::{Client, ClientOptions, Consistency};
@@ -40,10 +40,13 @@ use serde_json::json;
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crate::agents::{agent_source, AgentProcs};
 use crate::history::{Event, HistoryWriter};
 use crate::nemesis::{
-    partition_cuts, ClockFault, Cut, DiskFault, Fault, KillTarget, NodeId, PartitionKind,
-    PauseTarget, Schedule,
+    partition_cuts, AgentFault, AgentTarget, ClockFault, Cut, DiskFault, Fault, KillTarget, NodeId,
+    PartitionKind, PauseTarget, Schedule,
 };
 use crate::proxy::{Fabric, LinkState, Mode};
 
@@ -261,6 +264,12 @@ pub struct Cluster {
     log: Mutex<Option<std::fs::File>>,
     /// Node processes that exited by themselves (not killed by the nemesis).
     crashes: std::sync::atomic::AtomicUsize,
+    /// The real `baton agent` processes (started by the workload).
+    pub agents: AgentProcs,
+    /// The services' lease TTL as last set (the run's, or the TTL nemesis's), ms.
+    ttl_ms: Arc<AtomicU64>,
+    /// Set while the switchover client must not start failovers (see `pause_at_deadline`).
+    hold_switchovers: Arc<AtomicBool>,
 }
 
 fn free_ports(n: usize) -> io::Result<Vec<u16>> {
@@ -353,13 +362,16 @@ impl Cluster {
         }
         let mut client_links = BTreeMap::new();
         for r in 0..REGIONS.len() {
-            for &j in &ids {
-                let src = client_source(r);
-                let st = link_state(r, region_index(j));
-                let addr = fabric
-                    .add(src, j, any, listen[j as usize - 1], st, cfg.seed)
-                    .await?;
-                client_links.insert((src, j), addr);
+            // The region's clients, and its real agent on links of its own (so a fault can
+            // cut the agent alone).
+            for src in [client_source(r), agent_source(r)] {
+                for &j in &ids {
+                    let st = link_state(r, region_index(j));
+                    let addr = fabric
+                        .add(src, j, any, listen[j as usize - 1], st, cfg.seed)
+                        .await?;
+                    client_links.insert((src, j), addr);
+                }
             }
         }
 
@@ -463,6 +475,7 @@ impl Cluster {
             },
         )
         .map_err(|e| io::Error::other(e.to_string()))?;
+        let ttl_ms = cfg.timing.lease_ttl.as_millis() as u64;
         let procs = nodes
             .iter()
             .map(|_| Proc {
@@ -483,6 +496,9 @@ impl Cluster {
             direct,
             log: Mutex::new(Some(log)),
             crashes: std::sync::atomic::AtomicUsize::new(0),
+            agents: AgentProcs::default(),
+            ttl_ms: Arc::new(AtomicU64::new(ttl_ms)),
+            hold_switchovers: Arc::new(AtomicBool::new(false)),
         };
         for &i in &ids {
             cluster.spawn(i).await?;
@@ -546,6 +562,104 @@ impl Cluster {
             .filter_map(|i| self.client_links.get(&(src, *i)))
             .map(|a| a.to_string())
             .collect()
+    }
+
+    /// Endpoints of region `region`'s real agent: its own links, its region's first node
+    /// first.
+    pub fn agent_endpoints(&self, region: usize) -> Vec<String> {
+        let src = agent_source(region);
+        let mut ids = self.ids();
+        ids.sort_by_key(|&i| (region_index(i) != region, i));
+        ids.iter()
+            .filter_map(|i| self.client_links.get(&(src, *i)))
+            .map(|a| a.to_string())
+            .collect()
+    }
+
+    /// The lease TTL the harness last set for the services (the run's, unless the TTL
+    /// nemesis changed it).
+    pub fn lease_ttl_now(&self) -> Duration {
+        Duration::from_millis(self.ttl_ms.load(Ordering::Relaxed))
+    }
+
+    /// The TTL the harness last set, shared (agents record it with their renewals).
+    pub fn ttl_handle(&self) -> Arc<AtomicU64> {
+        self.ttl_ms.clone()
+    }
+
+    /// Set while the switchover client must hold its failovers, shared with the workload.
+    pub fn switchover_hold(&self) -> Arc<AtomicBool> {
+        self.hold_switchovers.clone()
+    }
+
+    /// One-way latency and jitter of the links between nodes `a` and `b`, as configured.
+    fn base_latency(&self, a: NodeId, b: NodeId) -> (Duration, Duration) {
+        let (ra, rb) = (region_index(a), region_index(b));
+        let jitter = if ra == rb {
+            self.cfg.latency.same_jitter
+        } else {
+            self.cfg.latency.cross_jitter
+        };
+        (self.latency(ra, rb), jitter)
+    }
+
+    /// Adds `extra` one-way latency to every link of `node` with the other nodes (both
+    /// ways); `Duration::ZERO` restores the configured latency.
+    fn bump_peer_latency(&self, node: NodeId, extra: Duration) {
+        for j in self.ids().into_iter().filter(|&j| j != node) {
+            let (lat, jitter) = self.base_latency(node, j);
+            self.fabric.set_latency(node, j, lat + extra, jitter);
+            self.fabric.set_latency(j, node, lat + extra, jitter);
+        }
+    }
+
+    /// Changes `service`'s lease TTL with Admin `PutService` (the rest of the spec as the
+    /// cluster has it); records `ttl_changed` with the TTL the answer's lease carries.
+    async fn set_service_ttl(
+        &self,
+        service: &str,
+        ttl_ms: u64,
+        history: &HistoryWriter,
+    ) -> Result<u64, String> {
+        let got = self
+            .direct
+            .get_service(service)
+            .await
+            .map_err(|e| format!("reading the service: {e}"))?;
+        let mut spec = got
+            .service
+            .and_then(|s| s.spec)
+            .ok_or("the service answer has no spec")?;
+        spec.lease_ttl_ms = ttl_ms;
+        let resp = self
+            .direct
+            .put_service(spec, "jepsen: lease TTL nemesis")
+            .await
+            .map_err(|e| format!("PutService: {e}"))?;
+        let lease_ttl_ms = resp
+            .service
+            .and_then(|s| s.lease)
+            .map(|l| l.ttl_ms)
+            .unwrap_or(0);
+        self.ttl_ms.store(ttl_ms, Ordering::Relaxed);
+        history.record(Event::TtlChanged {
+            service: service.to_string(),
+            ttl_ms,
+            lease_ttl_ms,
+        });
+        Ok(lease_ttl_ms)
+    }
+
+    /// The region an agent fault aims at: the lease holder's, or a fixed one.
+    async fn agent_region(&self, target: &AgentTarget, service: &str) -> Result<String, String> {
+        match target {
+            AgentTarget::Holder => self
+                .primary_region(service)
+                .await
+                .map_err(|e| format!("cannot read the lease: {e}"))?
+                .ok_or_else(|| "the lease is vacant: no holder's agent to aim at".to_string()),
+            AgentTarget::Region { region } => Ok(REGIONS[region % REGIONS.len()].to_string()),
+        }
     }
 
     /// A client talking straight to the nodes (no proxy): the harness's own control plane.
@@ -819,6 +933,24 @@ fn write_atomic(path: &Path, content: &str) -> io::Result<()> {
 /// A fault as applied, with what its symbolic targets resolved to.
 #[derive(Debug)]
 enum Applied {
+    /// One agent's links to the leader cut; the leader's peer links slowed around the heal.
+    AgentCut {
+        leader: NodeId,
+        cuts: BTreeSet<Cut>,
+        heal_latency: Duration,
+    },
+    /// An agent paused until `resume_at`.
+    AgentPaused {
+        region: String,
+        resume_at: tokio::time::Instant,
+        cuts: BTreeSet<Cut>,
+    },
+    /// A service's TTL changed; the heal puts `restore_ms` back.
+    Ttl {
+        service: String,
+        restore_ms: u64,
+        cuts: BTreeSet<Cut>,
+    },
     Cuts,
     Killed(Vec<NodeId>),
     Paused(Vec<NodeId>),
@@ -872,6 +1004,17 @@ pub fn region_island(nodes: &[NodeId], r: usize) -> BTreeSet<Cut> {
     cuts
 }
 
+/// Both directions between the leader and region `r`'s agents: its real agent's source and
+/// its clients' source (the in-harness agents).
+pub fn leader_cuts(leader: NodeId, r: usize) -> BTreeSet<Cut> {
+    let mut cuts = BTreeSet::new();
+    for src in [agent_source(r), client_source(r)] {
+        cuts.insert((src, leader));
+        cuts.insert((leader, src));
+    }
+    cuts
+}
+
 fn fill(path: &Path) -> io::Result<u64> {
     let mut f = std::fs::File::create(path)?;
     let block = vec![0u8; 1 << 20];
@@ -896,9 +1039,11 @@ impl Cluster {
         fault: &Fault,
         duration: Duration,
         service: &str,
+        history: &HistoryWriter,
     ) -> Result<(Applied, serde_json::Value), String> {
         let ids = self.ids();
         match fault {
+            Fault::Agents { agents } => self.apply_agents(agents, service, history).await,
             Fault::Partition { partition } => {
                 let leader = match partition {
                     PartitionKind::IsolateLeader => self.leader().await,
@@ -1030,9 +1175,169 @@ impl Cluster {
         }
     }
 
+    async fn apply_agents(
+        &self,
+        fault: &AgentFault,
+        service: &str,
+        history: &HistoryWriter,
+    ) -> Result<(Applied, serde_json::Value), String> {
+        match fault {
+            AgentFault::CutFromLeader {
+                target,
+                heal_latency_ms,
+            } => {
+                let region = self.agent_region(target, service).await?;
+                let ri = REGIONS.iter().position(|r| *r == region).unwrap_or(0);
+                let leader = self.leader().await.ok_or("no leader known")?;
+                // The region's in-harness agents lose the leader too: while any agent of
+                // the region renews, the lease cannot expire and the race cannot happen.
+                let cuts = leader_cuts(leader, ri);
+                self.cut(&cuts);
+                Ok((
+                    Applied::AgentCut {
+                        leader,
+                        cuts,
+                        heal_latency: Duration::from_millis(*heal_latency_ms),
+                    },
+                    json!({ "region": region, "leader": leader }),
+                ))
+            }
+            AgentFault::PauseAtDeadline { target, offset_ms } => {
+                // No switchovers meanwhile: a lease under a switchover is revoked by the
+                // run, not expired, and the expiry is the race this fault aims at. Cleared
+                // at the heal (and on a skip).
+                self.hold_switchovers.store(true, Ordering::Relaxed);
+                let r = self
+                    .pause_at_deadline(target, *offset_ms, service, history)
+                    .await;
+                if r.is_err() {
+                    self.hold_switchovers.store(false, Ordering::Relaxed);
+                }
+                r
+            }
+            AgentFault::ChangeTtl { ttl_ms, cut_holder } => {
+                let before = self.lease_ttl_now();
+                let mut holder = None;
+                if *cut_holder {
+                    let region = self.agent_region(&AgentTarget::Holder, service).await?;
+                    // Best effort: right after a renewal under the old TTL.
+                    self.agents.wait_renewal(&region, before / 2).await;
+                    holder = Some(region);
+                }
+                let got = self.set_service_ttl(service, *ttl_ms, history).await?;
+                let mut cuts = BTreeSet::new();
+                let mut leader = None;
+                if let Some(region) = &holder {
+                    leader = self.leader().await;
+                    let ri = REGIONS.iter().position(|r| r == region).unwrap_or(0);
+                    cuts = leader.map(|l| leader_cuts(l, ri)).unwrap_or_default();
+                    self.cut(&cuts);
+                }
+                Ok((
+                    Applied::Ttl {
+                        service: service.to_string(),
+                        restore_ms: before.as_millis() as u64,
+                        cuts,
+                    },
+                    json!({
+                        "from_ms": before.as_millis() as u64, "to_ms": ttl_ms,
+                        "lease_ttl_ms": got, "holder_cut": holder, "leader": leader,
+                    }),
+                ))
+            }
+        }
+    }
+
+    /// `pause_at_deadline`: see [`AgentFault::PauseAtDeadline`].
+    async fn pause_at_deadline(
+        &self,
+        target: &AgentTarget,
+        offset: i64,
+        service: &str,
+        history: &HistoryWriter,
+    ) -> Result<(Applied, serde_json::Value), String> {
+        let ttl = self.lease_ttl_now();
+        let t = &self.cfg.timing;
+        // Right after a renewal: the agent's validity moved forward. The holder
+        // changes often (switchovers), so it is looked up again for each try.
+        let give_up = tokio::time::Instant::now() + ttl * 2;
+        let (region, valid_until) = loop {
+            let region = self.agent_region(target, service).await?;
+            if let Some(v) = self.agents.wait_renewal(&region, ttl / 2).await {
+                break (region, v);
+            }
+            if tokio::time::Instant::now() >= give_up {
+                return Err(format!(
+                    "{region}'s agent published no renewal within {:?}",
+                    ttl * 2
+                ));
+            }
+        };
+        self.agents
+            .pause(&region, history)
+            .await
+            .ok_or_else(|| format!("{region}'s agent is not running"))?;
+        // As for the cut: the region's in-harness agents must not keep the lease
+        // alive while the real one sleeps.
+        let ri = REGIONS.iter().position(|r| *r == region).unwrap_or(0);
+        let leader = self.leader().await;
+        let cuts = leader.map(|l| leader_cuts(l, ri)).unwrap_or_default();
+        self.cut(&cuts);
+        // The agent's validity is sent + ttl·(1−drift) − margin; the leader's
+        // deadline for that renewal is about sent + ttl·(1+drift) + margin.
+        let ms = |d: Duration| d.as_millis() as i64;
+        let span = ms(ttl.mul_f64(1.0 - t.drift)) - ms(t.margin);
+        let sent = valid_until as i64 - span;
+        let deadline = sent + ms(ttl.mul_f64(1.0 + t.drift)) + ms(t.margin);
+        let resume_unix = deadline + offset;
+        let now_unix = (crate::agents::realtime_ns() / 1_000_000) as i64;
+        let wait = Duration::from_millis((resume_unix - now_unix).max(0) as u64);
+        Ok((
+            Applied::AgentPaused {
+                region: region.clone(),
+                resume_at: tokio::time::Instant::now() + wait,
+                cuts,
+            },
+            json!({
+                "region": region, "leader": leader, "valid_until_unix_ms": valid_until,
+                "leader_deadline_unix_ms": deadline, "resume_unix_ms": resume_unix,
+            }),
+        ))
+    }
+
     /// Heals what `apply` did.
-    async fn heal(&self, applied: &Applied) {
+    async fn heal(&self, applied: &Applied, history: &HistoryWriter) {
         match applied {
+            Applied::AgentCut { cuts, .. } => {
+                self.fabric.apply_cuts(cuts.iter(), Mode::Open, false)
+            }
+            Applied::AgentPaused { region, cuts, .. } => {
+                self.agents.resume(region, history).await;
+                self.hold_switchovers.store(false, Ordering::Relaxed);
+                self.fabric.apply_cuts(cuts.iter(), Mode::Open, false);
+            }
+            Applied::Ttl {
+                service,
+                restore_ms,
+                cuts,
+            } => {
+                self.fabric.apply_cuts(cuts.iter(), Mode::Open, false);
+                // Retried: a TTL left lowered would change every later judgement.
+                let mut last = String::new();
+                for _ in 0..20 {
+                    match self.set_service_ttl(service, *restore_ms, history).await {
+                        Ok(_) => {
+                            last.clear();
+                            break;
+                        }
+                        Err(e) => last = e,
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                if !last.is_empty() {
+                    self.note(true, &format!("cannot restore {service}'s TTL: {last}"));
+                }
+            }
             Applied::Cuts => self.heal_network(),
             Applied::Killed(nodes) => {
                 for &n in nodes {
@@ -1103,7 +1408,7 @@ pub async fn execute(
         let mut detail = step.fault.detail();
         let t_start = history.now_ns();
         let duration = Duration::from_millis(step.duration_ms);
-        match cluster.apply(&step.fault, duration, service).await {
+        match cluster.apply(&step.fault, duration, service, history).await {
             Err(reason) => {
                 cluster.note(false, &format!("skipped {family} fault: {reason}"));
                 history.record(Event::NemesisSkipped {
@@ -1128,9 +1433,41 @@ pub async fn execute(
                     &format!("{:>8} ms start {detail}", t_start / 1_000_000),
                 );
                 let end = start + Duration::from_millis(step.at_ms + step.duration_ms);
-                sleep_until(end, &mut abort).await;
-                cluster.heal(&applied).await;
+                match &applied {
+                    Applied::AgentCut {
+                        leader,
+                        heal_latency,
+                        ..
+                    } => {
+                        // Slow the leader's peer links for a second around the heal: the
+                        // agent's held renewals arrive while commits take longer.
+                        let half = Duration::from_millis(500);
+                        sleep_until(end.checked_sub(half).unwrap_or(end), &mut abort).await;
+                        cluster.bump_peer_latency(*leader, *heal_latency);
+                        sleep_until(end, &mut abort).await;
+                        cluster.heal(&applied, history).await;
+                        tokio::time::sleep(half).await;
+                        cluster.bump_peer_latency(*leader, Duration::ZERO);
+                    }
+                    Applied::AgentPaused { resume_at, .. } => {
+                        // At the computed time even past the step's end (by at most a
+                        // renew interval): a pause cut short misses the deadline.
+                        sleep_until(*resume_at, &mut abort).await;
+                        cluster.heal(&applied, history).await;
+                        sleep_until(end, &mut abort).await;
+                    }
+                    _ => {
+                        sleep_until(end, &mut abort).await;
+                        cluster.heal(&applied, history).await;
+                    }
+                }
                 let revived = cluster.revive().await;
+                for (region, status) in cluster.agents.reap(history).await {
+                    cluster.note(
+                        true,
+                        &format!("{region}'s agent exited by itself ({status})"),
+                    );
+                }
                 let t = history.record(Event::NemesisStop {
                     family,
                     detail: detail.clone(),

@@ -320,6 +320,13 @@ pub struct RunMeta {
     /// Services the workload used.
     #[serde(default)]
     pub services: Vec<String>,
+    /// Safety margin agents subtract from their validity, milliseconds.
+    #[serde(default = "default_margin_ms")]
+    pub margin_ms: u64,
+}
+
+fn default_margin_ms() -> u64 {
+    50
 }
 
 /// What happened (the `type` field of a record, and its fields).
@@ -556,6 +563,56 @@ pub enum Event {
         detail: serde_json::Value,
         /// Why it was not applied.
         reason: String,
+    },
+    /// A hook of a real `baton agent` process ran (ingested from the agent's hook file
+    /// in `agents/` at the end of the run, and again by `check`). `promote` is written
+    /// when the hook starts (the region may act as primary from then on), `demote` when it
+    /// finishes (the role ends there). `t` is `realtime_ns` mapped onto the history clock
+    /// through the run's `clock_sync` record.
+    Hook {
+        /// Agent id (`<region>-proc`).
+        agent: String,
+        /// Agent's region.
+        region: String,
+        /// Service.
+        service: String,
+        /// `promote` or `demote`.
+        event: String,
+        /// `BATON_TOKEN` of the hook.
+        token: u64,
+        /// `CLOCK_REALTIME` (ns) the hook read (`date +%s%N`).
+        realtime_ns: u64,
+    },
+    /// A real agent process was started, paused, resumed, stopped or killed by the
+    /// harness, or exited by itself.
+    AgentProcess {
+        /// Agent id.
+        agent: String,
+        /// Agent's region.
+        region: String,
+        /// `started`, `paused`, `resumed`, `stopped` (SIGTERM, then it exited), `killed`
+        /// (SIGKILL) or `exited` (by itself).
+        action: String,
+        /// Process id (0 if unknown).
+        #[serde(default)]
+        pid: u32,
+    },
+    /// `CLOCK_REALTIME` read at this record's `t`: maps hook times onto the history clock
+    /// (the harness and the hooks share the machine's clock; the clock nemesis fakes only
+    /// node processes).
+    ClockSync {
+        /// `CLOCK_REALTIME`, ns since the Unix epoch.
+        realtime_ns: u64,
+    },
+    /// The harness changed a service's lease TTL (Admin `PutService`).
+    TtlChanged {
+        /// Service.
+        service: String,
+        /// The TTL asked for, ms.
+        ttl_ms: u64,
+        /// The TTL the answer's lease carried, ms (0 = no lease in the answer).
+        #[serde(default)]
+        lease_ttl_ms: u64,
     },
     /// A node's state after the run (read after healing).
     NodeFinal {

@@ -10,11 +10,13 @@
 //! - [`nemesis`]: seeded fault schedules and the partition maths.
 //! - [`report`]: `results.json`, SVG plots and `index.html` for a run folder.
 //! - [`cluster`]: real `baton` processes behind the proxy; the nemesis executor.
+//! - [`agents`]: real `baton agent` processes with recording hooks; hook files → history.
 //! - [`workload`]: the clients, agents, watchers and fenced resource that write the history.
 //! - [`runner`]: one whole `test` run, from start to report.
 
 #![warn(missing_docs)]
 
+pub mod agents;
 pub mod checkers;
 pub mod cluster;
 pub mod history;

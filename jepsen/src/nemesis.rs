@@ -36,16 +36,21 @@ pub enum Family {
     Clock,
     /// Full or read-only data directory (root only).
     Disk,
+    /// Faults aimed at the real `baton agent` processes and their lease: one agent cut from
+    /// the leader only, an agent paused until the leader's deadline, a held lease's TTL
+    /// changed.
+    Agents,
 }
 
 impl Family {
     /// Every family, in the order `all` cycles through them.
-    pub const ALL: [Family; 5] = [
+    pub const ALL: [Family; 6] = [
         Family::Partition,
         Family::Kill,
         Family::Pause,
         Family::Clock,
         Family::Disk,
+        Family::Agents,
     ];
 
     /// Name as used in the history and on the command line.
@@ -56,6 +61,7 @@ impl Family {
             Family::Pause => "pause",
             Family::Clock => "clock",
             Family::Disk => "disk",
+            Family::Agents => "agents",
         }
     }
 
@@ -73,7 +79,7 @@ impl Family {
                         .ok_or_else(|| {
                             format!(
                                 "unknown nemesis {part:?}: expected one of partition, kill, \
-                                 pause, clock, disk, all, none"
+                                 pause, clock, disk, agents, all, none"
                             )
                         })?,
                 ),
@@ -193,6 +199,55 @@ pub enum DiskFault {
     },
 }
 
+/// Which region's real agent an agent fault aims at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AgentTarget {
+    /// The region holding the lease when the step starts (resolved at run time).
+    Holder,
+    /// A fixed region (index into the run's regions).
+    Region {
+        /// Region index.
+        region: usize,
+    },
+}
+
+/// A fault on the real agents or their lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AgentFault {
+    /// The agent's links to the current leader (only) hold their bytes; for a second
+    /// around the heal the leader's peer links get `heal_latency_ms` more latency each
+    /// way, which widens the window between a decision and its commit.
+    CutFromLeader {
+        /// Whose agent.
+        target: AgentTarget,
+        /// Extra one-way latency on the leader's peer links around the heal.
+        heal_latency_ms: u64,
+    },
+    /// SIGSTOP the agent right after it saw a renewal acknowledged; SIGCONT at the leader's
+    /// deadline for that renewal (`sent + TTL·(1+drift) + margin`, counted from the send:
+    /// the agent's next renewal needs the same one-way trip the last one had) plus
+    /// `offset_ms`.
+    PauseAtDeadline {
+        /// Whose agent.
+        target: AgentTarget,
+        /// Offset of the resume from the leader's deadline (may be negative).
+        offset_ms: i64,
+    },
+    /// Admin `PutService` with the lease TTL set to `ttl_ms` while the lease is held; the
+    /// heal puts the run's TTL back. With `cut_holder`, the change is made right after the
+    /// holder's real agent saw a renewal, and the holder region's agents are then cut from
+    /// the leader: a holder that keeps the old TTL's validity while the leader counts with
+    /// the new one is a second primary as soon as the lease moves.
+    ChangeTtl {
+        /// The TTL during the fault.
+        ttl_ms: u64,
+        /// Cut the holder region's agents from the leader after the change.
+        cut_holder: bool,
+    },
+}
+
 /// One fault.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "family", rename_all = "snake_case")]
@@ -222,6 +277,11 @@ pub enum Fault {
         /// Which one.
         disk: DiskFault,
     },
+    /// A fault on the real agents or their lease, undone when the step ends.
+    Agents {
+        /// Which one.
+        agents: AgentFault,
+    },
 }
 
 impl Fault {
@@ -244,6 +304,7 @@ impl Fault {
             Fault::Pause { .. } => Family::Pause,
             Fault::Clock { .. } => Family::Clock,
             Fault::Disk { .. } => Family::Disk,
+            Fault::Agents { .. } => Family::Agents,
         }
     }
 }
@@ -433,6 +494,51 @@ fn draw_fault(rng: &mut SmallRng, family: Family, cfg: &ScheduleConfig) -> (Faul
             };
             (Fault::Disk { disk }, duration)
         }
+        Family::Agents => {
+            // Mostly the holder's agent: that is where a second primary can appear.
+            let target = if rng.random_bool(0.75) {
+                AgentTarget::Holder
+            } else {
+                AgentTarget::Region {
+                    region: rng.random_range(0..3),
+                }
+            };
+            match rng.random_range(0..5) {
+                0 | 1 => (
+                    Fault::Agents {
+                        agents: AgentFault::CutFromLeader {
+                            target,
+                            heal_latency_ms: 150,
+                        },
+                    },
+                    duration.min(8_000),
+                ),
+                2 | 3 => (
+                    Fault::Agents {
+                        agents: AgentFault::PauseAtDeadline {
+                            target,
+                            // Mostly just after the deadline: the leader decides an expiry
+                            // at its first tick (heartbeat/2 = 75 ms) past the deadline
+                            // and applies it a commit later; a renewal that lands in
+                            // between is the race of issue 7 (1).
+                            offset_ms: rng.random_range(-20..=130),
+                        },
+                    },
+                    // Room for waiting out one renew interval (TTL/3) and the pause itself
+                    // (about TTL·(1+drift) + margin).
+                    ttl * 2,
+                ),
+                _ => (
+                    Fault::Agents {
+                        agents: AgentFault::ChangeTtl {
+                            ttl_ms: (ttl / 2).max(1),
+                            cut_holder: rng.random_bool(0.5),
+                        },
+                    },
+                    duration,
+                ),
+            }
+        }
     }
 }
 
@@ -597,6 +703,45 @@ mod tests {
             .collect();
         assert!(!leader.is_empty());
         assert!(leader.iter().all(|st| st.duration_ms > 5_000));
+    }
+
+    #[test]
+    fn agent_faults_are_seeded_and_cover_every_kind() {
+        let mut cfg = ScheduleConfig::new(3, vec![Family::Agents], Duration::from_secs(600));
+        cfg.lease_ttl = Duration::from_secs(2);
+        let s = generate(5, &cfg);
+        assert_eq!(s, generate(5, &cfg));
+        assert_ne!(s.steps, generate(6, &cfg).steps);
+        let mut kinds = BTreeSet::new();
+        for st in &s.steps {
+            let Fault::Agents { agents } = &st.fault else {
+                panic!("not an agent fault: {:?}", st.fault);
+            };
+            match agents {
+                AgentFault::CutFromLeader {
+                    heal_latency_ms, ..
+                } => {
+                    kinds.insert("cut");
+                    assert_eq!(*heal_latency_ms, 150);
+                    assert!(st.duration_ms <= 8_000);
+                }
+                AgentFault::PauseAtDeadline { offset_ms, .. } => {
+                    kinds.insert("pause");
+                    assert!((-20..=130).contains(offset_ms));
+                    // Long enough to wait for a renewal and then the deadline.
+                    assert!(st.duration_ms >= 2_000 / 3 + 2_100 + 50 + 130);
+                }
+                AgentFault::ChangeTtl { ttl_ms, .. } => {
+                    kinds.insert("ttl");
+                    assert_eq!(*ttl_ms, 1_000);
+                }
+            }
+        }
+        assert_eq!(kinds.len(), 3, "{kinds:?}");
+        let d = s.steps[0].fault.detail();
+        assert_eq!(d["family"], "agents");
+        assert!(d["agents"]["kind"].is_string());
+        assert_eq!(Family::parse_list("agents").unwrap(), vec![Family::Agents]);
     }
 
     #[test]

@@ -107,7 +107,11 @@ pub fn summarize(h: &History) -> Summary {
 /// overrides what the history's `meta` record says (`None` = use the record).
 pub fn check_run(dir: &Path, cfg: Option<CheckConfig>) -> io::Result<Results> {
     let files = RunFiles::new(dir);
-    let h = History::read(&files.history)?;
+    let mut h = History::read(&files.history)?;
+    // The real agents' hook files are the source of truth for their records.
+    for bad in crate::agents::ingest(dir, &mut h) {
+        eprintln!("warning: malformed hook line skipped: {bad}");
+    }
     let cfg = cfg.unwrap_or_else(|| CheckConfig::from_history(&h));
     let verdicts = check_all(&h, &cfg);
     write_report(dir, &h, verdicts)
@@ -600,6 +604,7 @@ mod tests {
                 automation: false,
                 regions: [("1".to_string(), "us".to_string())].into(),
                 services: vec!["s<&>".into()],
+                margin_ms: 50,
             }),
         );
         h.nemesis("partition", 200_000_000, 500_000_000);
@@ -639,7 +644,7 @@ mod tests {
         let parsed: Results =
             serde_json::from_str(&fs::read_to_string(&files.results).unwrap()).unwrap();
         assert_eq!(parsed.valid, r.valid);
-        assert_eq!(parsed.checkers.len(), 7);
+        assert_eq!(parsed.checkers.len(), 8);
         for svg in [&files.latency_svg, &files.primary_svg] {
             let s = fs::read_to_string(svg).unwrap();
             assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 
+use crate::agents::AgentSpec;
 use crate::cluster::{self, Cluster, ClusterConfig, Latency, Timing, REGIONS};
 use crate::history::{Clock, Event, HistoryWriter, RunMeta};
 use crate::nemesis::{generate, Family, ScheduleConfig};
@@ -138,7 +139,17 @@ pub async fn run(cfg: TestConfig) -> Result<TestOutcome, String> {
         automation: cfg.automation,
         regions,
         services: vec![SERVICE.to_string()],
+        margin_ms: timing.margin.as_millis() as u64,
     }));
+    // Pairs the history clock with CLOCK_REALTIME, which the agents' hooks write.
+    let sync_t = history.now_ns();
+    let sync_rt = crate::agents::realtime_ns();
+    history.record_at(
+        sync_t,
+        Event::ClockSync {
+            realtime_ns: sync_rt,
+        },
+    );
     if wants(Family::Clock) && cluster::find_libfaketime().is_none() {
         eprintln!("note: libfaketime not found (install Debian's `faketime`): clock faults will be recorded as skipped");
     }
@@ -185,6 +196,15 @@ pub async fn run(cfg: TestConfig) -> Result<TestOutcome, String> {
         ),
     );
     let outcome = drive(&cfg, &cluster, &history, &schedule, abort_rx.clone(), bound).await;
+    // Stopped here too in case `drive` failed early (a no-op when already stopped).
+    cluster.agents.stop(Duration::from_secs(5), &history).await;
+    let (hooks, bad) = crate::agents::hook_records(&dir, (sync_t, sync_rt), SERVICE);
+    for r in hooks {
+        history.record_at(r.t, r.event);
+    }
+    for b in bad {
+        cluster.note(true, &format!("malformed hook line skipped: {b}"));
+    }
     let late = cluster.crashed().await;
     for (id, status) in &late {
         cluster.note(true, &format!("node {id} exited by itself ({status})"));
@@ -225,6 +245,27 @@ async fn drive(
         timing.margin,
     );
     wcfg.auto_ack = cfg.auto_ack;
+    let specs: Vec<AgentSpec> = REGIONS
+        .iter()
+        .enumerate()
+        .map(|(ri, r)| AgentSpec {
+            region: r.to_string(),
+            endpoints: cluster.agent_endpoints(ri),
+        })
+        .collect();
+    cluster
+        .agents
+        .start(
+            &cfg.baton,
+            &cluster.config().dir,
+            SERVICE,
+            &specs,
+            timing.drift,
+            timing.margin,
+            history,
+        )
+        .await
+        .map_err(|e| format!("starting the agent processes: {e}"))?;
     let mut workload = Workload::start(cluster, history, wcfg);
     println!(
         "cluster up ({} nodes, latencies us-east/eu-west {} ms, us-east/ap-south {} ms, eu-west/ap-south {} ms); {} faults over {} s",
@@ -280,7 +321,11 @@ async fn drive(
             );
         }
     }
-    workload.stop().await;
+    // Real agents stop with the in-harness ones: SIGTERM, so they demote (shutdown).
+    tokio::join!(
+        workload.stop(),
+        cluster.agents.stop(Duration::from_secs(5), history)
+    );
     Ok(())
 }
 

@@ -185,6 +185,10 @@ struct Ctx {
     cfg: WorkloadConfig,
     /// Every token seen in an answer (for `ValidateToken`).
     tokens: Mutex<BTreeSet<u64>>,
+    /// The lease TTL the harness last set (ms; the TTL nemesis changes it).
+    ttl_ms: Arc<AtomicU64>,
+    /// Set by the nemesis while no switchover may start.
+    hold_switchovers: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Ctx {
@@ -446,6 +450,9 @@ async fn switchover(
         if !pause(&mut rng, ctx.cfg.switchover_pause, &mut stop).await {
             break;
         }
+        if ctx.hold_switchovers.load(Ordering::Relaxed) {
+            continue;
+        }
         let Some(lease) = get_primary(
             &ctx,
             &client,
@@ -605,13 +612,16 @@ impl Agent {
                     self.view.renewed = Some((token, valid_until));
                     // The library's rule: valid until send + ttl·(1−drift) − margin; the
                     // same arithmetic gives back the send time of the acknowledged renewal.
+                    // `LeaseHandle` does not expose the TTL its answer carried, so this is
+                    // the TTL the harness last set: around a TTL change it may differ from
+                    // the answer's, which shifts `sent_ns` but never the judged trust
+                    // (`sent + ttl·(1−drift)` is `valid_until + margin` either way).
                     let cfg = &self.ctx.cfg;
-                    let span = cfg
-                        .lease_ttl
+                    let ttl_ms = self.ctx.ttl_ms.load(Ordering::Relaxed);
+                    let span = Duration::from_millis(ttl_ms)
                         .mul_f64(1.0 - cfg.drift)
                         .saturating_sub(cfg.margin);
                     let sent = valid_until.checked_sub(span).unwrap_or(valid_until);
-                    let ttl_ms = cfg.lease_ttl.as_millis() as u64;
                     self.record(|agent, region, service| Event::Renewed {
                         agent,
                         region,
@@ -888,6 +898,8 @@ impl Workload {
             history: history.clone(),
             cfg: cfg.clone(),
             tokens: Mutex::new(BTreeSet::new()),
+            ttl_ms: cluster.ttl_handle(),
+            hold_switchovers: cluster.switchover_hold(),
         });
         let fence = Arc::new(FencedResource::new("r", history.clone()));
         let (stop_clients, stop_c) = watch::channel(false);

@@ -12,6 +12,7 @@ pub mod fence;
 pub mod lease_timing;
 pub mod linearizability;
 pub mod liveness;
+pub mod primaries;
 pub mod tokens;
 pub mod watch;
 
@@ -36,8 +37,16 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    /// A verdict whose validity follows from its anomalies.
-    pub fn new(name: &str, checked_ops: usize, anomalies: Vec<serde_json::Value>) -> Self {
+    /// A verdict whose validity follows from its anomalies. A checker that examined
+    /// nothing cannot vouch for anything: zero `checked_ops` is a `nothing-checked`
+    /// anomaly (the workload did not record what the checker needs).
+    pub fn new(name: &str, checked_ops: usize, mut anomalies: Vec<serde_json::Value>) -> Self {
+        if checked_ops == 0 {
+            anomalies.push(serde_json::json!({
+                "kind": "nothing-checked",
+                "why": "the checker examined no operation: the history lacks what it judges",
+            }));
+        }
         Self {
             name: name.to_string(),
             valid: anomalies.is_empty(),
@@ -76,6 +85,8 @@ pub struct CheckConfig {
     pub lease_ttl_ms: u64,
     /// Drift margin fraction: a holder trusts its lease for TTL·(1−drift).
     pub drift: f64,
+    /// Safety margin (ms) agents subtract from their validity.
+    pub margin_ms: u64,
     /// Liveness bound after the last fault heals (ms).
     pub liveness_bound_ms: u64,
     /// At most this many anomalies are reported per checker (and per service in the
@@ -92,6 +103,7 @@ impl Default for CheckConfig {
             automation: false,
             lease_ttl_ms: 5_000,
             drift: 0.05,
+            margin_ms: 50,
             liveness_bound_ms: 30_000,
             max_anomalies: 20,
             max_configs: 200_000,
@@ -107,6 +119,7 @@ impl CheckConfig {
             c.automation = m.automation;
             c.lease_ttl_ms = m.lease_ttl_ms;
             c.drift = m.drift;
+            c.margin_ms = m.margin_ms;
             c.liveness_bound_ms = m.liveness_bound_ms;
         }
         c
@@ -123,6 +136,7 @@ pub fn check_all(h: &History, cfg: &CheckConfig) -> Vec<Verdict> {
         durability::check(h, cfg),
         liveness::check(h, cfg),
         lease_timing::check(h, cfg),
+        primaries::check(h, cfg),
     ]
 }
 
@@ -134,6 +148,35 @@ pub(crate) fn cap(mut anomalies: Vec<serde_json::Value>, max: usize) -> Vec<serd
         anomalies.push(serde_json::json!({ "kind": "more-anomalies", "count": dropped }));
     }
     anomalies
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checker_that_examined_nothing_fails() {
+        let v = Verdict::new("x", 0, Vec::new());
+        assert!(!v.valid);
+        assert_eq!(v.kinds(), vec!["nothing-checked"]);
+        assert!(Verdict::new("x", 1, Vec::new()).valid);
+        // Every checker, given a history with nothing to judge, fails. Liveness counts
+        // the conditions it judged (never zero); they fail on an empty history.
+        let verdicts = check_all(&History::default(), &CheckConfig::default());
+        assert_eq!(verdicts.len(), 8);
+        for v in verdicts {
+            assert!(!v.valid, "{} passed an empty history", v.name);
+            if v.name == liveness::NAME {
+                continue;
+            }
+            assert!(
+                v.kinds().contains(&"nothing-checked".to_string()),
+                "{}: {:?}",
+                v.name,
+                v.anomalies
+            );
+        }
+    }
 }
 
 /// Builders of small histories for the checkers' unit tests.
