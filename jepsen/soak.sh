@@ -4,7 +4,8 @@
 #
 #   jepsen/soak.sh [RUNS] [SECONDS] [FIRST_SEED]
 #
-# Defaults: 50 runs of 60 s, seeds 1..50, release builds (PROFILE=debug for debug), run
+# Defaults: 50 runs of 60 s, seeds 1..50, release builds (PROFILE=debug for debug; BIN_DIR=DIR
+# to use prebuilt baton and baton-jepsen binaries), run
 # folders under ${OUT:-jepsen/runs/soak}, the table in $OUT/table.md. A run that could not be
 # carried out (exit 2) is listed as ERROR. Exit code: 0 when every run is valid, 1 otherwise.
 set -uo pipefail
@@ -17,13 +18,19 @@ PROFILE=${PROFILE:-release}
 OUT=${OUT:-jepsen/runs/soak}
 NEMESIS=${NEMESIS:-all}
 
-if [ "$PROFILE" = release ]; then
-    cargo build -q --release -p baton --bin baton -p baton-jepsen || exit 2
+if [ -n "${BIN_DIR:-}" ]; then
+    # Prebuilt binaries (so a long soak is not disturbed by rebuilds of the tree).
+    BATON=$BIN_DIR/baton
+    JEPSEN=$BIN_DIR/baton-jepsen
 else
-    cargo build -q -p baton --bin baton -p baton-jepsen || exit 2
+    if [ "$PROFILE" = release ]; then
+        cargo build -q --release -p baton --bin baton -p baton-jepsen || exit 2
+    else
+        cargo build -q -p baton --bin baton -p baton-jepsen || exit 2
+    fi
+    BATON=target/$PROFILE/baton
+    JEPSEN=target/$PROFILE/baton-jepsen
 fi
-BATON=target/$PROFILE/baton
-JEPSEN=target/$PROFILE/baton-jepsen
 mkdir -p "$OUT"
 TABLE=$OUT/table.md
 

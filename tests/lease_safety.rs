@@ -435,3 +435,53 @@ async fn a_node_cut_off_from_the_cluster_stops_sending_watch_progress() {
         "a cut-off node kept vouching for its revision with progress messages"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_of_a_leader_without_quorum_reports_growing_staleness() {
+    // A leader cut off from its majority still sends heartbeats to the followers on its
+    // side: those must not count as fresh contact.
+    let c = TestCluster::start(5, &service_toml("payments", "2s")).await;
+    lease(&client(&c), "payments").await;
+    let leader = c.leader(Duration::from_secs(20)).await;
+    let follower = (leader + 1) % 5;
+    let others: Vec<usize> = (0..5).filter(|&i| i != leader && i != follower).collect();
+    let mut co = c.coordinator(follower).await;
+    let local = || proto::GetPrimaryRequest {
+        service: "payments".into(),
+        consistency: proto::Consistency::Local as i32,
+    };
+    let fresh = co
+        .get_primary(local())
+        .await
+        .unwrap()
+        .into_inner()
+        .staleness_ms;
+    assert!(fresh < 1500, "a healthy follower reported {fresh} ms");
+    for &i in &others {
+        c.signal(i, libc::SIGSTOP);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = Vec::new();
+    let grew = loop {
+        let r = co
+            .get_primary(local())
+            .await
+            .map(|r| r.into_inner().staleness_ms);
+        if matches!(r, Ok(ms) if ms >= 1500) {
+            break true;
+        }
+        last.push(format!("{r:?}"));
+        if Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for &i in &others {
+        c.signal(i, libc::SIGCONT);
+    }
+    assert!(
+        grew,
+        "the follower kept reporting fresh data: {:?}",
+        &last[last.len().saturating_sub(5)..]
+    );
+}

@@ -20,6 +20,7 @@ async fn raw(
 ) -> Result<RaftReply, tonic::Status> {
     let mut client = RaftClient::new(channel(&c.nodes[i].peer_addr));
     let req = RaftRequest {
+        leader_confirmed_age_ms: None,
         cluster: c.cluster.clone(),
         from,
         payload,
@@ -154,6 +155,7 @@ async fn raft_is_served_on_the_peer_listener_only() {
     let mut client = RaftClient::new(channel(&c.nodes[0].addr));
     let e = client
         .vote(RaftRequest {
+            leader_confirmed_age_ms: None,
             cluster: c.cluster.clone(),
             from: 2,
             payload: crafted_vote(1, 2),
@@ -208,6 +210,7 @@ async fn a_tls_cluster_refuses_peers_without_a_certificate_of_its_ca() {
     // A vote at term 1 from member 2: harmless (the cluster is past term 1), answered by
     // openraft only if the connection is accepted.
     let vote = || RaftRequest {
+        leader_confirmed_age_ms: None,
         cluster: c.cluster.clone(),
         from: 2,
         payload: crafted_vote(1, 2),
@@ -232,6 +235,7 @@ async fn a_tls_cluster_refuses_peers_without_a_certificate_of_its_ca() {
     );
     // A member's certificate speaking for another member: refused.
     let spoof = RaftRequest {
+        leader_confirmed_age_ms: None,
         from: 3,
         payload: crafted_vote(1, 3),
         ..vote()

@@ -611,13 +611,14 @@ impl Agent {
                 if self.view.renewed != Some((token, valid_until)) {
                     self.view.renewed = Some((token, valid_until));
                     // The library's rule: valid until send + ttl·(1−drift) − margin; the
-                    // same arithmetic gives back the send time of the acknowledged renewal.
-                    // `LeaseHandle` does not expose the TTL its answer carried, so this is
-                    // the TTL the harness last set: around a TTL change it may differ from
-                    // the answer's, which shifts `sent_ns` but never the judged trust
-                    // (`sent + ttl·(1−drift)` is `valid_until + margin` either way).
+                    // same arithmetic gives back the send time of the acknowledged renewal,
+                    // with the TTL the answer carried (the one the validity was computed
+                    // with; the configured one only before the first answer).
                     let cfg = &self.ctx.cfg;
-                    let ttl_ms = self.ctx.ttl_ms.load(Ordering::Relaxed);
+                    let ttl_ms = handle.ttl().map_or_else(
+                        || self.ctx.ttl_ms.load(Ordering::Relaxed),
+                        |t| t.as_millis() as u64,
+                    );
                     let span = Duration::from_millis(ttl_ms)
                         .mul_f64(1.0 - cfg.drift)
                         .saturating_sub(cfg.margin);

@@ -183,6 +183,11 @@ impl LeaseCore {
         self.status
     }
 
+    /// The TTL learned from the last answer.
+    pub(crate) fn ttl(&self) -> Option<Duration> {
+        self.ttl
+    }
+
     /// Token to put in renewals.
     pub(crate) fn token(&self) -> u64 {
         self.token
@@ -501,6 +506,8 @@ struct Ident {
 #[derive(Debug)]
 pub struct LeaseHandle {
     status: watch::Receiver<LeaseStatus>,
+    /// TTL (ms) carried by the last answer; 0 before the first.
+    ttl_ms: Arc<std::sync::atomic::AtomicU64>,
     cmds: mpsc::UnboundedSender<Cmd>,
     fatal: Arc<Mutex<Option<(String, Code, String)>>>,
     task: Option<JoinHandle<()>>,
@@ -526,6 +533,7 @@ impl LeaseHandle {
         let (status_tx, status) = watch::channel(LeaseStatus::Pending);
         let (cmds, cmd_rx) = mpsc::unbounded_channel();
         let fatal = Arc::new(Mutex::new(None));
+        let ttl_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let task = tokio::spawn(run(
             transport,
             ident,
@@ -533,9 +541,11 @@ impl LeaseHandle {
             status_tx,
             cmd_rx,
             fatal.clone(),
+            ttl_ms.clone(),
         ));
         Self {
             status,
+            ttl_ms,
             cmds,
             fatal,
             task: Some(task),
@@ -568,6 +578,15 @@ impl LeaseHandle {
     /// The fencing token while holding or revoking.
     pub fn token(&self) -> Option<u64> {
         self.status.borrow().token()
+    }
+
+    /// The lease TTL the last answer carried: the one this session's validity is computed
+    /// with (`None` before the first answer).
+    pub fn ttl(&self) -> Option<Duration> {
+        match self.ttl_ms.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
     }
 
     /// Waits until the lease is held and returns its token; fails if the session ends
@@ -681,6 +700,7 @@ async fn run(
     status_tx: watch::Sender<LeaseStatus>,
     mut cmds: mpsc::UnboundedReceiver<Cmd>,
     fatal: Arc<Mutex<Option<(String, Code, String)>>>,
+    ttl_ms: Arc<std::sync::atomic::AtomicU64>,
 ) {
     let mut core = LeaseCore::new(&options);
     let mut seq = 0u64;
@@ -790,6 +810,9 @@ async fn run(
                 backoff.reset();
                 let before = std::mem::discriminant(&core.status());
                 let reaction = core.on_response(&resp, Instant::now());
+                if let Some(ttl) = core.ttl() {
+                    ttl_ms.store(ttl.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
                 // The first answer teaches the TTL: a short one must not wait out the
                 // default first interval (the lease would lapse before the next renewal).
                 renew_at = renew_at.min(last_sent + core.renew_interval(options.renew_interval));

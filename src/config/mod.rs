@@ -299,8 +299,9 @@ impl NodeConfig {
 }
 
 /// A lease TTL must span at least three heartbeats, so one lost heartbeat does not expire it,
-/// and at least the election timeout: a leader change leaves agents unable to renew for up to
-/// that long, and a shorter TTL would make every leader change expire every lease.
+/// and at least the shortest election timeout: followers wait that long before they elect a
+/// new leader, so with a shorter TTL every leader failure would expire every lease. (Above
+/// `election_timeout_max` a lease survives every leader change; in between, most.)
 pub fn check_ttl(spec: &crate::state::ServiceSpec, timing: &TimingConfig) -> Result<(), String> {
     let beats = (timing.heartbeat * 3).as_millis() as u64;
     if spec.lease_ttl_ms < beats {
@@ -309,11 +310,12 @@ pub fn check_ttl(spec: &crate::state::ServiceSpec, timing: &TimingConfig) -> Res
             spec.lease_ttl_ms
         ));
     }
-    let election = timing.election_timeout_max.as_millis() as u64;
+    let election = timing.election_timeout_min.as_millis() as u64;
     if spec.lease_ttl_ms < election {
         return Err(format!(
-            "lease TTL {} ms is shorter than the election timeout ({election} ms): every leader \
-             change would expire the lease; raise the TTL",
+            "lease TTL {} ms is shorter than the election timeout ({election} ms, \
+             timing.election_timeout_min): every leader failure would expire the lease; raise \
+             the TTL",
             spec.lease_ttl_ms
         ));
     }
@@ -404,7 +406,7 @@ mod tests {
     fn a_service_ttl_below_the_election_timeout_is_refused() {
         let t = TimingConfig::default();
         let mut spec = crate::state::ServiceSpec::new("payments", &["us-east"]);
-        spec.lease_ttl_ms = t.election_timeout_max.as_millis() as u64 - 1;
+        spec.lease_ttl_ms = t.election_timeout_min.as_millis() as u64 - 1;
         let e = check_ttl(&spec, &t).unwrap_err();
         assert!(e.contains("election timeout"), "{e}");
         spec.lease_ttl_ms += 1;

@@ -6,14 +6,14 @@
 //! waits for the next one, because a round that started before its request cannot vouch for
 //! it.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::ControlError;
-use crate::raft::{NodeId, NodeInfo, Raft};
+use crate::raft::{Confirmed, NodeId, NodeInfo, Raft};
 
 type Waiter = oneshot::Sender<Result<(), ControlError>>;
 
@@ -26,18 +26,15 @@ pub struct ReadBarrier {
     tx: mpsc::UnboundedSender<Waiter>,
     /// Set during a leadership transfer: reads would refresh the followers' leader lease.
     paused: Arc<AtomicBool>,
-    /// When the last successful round started (ms after `origin`, 0 = never): this node
-    /// was the leader with everything committed applied at that instant.
-    confirmed: Arc<AtomicU64>,
-    origin: Instant,
+    /// When the last successful round started: this node was the leader with everything
+    /// committed applied at that instant.
+    confirmed: Arc<Confirmed>,
 }
 
 impl ReadBarrier {
     /// Starts the batching task; it ends when every handle is dropped.
-    pub fn start(raft: Raft, round_timeout: Duration) -> Self {
+    pub fn start(raft: Raft, round_timeout: Duration, confirmed: Arc<Confirmed>) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<Waiter>();
-        let confirmed = Arc::new(AtomicU64::new(0));
-        let origin = Instant::now();
         let record = confirmed.clone();
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
@@ -63,8 +60,7 @@ impl ReadBarrier {
                         one_round(&raft, round_timeout.saturating_sub(started.elapsed())).await;
                 }
                 if result.is_ok() {
-                    let ms = round_start.duration_since(origin).as_millis() as u64;
-                    record.fetch_max(ms.max(1), Ordering::Relaxed);
+                    record.record(round_start);
                 }
                 for w in batch {
                     // A reader that gave up (dropped its receiver) is no error.
@@ -76,21 +72,13 @@ impl ReadBarrier {
             tx,
             paused: Arc::default(),
             confirmed,
-            origin,
         }
     }
 
     /// How long ago the last successful round started: an honest upper bound on how stale
     /// this node's state may be while it believes it leads (`None`: never confirmed).
     pub fn confirmed_age(&self) -> Option<Duration> {
-        match self.confirmed.load(Ordering::Relaxed) {
-            0 => None,
-            ms => Some(
-                self.origin
-                    .elapsed()
-                    .saturating_sub(Duration::from_millis(ms)),
-            ),
-        }
+        self.confirmed.age()
     }
 
     /// Pauses (or resumes) reads; paused reads answer "not leader" so clients retry.

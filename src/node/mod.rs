@@ -146,7 +146,10 @@ impl Node {
             .filter_map(|(k, v)| k.parse().ok().map(|id| (id, v.clone())))
             .collect();
         let peer_tls = cfg.peer_tls.as_ref().map(tls::load).transpose()?;
-        let mut peers = Peers::new(cfg.cluster.clone(), cfg.id).with_dial(dial.clone());
+        let confirmed = Arc::new(crate::raft::Confirmed::default());
+        let mut peers = Peers::new(cfg.cluster.clone(), cfg.id)
+            .with_dial(dial.clone())
+            .with_confirmed(confirmed.clone());
         if let Some(t) = &peer_tls {
             peers = peers.with_tls(t.client.clone());
         }
@@ -158,7 +161,7 @@ impl Node {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let contact = Arc::new(LeaderContact::default());
         let t = &cfg.timing;
-        let reads = ReadBarrier::start(raft.clone(), t.election_timeout_max * 2);
+        let reads = ReadBarrier::start(raft.clone(), t.election_timeout_max * 2, confirmed);
         let keeper = crate::control::Keeper::start(
             cfg.id,
             raft.clone(),
@@ -202,6 +205,38 @@ impl Node {
             (t.heartbeat * 2).max(Duration::from_millis(20)),
             shutdown_rx.clone(),
         );
+        // Warn (once per change) while the heartbeat is too short for the measured round
+        // trips: every confirmation, read and renewal would be at the mercy of the network.
+        {
+            let (raft, peers, heartbeat) = (raft.clone(), peers.clone(), t.heartbeat);
+            let mut stop = shutdown_rx.clone();
+            tokio::spawn(async move {
+                let mut warned = false;
+                let mut every = tokio::time::interval(Duration::from_secs(10));
+                loop {
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        _ = every.tick() => {}
+                    }
+                    let m = raft.metrics().borrow().clone();
+                    if m.current_leader != Some(m.id) {
+                        continue;
+                    }
+                    let voters = m.membership_config.membership().voter_ids().count();
+                    match crate::raft::heartbeat_check(heartbeat, &peers.round_trips(), voters) {
+                        Some(w) if !warned => {
+                            tracing::warn!("{w}");
+                            warned = true;
+                        }
+                        None if warned => {
+                            tracing::info!("round trips fit the heartbeat interval again");
+                            warned = false;
+                        }
+                        _ => {}
+                    }
+                }
+            });
+        }
         probes::start(
             cfg.id,
             &cfg.region,

@@ -57,6 +57,7 @@ struct Node {
     audit: AuditLog,
     peers: Peers,
     contact: Arc<LeaderContact>,
+    confirmed: Arc<super::Confirmed>,
     stop: oneshot::Sender<()>,
     server: JoinHandle<()>,
 }
@@ -84,7 +85,8 @@ async fn start(id: NodeId, dir: &Path, listener: TcpListener) -> Node {
     };
     let (log, sm, audit) = open_retrying(dir).await;
     let shared = sm.shared();
-    let peers = Peers::new(CLUSTER, id);
+    let confirmed = Arc::new(super::Confirmed::default());
+    let peers = Peers::new(CLUSTER, id).with_confirmed(confirmed.clone());
     let raft = Raft::new(id, config(), peers.factory(), log, sm)
         .await
         .unwrap();
@@ -108,6 +110,7 @@ async fn start(id: NodeId, dir: &Path, listener: TcpListener) -> Node {
         audit,
         peers,
         contact,
+        confirmed,
         stop,
         server,
     }
@@ -170,8 +173,19 @@ async fn three_nodes_replicate_forward_snapshot_and_restart() {
         n.wait_applied(resp.log_id.index).await;
         assert!(n.state().0.service("payments").is_some(), "node {}", n.id);
     }
-    // Followers heard from the leader.
-    assert!(nodes[fi].contact.age_ms().is_some());
+    // Followers hear from the leader, which vouches for their state as of its last quorum
+    // confirmation (the read barrier records those in a node; here the test does).
+    let started = std::time::Instant::now();
+    nodes[li].raft.ensure_linearizable().await.unwrap();
+    nodes[li].confirmed.record(started);
+    let deadline = Instant::now() + WAIT;
+    while nodes[fi].contact.age_ms().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the follower never heard a confirmed leader"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     // --- a write forwarded from a follower
     let leader_info = nodes[li].info.clone();
@@ -208,6 +222,7 @@ async fn three_nodes_replicate_forward_snapshot_and_restart() {
         .unwrap();
     let status = raw
         .vote(RaftRequest {
+            leader_confirmed_age_ms: None,
             cluster: "other-cluster".into(),
             from: 9,
             payload: Vec::new(),

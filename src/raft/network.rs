@@ -113,6 +113,11 @@ struct PeersInner {
     /// Mutual TLS to peers (`[peer_tls]`); plaintext when `None`.
     tls: Option<ClientTlsConfig>,
     channels: Mutex<HashMap<String, Channel>>,
+    /// This node's last quorum confirmation as leader; its age goes out with AppendEntries.
+    confirmed: Arc<super::Confirmed>,
+    /// Last AppendEntries round trip per peer (added to that age: a bound on the one-way
+    /// delay; also checked against the heartbeat interval).
+    rtts: Arc<Mutex<HashMap<NodeId, Duration>>>,
 }
 
 impl Peers {
@@ -126,6 +131,8 @@ impl Peers {
                 dial: HashMap::new(),
                 tls: None,
                 channels: Mutex::new(HashMap::new()),
+                confirmed: Arc::default(),
+                rtts: Arc::default(),
             }),
         }
     }
@@ -144,6 +151,8 @@ impl Peers {
             dial: old.dial.clone(),
             tls: old.tls.clone(),
             channels: Mutex::new(channels),
+            confirmed: old.confirmed.clone(),
+            rtts: old.rtts.clone(),
         };
         f(&mut inner);
         Self {
@@ -155,6 +164,21 @@ impl Peers {
     /// in fault-injection tests, a different network path).
     pub fn with_dial(self, dial: HashMap<NodeId, String>) -> Self {
         self.rebuild(|i| i.dial = dial)
+    }
+
+    /// Tells followers the age of `confirmed` (this node's last quorum confirmation as
+    /// leader) with every AppendEntries.
+    pub fn with_confirmed(self, confirmed: Arc<super::Confirmed>) -> Self {
+        self.rebuild(|i| i.confirmed = confirmed)
+    }
+
+    /// The last AppendEntries round trip to each peer that answered one.
+    pub fn round_trips(&self) -> HashMap<NodeId, Duration> {
+        self.inner
+            .rtts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Dials peers over mutual TLS with `tls` (and `https`). Drops channels made so far.
@@ -240,6 +264,23 @@ impl Peers {
             .remove(addr);
     }
 
+    fn rtt(&self, node: NodeId) -> Option<Duration> {
+        self.inner
+            .rtts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&node)
+            .copied()
+    }
+
+    fn set_rtt(&self, node: NodeId, rtt: Duration) {
+        self.inner
+            .rtts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(node, rtt);
+    }
+
     /// A Raft gRPC client for `addr` with the message size limits set.
     pub fn client(&self, addr: &str) -> Result<RaftClient<Channel>, tonic::transport::Error> {
         Ok(RaftClient::new(self.channel(addr)?)
@@ -247,11 +288,18 @@ impl Peers {
             .max_encoding_message_size(MAX_MESSAGE_SIZE))
     }
 
-    fn request(&self, payload: Vec<u8>, timeout: Duration) -> tonic::Request<RaftRequest> {
+    fn request(
+        &self,
+        payload: Vec<u8>,
+        timeout: Duration,
+        confirmed_age: Option<Duration>,
+    ) -> tonic::Request<RaftRequest> {
         let mut req = tonic::Request::new(RaftRequest {
             cluster: self.inner.cluster.clone(),
             from: self.inner.me,
             payload,
+            leader_confirmed_age_ms: confirmed_age
+                .map(|d| d.as_millis().min(u64::MAX as u128) as u64),
         });
         // Lets the receiver give up on work whose answer nobody waits for.
         req.set_timeout(timeout);
@@ -291,7 +339,7 @@ impl Peers {
         })?;
         let payload = bincode::serialize(req).map_err(|e| other(format!("encoding: {e}")))?;
         let timeout = self.inner.forward_timeout;
-        let call = client.forward(self.request(payload, timeout));
+        let call = client.forward(self.request(payload, timeout, None));
         let reply = match tokio::time::timeout(timeout, call).await {
             Err(_) => return Err(other(format!("no answer within {timeout:?}"))),
             Ok(Err(status)) if is_connect_error(&status) => {
@@ -395,7 +443,19 @@ impl PeerNetwork {
         };
         let payload =
             bincode::serialize(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let request = self.peers.request(payload, ttl);
+        // AppendEntries say how old this leader's last quorum confirmation is, plus the last
+        // round trip to the target (a bound on the one-way delay): never confirmed counts as
+        // infinitely old.
+        let confirmed_age = matches!(rpc, Rpc::AppendEntries).then(|| {
+            let rtt = self.peers.rtt(self.target).unwrap_or_default();
+            self.peers
+                .inner
+                .confirmed
+                .age()
+                .map_or(Duration::MAX, |a| a.saturating_add(rtt))
+        });
+        let request = self.peers.request(payload, ttl, confirmed_age);
+        let sent = std::time::Instant::now();
         let call = async {
             match rpc {
                 Rpc::AppendEntries => client.append_entries(request).await,
@@ -414,6 +474,9 @@ impl PeerNetwork {
             Ok(Err(status)) => return Err(classify(status)),
             Ok(Ok(reply)) => reply.into_inner(),
         };
+        if matches!(rpc, Rpc::AppendEntries) {
+            self.peers.set_rtt(self.target, sent.elapsed());
+        }
         let bad = |e: bincode::Error| RPCError::Network(NetworkError::new(&e));
         if !reply.error.is_empty() {
             let err: RaftError<NodeId, E> = bincode::deserialize(&reply.error).map_err(bad)?;

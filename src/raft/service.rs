@@ -212,13 +212,18 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
+        let age = request
+            .get_ref()
+            .leader_confirmed_age_ms
+            .map(std::time::Duration::from_millis);
         let (from, req): (_, openraft::raft::AppendEntriesRequest<super::TypeConfig>) =
             self.decode(request)?;
         self.check("AppendEntries", from, &req.vote)?;
         let res = self.raft.append_entries(req).await;
-        // Any answer but HigherVote means the sender's vote is current: it is our leader.
+        // Any answer but HigherVote means the sender's vote is current: it is our leader. It
+        // vouches for our state as of its last quorum confirmation, not as of now.
         if matches!(&res, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
-            self.contact.touch();
+            self.contact.touch(age);
         }
         reply(res)
     }
