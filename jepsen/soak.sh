@@ -24,9 +24,9 @@ if [ -n "${BIN_DIR:-}" ]; then
     JEPSEN=$BIN_DIR/baton-jepsen
 else
     if [ "$PROFILE" = release ]; then
-        cargo build -q --release -p baton --bin baton -p baton-jepsen || exit 2
+        cargo build -q --release -p baton --bin baton && cargo build -q --release -p baton-jepsen || exit 2
     else
-        cargo build -q -p baton --bin baton -p baton-jepsen || exit 2
+        cargo build -q -p baton --bin baton && cargo build -q -p baton-jepsen || exit 2
     fi
     BATON=target/$PROFILE/baton
     JEPSEN=target/$PROFILE/baton-jepsen
