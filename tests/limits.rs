@@ -71,8 +71,11 @@ fn largest_spec(salt: u32) -> ServiceSpec {
 async fn largest_specs_replicate_across_leader_changes_and_oversized_ones_are_refused() {
     // A 10 s TTL: a restarted node may call an election before the leader's reconnect
     // backoff lets it hear a heartbeat (no pre-vote in openraft 0.9); that brief churn is
-    // not what this test measures.
-    let mut c = TestCluster::start(3, &service_toml("payments", "10s")).await;
+    // not what this test measures. A 150 ms heartbeat (as over a WAN): openraft gives every
+    // AppendEntries one heartbeat, and a batch of the largest entries plus the follower's
+    // fsync on a busy machine does not fit the other tests' 50 ms.
+    let timing = "[timing]\nheartbeat = \"150ms\"\nelection_timeout_min = \"600ms\"\nelection_timeout_max = \"1200ms\"\n";
+    let mut c = TestCluster::start_timed(3, &service_toml("payments", "10s"), timing).await;
     let cl = client(&c);
     lease(&cl, "payments").await;
     let us = agent(&c, "payments", "us-east");

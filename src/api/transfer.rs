@@ -45,6 +45,31 @@ pub async fn transfer(ctx: &Ctx, to: NodeId) -> Result<NodeId, Status> {
         .channel(target, &node.addr)
         .map_err(|e| Status::unavailable(format!("cannot reach node {target}: {e}")))?;
     let election_max = ctx.timing.election_timeout_max;
+    // Going quiet for a target that cannot win (its log is behind, so voters refuse it)
+    // would only stop renewals: first wait, answering everything as usual, until it has
+    // caught up with this leader's log.
+    let caught_up = ctx
+        .raft
+        .wait(Some(election_max * 6))
+        .metrics(
+            |m| {
+                let last = m.last_log_index.unwrap_or(0);
+                m.replication
+                    .as_ref()
+                    .and_then(|r| r.get(&target))
+                    .and_then(|l| l.as_ref())
+                    .is_some_and(|l| l.index >= last)
+            },
+            "transfer target caught up",
+        )
+        .await;
+    if caught_up.is_err() {
+        return Err(Status::unavailable(format!(
+            "node {target} has not caught up with the leader's log within {}; nothing was \
+             changed — retry once it has",
+            humantime::format_duration(election_max * 6)
+        )));
+    }
     // While quiet, no renewal is answered: never stay quiet longer than the shortest held
     // lease can go without one, or the transfer itself would make holders fence themselves.
     let budget = {

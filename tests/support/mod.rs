@@ -100,6 +100,20 @@ impl TestCluster {
     /// Writes the configs of `n` voters without starting them. Each node serves Raft on its
     /// own peer port (`peer_listen`), which the others dial.
     pub fn prepare(n: usize, services_toml: &str, extra: &str) -> TestCluster {
+        Self::prepare_timed(n, services_toml, extra, TIMING)
+    }
+
+    /// Like `start_with`, with `timing` (a `[timing]` table) instead of [`TIMING`].
+    pub async fn start_timed(n: usize, services_toml: &str, timing: &str) -> TestCluster {
+        let mut c = Self::prepare_timed(n, services_toml, "", timing);
+        for i in 0..n {
+            c.spawn(i);
+        }
+        c
+    }
+
+    /// Like `prepare`, with `timing` instead of [`TIMING`].
+    pub fn prepare_timed(n: usize, services_toml: &str, extra: &str, timing: &str) -> TestCluster {
         let root = tempfile::tempdir().unwrap();
         let all = free_ports(2 * n);
         let (ports, peer_ports) = all.split_at(n);
@@ -125,7 +139,7 @@ impl TestCluster {
                 }
             }
             let text = format!(
-                "cluster = \"{cluster}\"\nid = {id}\nregion = \"{}\"\nlisten = \"127.0.0.1:{port}\"\npeer_listen = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\n{TIMING}\n{dial}\n{extra}\n{peers}\n{services_toml}",
+                "cluster = \"{cluster}\"\nid = {id}\nregion = \"{}\"\nlisten = \"127.0.0.1:{port}\"\npeer_listen = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\n{timing}\n{dial}\n{extra}\n{peers}\n{services_toml}",
                 REGIONS[i],
                 peer_ports[i],
                 dir.join("data").display()
