@@ -35,7 +35,7 @@ mkdir -p "$OUT"
 TABLE=$OUT/table.md
 
 {
-    echo "| seed | verdict | ops checked (lin / tokens / fenced / watch) | faults (skipped) | failed checkers |"
+    echo "| seed | verdict | ops checked (lin / tokens / fenced-resource / watch / primaries) | faults (skipped) | failed checkers |"
     echo "|---|---|---|---|---|"
 } >"$TABLE"
 
@@ -61,7 +61,7 @@ by = {c["name"]: c for c in r["checkers"]}
 def n(name):
     c = by.get(name)
     return str(c.get("checked_ops", "?")) if c else "-"
-ops = " / ".join(n(x) for x in ("linearizability", "tokens", "fenced", "watch"))
+ops = " / ".join(n(x) for x in ("linearizability", "tokens", "fenced-resource", "watch", "primaries"))
 s = r["summary"]
 faults = f'{s["faults"]} ({s["faults_skipped"]})'
 failed = ", ".join(c["name"] for c in r["checkers"] if not c.get("valid", False)) or "-"
