@@ -109,8 +109,9 @@ async fn a_dead_holder_is_fenced_by_its_ttl_before_the_new_grant() {
     let cl = client(&c);
     let us = agent(&c, "payments", "us-east");
     let old = held(&us).await;
-    // The holder's agent dies without acknowledging anything.
-    drop(us);
+    // The holder's agent dies without acknowledging anything (closed and waited for: a
+    // merely dropped session could still answer the coming revocation before it noticed).
+    us.close().await;
     let r = cl
         .failover(switchover("payments", "eu-west", 0))
         .await

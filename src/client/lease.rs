@@ -502,7 +502,8 @@ struct Ident {
 
 /// A lease session of one agent. Dropping it stops renewing: the task sees its command
 /// channel close, reports the lease lost to any remaining status receiver and ends (the
-/// cluster lets the lease run out). [`LeaseHandle::close`] does the same and waits.
+/// cluster lets the lease run out). The task may still answer what it had already received
+/// before it noticed; [`LeaseHandle::close`] does the same and waits until it has ended.
 #[derive(Debug)]
 pub struct LeaseHandle {
     status: watch::Receiver<LeaseStatus>,

@@ -348,26 +348,37 @@ impl KeeperCore {
         if lease.state != LeaseState::Revoking {
             return Ok(None);
         }
-        Ok(self
-            .all_acked(service, lease, now)
-            .then_some(FenceOutcome::DemotionAck))
+        Ok(match self.acks(service, lease, now) {
+            Acks::NoneCanAct => Some(FenceOutcome::TtlExpired),
+            Acks::AllAcked => Some(FenceOutcome::DemotionAck),
+            Acks::Waiting => None,
+        })
     }
 
-    /// Whether every agent of the holding region that may still act on `lease` acknowledged
-    /// its demotion — counted only once no renewal accepted by an earlier leader can still
-    /// be valid.
-    fn all_acked(&self, service: &str, lease: &Lease, now: Instant) -> bool {
+    /// Where the acknowledgements of the holding region's agents stand — judged only once no
+    /// renewal accepted by an earlier leader can still be valid.
+    fn acks(&self, service: &str, lease: &Lease, now: Instant) -> Acks {
         let wait = self.timing.wait(ttl_of(lease));
         if now < self.since + wait {
-            return false;
+            return Acks::Waiting;
         }
         let region = lease.holder.as_deref().unwrap_or_default();
-        self.agents.get(service).is_none_or(|agents| {
-            agents
-                .iter()
-                .filter(|((r, _), a)| r == region && a.until.is_some_and(|u| now < u))
-                .all(|(_, a)| a.demoted == Some(lease.token))
-        })
+        let mut live = self
+            .agents
+            .get(service)
+            .into_iter()
+            .flatten()
+            .filter(|((r, _), a)| r == region && a.until.is_some_and(|u| now < u))
+            .peekable();
+        if live.peek().is_none() {
+            // Every renewal's TTL ran out: nobody can act, whether or not anyone acked.
+            return Acks::NoneCanAct;
+        }
+        if live.all(|(_, a)| a.demoted == Some(lease.token)) {
+            Acks::AllAcked
+        } else {
+            Acks::Waiting
+        }
     }
 
     /// Whether `lease` of `service` is due to end now. `run_active`: a workflow run is in
@@ -388,12 +399,15 @@ impl KeeperCore {
             LeaseState::Revoking if run_active => None,
             LeaseState::Held | LeaseState::Revoking => {
                 if now >= self.holder_deadline(service, lease, now) {
-                    Some(Due::Expired)
-                } else if lease.state == LeaseState::Revoking && self.all_acked(service, lease, now)
-                {
-                    Some(Due::Acknowledged)
-                } else {
-                    None
+                    return Some(Due::Expired);
+                }
+                if lease.state != LeaseState::Revoking {
+                    return None;
+                }
+                match self.acks(service, lease, now) {
+                    Acks::NoneCanAct => Some(Due::Expired),
+                    Acks::AllAcked => Some(Due::Acknowledged),
+                    Acks::Waiting => None,
                 }
             }
         }
@@ -462,6 +476,16 @@ impl KeeperCore {
 /// Not the leader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NotLeading;
+
+/// Where a revoked holder's acknowledgements stand.
+enum Acks {
+    /// No agent of the region holds a renewal that is still valid.
+    NoneCanAct,
+    /// Every agent that may still act acknowledged its demotion.
+    AllAcked,
+    /// Someone may still act, or it is too early to tell.
+    Waiting,
+}
 
 /// An agent silent this long (and with no renewal that may still be valid) is forgotten.
 const FORGET_AFTER: Duration = Duration::from_secs(60);

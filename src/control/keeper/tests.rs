@@ -472,3 +472,30 @@ fn an_agent_whose_renewal_may_still_be_valid_is_never_pruned() {
     core.prune(t0 + Duration::from_secs(200));
     assert_eq!(core.agent_count("payments"), 0);
 }
+
+#[test]
+fn a_revoked_holder_whose_renewals_all_ran_out_is_fenced_by_ttl_not_by_ack() {
+    // No agent acknowledged anything: fencing must not be reported as a demotion ack just
+    // because no agent is left that could still act (a later first sight of the token, its
+    // baseline, keeps the TTL deadline itself in the future).
+    let t0 = Instant::now();
+    let mut core = leading(t0);
+    let at = t0 + wait();
+    renew(&mut core, msg("a", 1), &held(9), at, at);
+    let r = revoking(9);
+    let after = at + wait();
+    // A token this leader first sees only now (e.g. re-granted): its baseline is `after`.
+    let fresh = lease("us-east", 10, LeaseState::Revoking, TTL);
+    assert_eq!(
+        core.fence_status("payments", 9, Some(&r), after),
+        Ok(Some(FenceOutcome::TtlExpired))
+    );
+    assert_eq!(
+        core.fence_status("payments", 10, Some(&fresh), after),
+        Ok(Some(FenceOutcome::TtlExpired))
+    );
+    assert_eq!(
+        core.due("payments", &fresh, false, after),
+        Some(Due::Expired)
+    );
+}
