@@ -28,6 +28,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod client;
