@@ -6,7 +6,7 @@ use std::time::Duration;
 use baton::proto::{self, TokenValidity};
 
 use crate::support::{
-    agent, client, eventually, held, lease, service_toml, switchover, TestCluster,
+    agent, client, client_first, eventually, held, lease, service_toml, switchover, TestCluster,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,4 +169,39 @@ async fn sigterm_hands_leadership_over_and_exits_cleanly() {
     let new_leader = c.leader(Duration::from_secs(10)).await;
     assert_ne!(new_leader, leader);
     assert!(c.log(leader).contains("node stopped"), "{}", c.log(leader));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_listing_a_follower_first_sends_reads_to_the_leader() {
+    let c = TestCluster::start(3, &service_toml("payments", "2s")).await;
+    let leader = c.leader(Duration::from_secs(20)).await;
+    let follower = (leader + 1) % 3;
+    let cl = client_first(&c, follower);
+    // The follower answers the first read by forwarding it, and names the leader on the
+    // answer; from then on the client goes to the leader itself. (Before, the client took
+    // whoever answered for the leader and paid the forwarding hop on every read.)
+    eventually(
+        Duration::from_secs(30),
+        "the client to adopt the leader",
+        || {
+            let c = &c;
+            let cl = &cl;
+            async move {
+                cl.primary("payments", baton::client::Consistency::Linearizable)
+                    .await
+                    .ok()?;
+                let now = c.leader(Duration::from_secs(20)).await;
+                (cl.leader().as_deref() == Some(c.endpoints()[now].as_str())).then_some(())
+            }
+        },
+    )
+    .await;
+    // And it keeps it: more reads do not move it back to the follower.
+    for _ in 0..20 {
+        cl.primary("payments", baton::client::Consistency::Linearizable)
+            .await
+            .unwrap();
+    }
+    let now = c.leader(Duration::from_secs(20)).await;
+    assert_eq!(cl.leader().as_deref(), Some(c.endpoints()[now].as_str()));
 }

@@ -75,7 +75,8 @@ impl AdminService {
         }
         let ch = self.ctx.leader_channel()?;
         let fwd = forwarded(&request, request.get_ref().clone());
-        remote(AdminClient::new(ch), fwd).await
+        self.ctx
+            .leader_answered(remote(AdminClient::new(ch), fwd).await)
     }
 }
 
@@ -232,7 +233,9 @@ impl Admin for AdminService {
         }
         if !self.ctx.keeper.is_leading() {
             let ch = self.ctx.leader_channel()?;
-            return AdminClient::new(ch).transfer_leadership(req).await;
+            return self
+                .ctx
+                .leader_answered(AdminClient::new(ch).transfer_leadership(req).await);
         }
         super::transfer::transfer(&self.ctx, req.to)
             .await

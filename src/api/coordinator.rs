@@ -31,7 +31,9 @@ macro_rules! forward_unless_leading {
         if !$self.ctx.keeper.is_leading() && !Ctx::was_forwarded(&$request) {
             let ch = $self.ctx.leader_channel()?;
             let fwd = forwarded(&$request, $request.get_ref().clone());
-            return leader_client(ch).$method(fwd).await;
+            return $self
+                .ctx
+                .leader_answered(leader_client(ch).$method(fwd).await);
         }
     };
 }
@@ -432,7 +434,8 @@ impl Coordinator for CoordinatorService {
                         Err(_) => return Err(s),
                     };
                     let fwd = forwarded(&request, req.clone());
-                    leader_client(ch).get_primary(fwd).await
+                    self.ctx
+                        .leader_answered(leader_client(ch).get_primary(fwd).await)
                 }
                 other => other.map(Response::new),
             }
@@ -453,9 +456,11 @@ impl Coordinator for CoordinatorService {
                     return Err(s);
                 }
                 let ch = self.ctx.leader_channel().map_err(|_| s)?;
-                return leader_client(ch)
-                    .list_services(forwarded(&request, *req))
-                    .await;
+                return self.ctx.leader_answered(
+                    leader_client(ch)
+                        .list_services(forwarded(&request, *req))
+                        .await,
+                );
             }
         }
         let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
@@ -502,9 +507,11 @@ impl Coordinator for CoordinatorService {
                     return Err(s);
                 }
                 let ch = self.ctx.leader_channel().map_err(|_| s)?;
-                return leader_client(ch)
-                    .validate_token(forwarded(&request, req.clone()))
-                    .await;
+                return self.ctx.leader_answered(
+                    leader_client(ch)
+                        .validate_token(forwarded(&request, req.clone()))
+                        .await,
+                );
             }
         }
         let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());

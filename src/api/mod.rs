@@ -207,6 +207,25 @@ impl Ctx {
         req.metadata().contains_key(FORWARDED_HEADER)
     }
 
+    /// Marks an answer this node got by forwarding to the leader with the leader's address
+    /// (`x-baton-leader`), so a client that listed a follower first goes to the leader
+    /// directly next time instead of paying the forwarding hop on every call.
+    pub fn leader_answered<T>(
+        &self,
+        answer: Result<tonic::Response<T>, Status>,
+    ) -> Result<tonic::Response<T>, Status> {
+        answer.map(|mut resp| {
+            if let Some((lid, node)) = self.leader() {
+                if lid != self.id {
+                    if let Ok(v) = MetadataValue::try_from(node.addr.as_str()) {
+                        resp.metadata_mut().insert(LEADER_HEADER, v);
+                    }
+                }
+            }
+            resp
+        })
+    }
+
     /// A channel to the leader for forwarding, or the not-leader status if there is none.
     pub fn leader_channel(&self) -> Result<Channel, Status> {
         match self.leader() {
