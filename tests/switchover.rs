@@ -124,3 +124,40 @@ async fn a_dead_holder_is_fenced_by_its_ttl_before_the_new_grant() {
         r.fenced_by
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_is_pushed_to_the_holder_without_waiting_for_its_next_renewal() {
+    // A holder that renews only once an hour: without the push it would hear of the
+    // revocation at its next renewal, long after its validity (from the one renewal it made)
+    // ran out, so it would never be told to demote while it still holds the lease.
+    let c = TestCluster::start(3, &service_toml("payments", "60s")).await;
+    c.leader(Duration::from_secs(20)).await;
+    let cl = client(&c);
+    let us = client(&c).keep_alive(
+        "payments",
+        "us-east",
+        "test-agent-us-east",
+        baton::client::LeaseOptions {
+            renew_interval: Some(Duration::from_secs(3600)),
+            ..Default::default()
+        },
+    );
+    let _eu = agent(&c, "payments", "eu-west");
+    let old = held(&us).await;
+    // The switchover waits for the demotion (or the TTL): run it aside.
+    let mover = tokio::spawn(async move {
+        cl.with_timeout(Duration::from_secs(120))
+            .failover(switchover("payments", "eu-west", old))
+            .await
+    });
+    let mut status = us.status();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        status.wait_for(|s| matches!(s, baton::client::LeaseStatus::Revoking { .. })),
+    )
+    .await
+    .expect("the holder was not told of the revocation")
+    .expect("the lease session ended");
+    // (Revoking, not Lost: it was told while its lease was still valid, in time to demote.)
+    mover.abort();
+}

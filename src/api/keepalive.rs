@@ -3,6 +3,12 @@
 //! Each renewal is answered only after a read barrier that started after it arrived, so a
 //! RENEWED answer proves this node led when the renewal was received: a deposed leader that
 //! does not know it yet cannot extend a lease the new leader has already counted out.
+//!
+//! Revocations are also pushed: the moment a revocation of the lease held by the stream's
+//! region is applied, the stream gets an unsolicited REVOKE (seq 0), so a planned switchover
+//! does not wait for the holder's next renewal (a third of the TTL) to start its demotion.
+//! A push carries only a committed fact, and the demotion ack it leads to counts under the
+//! same rules as any other (for its token, on this stream, after `on_demote` succeeded).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,7 +24,9 @@ use crate::control::keeper::MAX_AGENTS_PER_SERVICE;
 use crate::control::{ControlError, Renewal, RenewalMsg};
 use crate::convert::lease_to_proto;
 use crate::proto::{self, KeepAliveStatus};
+use crate::raft::Change;
 use crate::state::names::check_name;
+use crate::state::{EventKind, LeaseState};
 
 /// Longest agent id accepted.
 pub const MAX_AGENT_ID: usize = 128;
@@ -46,11 +54,41 @@ pub fn open(
     let (tx, out) = mpsc::channel(16);
     let mut shutdown = ctx.shutdown.clone();
     let stream = NEXT_STREAM.fetch_add(1, Ordering::Relaxed);
+    let mut changes = ctx.changes.subscribe();
     tokio::spawn(async move {
+        // The (service, region) this stream renews for, once a renewal was accepted.
+        let mut renewing: Option<(String, String)> = None;
         loop {
             let msg = tokio::select! {
                 _ = shutdown.changed() => return,
                 m = incoming.message() => m,
+                c = changes.recv() => {
+                    if let Err(tokio::sync::broadcast::error::RecvError::Closed) = c {
+                        return;
+                    }
+                    if let (Ok(Change::Events { events, .. }), Some((service, region))) =
+                        (c, renewing.as_ref())
+                    {
+                        for e in events.iter().filter(|e| {
+                            e.kind == EventKind::Revoking
+                                && e.lease.state == LeaseState::Revoking
+                                && &e.service == service
+                                && e.lease.holder.as_ref() == Some(region)
+                        }) {
+                            let push = proto::KeepAliveResponse {
+                                seq: 0,
+                                status: KeepAliveStatus::Revoke as i32,
+                                lease: Some(lease_to_proto(service, &e.lease)),
+                                leader_id: ctx.id,
+                            };
+                            // A full buffer means answers are queued anyway: the next one
+                            // carries the revocation.
+                            let _ = tx.try_send(Ok(push));
+                        }
+                    }
+                    // A lagging subscriber only misses pushes; renewals still tell.
+                    continue;
+                }
             };
             let req = match msg {
                 Ok(Some(r)) => r,
@@ -96,14 +134,21 @@ pub fn open(
                 };
                 // The lease the renewal was judged against: its TTL is the one promised.
                 let lease = lease.map(|l| lease_to_proto(&req.service, &l));
-                Ok(proto::KeepAliveResponse {
-                    seq: req.seq,
-                    status: status as i32,
-                    lease,
-                    leader_id: ctx.id,
-                })
+                Ok::<_, Status>((status, lease))
             }
-            .await;
+            .await
+            .map(|(status, lease)| {
+                if status != KeepAliveStatus::NotHolder {
+                    renewing = Some((req.service.clone(), req.region.clone()));
+                }
+                (status, lease)
+            })
+            .map(|(status, lease)| proto::KeepAliveResponse {
+                seq: req.seq,
+                status: status as i32,
+                lease,
+                leader_id: ctx.id,
+            });
             let stop = answer.is_err();
             if tx.send(answer).await.is_err() || stop {
                 return;

@@ -286,6 +286,11 @@ impl LeaseCore {
                 Reaction::None
             }
             KeepAliveStatus::Revoke => {
+                if lease.token < self.token {
+                    // A revocation of an older grant (a pushed one can arrive after the
+                    // answer that told of a newer grant): tokens only grow, so it is stale.
+                    return Reaction::None;
+                }
                 let holding_this = lease.token == self.token
                     && self.valid_until.is_some_and(|v| v > now)
                     && !self.demoted;

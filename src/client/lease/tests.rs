@@ -626,3 +626,43 @@ fn not_found_does_not_end_a_session_but_refusals_do() {
     assert!(ends_session(Code::PermissionDenied));
     assert!(ends_session(Code::Unauthenticated));
 }
+
+#[test]
+fn a_pushed_revocation_starts_the_demotion_and_keeps_renewals_pending() {
+    let mut core = LeaseCore::new(&opts());
+    let t0 = Instant::now();
+    core.on_send(1, t0);
+    core.on_response(&answer(1, KeepAliveStatus::Renewed, 7), t0);
+    core.on_send(2, t0 + Duration::from_millis(100));
+    // Pushed (seq 0) before renewal 2 is answered: the holder starts demoting now...
+    let r = core.on_response(&answer(0, KeepAliveStatus::Revoke, 7), t0);
+    assert_eq!(r, Reaction::None);
+    assert_eq!(
+        core.status(),
+        LeaseStatus::Revoking {
+            token: 7,
+            valid_until: t0 + SPAN
+        }
+    );
+    // ...and the push did not consume renewal 2's send time.
+    assert_eq!(
+        core.oldest_unanswered(),
+        Some(t0 + Duration::from_millis(100))
+    );
+}
+
+#[test]
+fn a_pushed_revocation_of_an_older_grant_is_stale() {
+    let mut core = LeaseCore::new(&opts());
+    let t0 = Instant::now();
+    core.on_send(1, t0);
+    core.on_response(&answer(1, KeepAliveStatus::Renewed, 12), t0);
+    // Token 7's revocation, pushed late (after the answer that told of grant 12).
+    let r = core.on_response(&answer(0, KeepAliveStatus::Revoke, 7), t0);
+    assert_eq!(r, Reaction::None);
+    assert!(matches!(
+        core.status(),
+        LeaseStatus::Holding { token: 12, .. }
+    ));
+    assert!(!core.demoted());
+}
