@@ -4,14 +4,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     std::env::set_var("PROTOC", protoc);
-    tonic_prost_build::configure().compile_protos(
-        &[
-            "proto/baton/v1/types.proto",
-            "proto/baton/v1/coordinator.proto",
-            "proto/baton/v1/admin.proto",
-            "proto/baton/v1/raft.proto",
-        ],
-        &["proto"],
-    )?;
+    // The descriptor set feeds gRPC server reflection (grpcurl without proto files).
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("baton_descriptor.bin"))
+        .compile_protos(
+            &[
+                "proto/baton/v1/types.proto",
+                "proto/baton/v1/coordinator.proto",
+                "proto/baton/v1/admin.proto",
+                "proto/baton/v1/raft.proto",
+            ],
+            &["proto"],
+        )?;
     Ok(())
 }

@@ -39,6 +39,7 @@ pub mod health;
 pub mod node;
 pub mod raft;
 pub mod state;
+pub mod telemetry;
 
 #[cfg(test)]
 mod fuzz_tests;
@@ -47,4 +48,8 @@ mod fuzz_tests;
 pub mod proto {
     #![allow(missing_docs, clippy::all)]
     tonic::include_proto!("baton.v1");
+
+    /// The encoded `FileDescriptorSet` of `proto/baton/v1`, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/baton_descriptor.bin"));
 }

@@ -11,6 +11,7 @@ mod lease_safety;
 mod lifecycle;
 mod limits;
 mod membership;
+mod ops;
 mod security;
 mod switchover;
 mod watch;

@@ -42,6 +42,25 @@ fn check(req: &proto::KeepAliveRequest) -> Result<(), Status> {
     Ok(())
 }
 
+/// KeepAlive streams open now (for metrics).
+pub static OPEN_STREAMS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Counts one open stream until dropped.
+struct OpenStream;
+
+impl OpenStream {
+    fn new() -> Self {
+        OPEN_STREAMS.fetch_add(1, Ordering::Relaxed);
+        OpenStream
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        OPEN_STREAMS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Numbers KeepAlive streams: a demotion ack counts only on the stream that holds the
 /// agent's session.
 static NEXT_STREAM: AtomicU64 = AtomicU64::new(1);
@@ -56,6 +75,7 @@ pub fn open(
     let stream = NEXT_STREAM.fetch_add(1, Ordering::Relaxed);
     let mut changes = ctx.changes.subscribe();
     tokio::spawn(async move {
+        let _open = OpenStream::new();
         // The (service, region) this stream renews for, once a renewal was accepted.
         let mut renewing: Option<(String, String)> = None;
         loop {

@@ -45,6 +45,12 @@ pub struct WatchSlot {
 }
 
 impl Watchers {
+    /// Watch streams open now (from callers with an address).
+    pub fn open(&self) -> usize {
+        let c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        c.1.values().sum()
+    }
+
     /// Admits one more watch from `peer`, or says which limit it hit.
     pub fn admit(&self, peer: Option<SocketAddr>) -> Result<WatchSlot, Status> {
         if let Some(peer) = peer {

@@ -26,7 +26,7 @@ pub struct DevArgs {
     pub data_dir: Option<PathBuf>,
     /// Port of the first node; the others use the next two, and their Raft peer
     /// listeners base+20..base+22.
-    #[arg(long, default_value_t = 7101, value_parser = clap::value_parser!(u16).range(1..=65513))]
+    #[arg(long, default_value_t = 7101, value_parser = clap::value_parser!(u16).range(1..=65503))]
     pub base_port: u16,
     /// Act on a running dev cluster instead of starting one.
     #[command(subcommand)]

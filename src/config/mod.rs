@@ -147,6 +147,10 @@ pub struct NodeConfig {
     /// Mutual TLS on the peer listener and for dials to peers (needs `peer_listen`).
     #[serde(default)]
     pub peer_tls: Option<PeerTlsConfig>,
+    /// Address of the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`); none when
+    /// unset. For the monitoring network only: it needs no credentials.
+    #[serde(default)]
+    pub admin_listen: Option<String>,
     /// Address other nodes and clients use to reach this node (default: `listen`).
     #[serde(default)]
     pub advertise: Option<String>,

@@ -107,6 +107,11 @@ impl Keeper {
         self.lock().term().is_some()
     }
 
+    /// Per service, time since this leader last accepted a renewal (empty unless leading).
+    pub fn renewal_ages(&self) -> Vec<(String, std::time::Duration)> {
+        self.lock().renewal_ages(Instant::now())
+    }
+
     /// Term in which this node leads.
     pub fn leading_term(&self) -> Option<u64> {
         self.lock().term()

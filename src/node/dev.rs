@@ -67,6 +67,8 @@ pub fn sample_service(base_port: Option<u16>) -> ServiceConfig {
 /// Port offset of the nodes' peer (Raft) listeners: node `i` (1-based) listens for peers on
 /// `base + PEER_OFFSET + i - 1`.
 pub const PEER_OFFSET: u16 = 20;
+/// Node `i`'s admin HTTP listener (metrics, readiness) is at `base + ADMIN_OFFSET + i - 1`.
+pub const ADMIN_OFFSET: u16 = 30;
 
 fn peer_addr(base_port: u16, id: u64) -> String {
     format!("127.0.0.1:{}", base_port + PEER_OFFSET + id as u16 - 1)
@@ -99,6 +101,10 @@ pub fn cluster_configs(
             advertise: None,
             peer_listen: Some(peer_addr(base_port, p.id)),
             peer_tls: None,
+            admin_listen: Some(format!(
+                "127.0.0.1:{}",
+                base_port + ADMIN_OFFSET + p.id as u16 - 1
+            )),
             data_dir: dir.join(format!("node{}", p.id)),
             peers: peers.clone(),
             dial: peers
@@ -191,6 +197,11 @@ pub async fn run(opts: DevOptions) -> Result<(), NodeError> {
         "  and a health endpoint on 127.0.0.1:{}..{}.",
         opts.base_port + 10,
         opts.base_port + 12
+    );
+    println!(
+        "  metrics and readiness: http://127.0.0.1:{}/metrics .. :{} (/healthz, /readyz)",
+        opts.base_port + ADMIN_OFFSET,
+        opts.base_port + ADMIN_OFFSET + 2
     );
     println!();
     println!(

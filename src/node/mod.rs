@@ -5,6 +5,7 @@
 //! lease keeper and the gRPC server. [`Node::stop`] steps down if it leads, ends every
 //! stream, stops Raft and flushes storage.
 
+mod admin_http;
 pub mod agents;
 pub mod conn;
 pub mod dev;
@@ -86,6 +87,8 @@ pub struct Node {
     pub addr: SocketAddr,
     /// Address the peer (Raft) listener is bound to, when separate from `addr`.
     pub peer_addr: Option<SocketAddr>,
+    /// Address the admin HTTP listener (metrics, readiness) is bound to, if configured.
+    pub admin_addr: Option<SocketAddr>,
     /// The Raft handle.
     pub raft: Raft,
     ctx: Arc<Ctx>,
@@ -125,6 +128,24 @@ impl Node {
             .local_addr()
             .map_err(|e| NodeError::Other(e.to_string()))?;
         let peer_listener = peer::bind(&cfg).await?;
+        let admin_listener = match &cfg.admin_listen {
+            Some(a) => Some(
+                TcpListener::bind(a)
+                    .await
+                    .map_err(|source| NodeError::Bind {
+                        addr: a.clone(),
+                        source,
+                    })?,
+            ),
+            None => None,
+        };
+        let admin_addr = match &admin_listener {
+            Some(l) => Some(
+                l.local_addr()
+                    .map_err(|e| NodeError::Other(e.to_string()))?,
+            ),
+            None => None,
+        };
         let peer_addr = match &peer_listener {
             Some(l) => Some(
                 l.local_addr()
@@ -269,6 +290,17 @@ impl Node {
             }
             None => (Some(raft_svc), None),
         };
+        // Standard probes: gRPC health (SERVING only while ready) and reflection.
+        let (health_reporter, health_svc) = tonic_health::server::health_reporter();
+        admin_http::track_health(ctx.clone(), health_reporter, shutdown_rx.clone());
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| NodeError::Other(format!("gRPC reflection: {e}")))?;
+        let metrics = Arc::new(crate::telemetry::Metrics::new());
+        if let Some(l) = admin_listener {
+            admin_http::serve(l, ctx.clone(), metrics.clone(), shutdown_rx.clone());
+        }
         let mut stop = shutdown_rx.clone();
         let server = tokio::spawn(
             tonic::transport::Server::builder()
@@ -288,8 +320,11 @@ impl Node {
                 .http2_keepalive_interval(Some(Duration::from_secs(10)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(5)))
                 .max_concurrent_streams(cfg.limits.max_streams_per_connection.max(1))
+                .layer(crate::telemetry::rpc::RpcMetricsLayer::new(metrics))
                 .add_service(coordinator)
                 .add_service(admin)
+                .add_service(health_svc)
+                .add_service(reflection)
                 .add_optional_service(raft_on_client)
                 .serve_with_incoming_shutdown(
                     conn::incoming(
@@ -307,6 +342,7 @@ impl Node {
             id: cfg.id,
             addr,
             peer_addr,
+            admin_addr,
             raft,
             ctx,
             audit,

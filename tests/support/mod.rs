@@ -51,6 +51,8 @@ pub struct TestNode {
     pub addr: String,
     /// Where the node serves the internal Raft service.
     pub peer_addr: String,
+    /// Where the node serves metrics and readiness over HTTP.
+    pub admin_addr: String,
     pub config: PathBuf,
     pub dir: PathBuf,
     child: Option<Child>,
@@ -115,8 +117,9 @@ impl TestCluster {
     /// Like `prepare`, with `timing` instead of [`TIMING`].
     pub fn prepare_timed(n: usize, services_toml: &str, extra: &str, timing: &str) -> TestCluster {
         let root = tempfile::tempdir().unwrap();
-        let all = free_ports(2 * n);
-        let (ports, peer_ports) = all.split_at(n);
+        let all = free_ports(3 * n);
+        let (ports, rest) = all.split_at(n);
+        let (peer_ports, admin_ports) = rest.split_at(n);
         let cluster = "test".to_string();
         let mut peers = String::new();
         for (i, port) in ports.iter().enumerate() {
@@ -139,9 +142,10 @@ impl TestCluster {
                 }
             }
             let text = format!(
-                "cluster = \"{cluster}\"\nid = {id}\nregion = \"{}\"\nlisten = \"127.0.0.1:{port}\"\npeer_listen = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\n{timing}\n{dial}\n{extra}\n{peers}\n{services_toml}",
+                "cluster = \"{cluster}\"\nid = {id}\nregion = \"{}\"\nlisten = \"127.0.0.1:{port}\"\npeer_listen = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\n{timing}\n{dial}\n{extra}\n{peers}\n{services_toml}",
                 REGIONS[i],
                 peer_ports[i],
+                admin_ports[i],
                 dir.join("data").display()
             );
             std::fs::write(&config, text).unwrap();
@@ -150,6 +154,7 @@ impl TestCluster {
                 region: REGIONS[i].to_string(),
                 addr: format!("127.0.0.1:{port}"),
                 peer_addr: format!("127.0.0.1:{}", peer_ports[i]),
+                admin_addr: format!("127.0.0.1:{}", admin_ports[i]),
                 config,
                 dir,
                 child: None,
@@ -226,6 +231,7 @@ impl TestCluster {
             region: region.to_string(),
             addr: format!("127.0.0.1:{port}"),
             peer_addr: format!("127.0.0.1:{port}"),
+            admin_addr: String::new(),
             config,
             dir,
             child: None,
@@ -384,6 +390,24 @@ pub fn channel(addr: &str) -> Channel {
 /// Short timings so tests run quickly.
 pub const TIMING: &str =
     "[timing]\nheartbeat = \"50ms\"\nelection_timeout_min = \"300ms\"\nelection_timeout_max = \"600ms\"\n";
+
+/// GET `path` from an HTTP/1.1 server at `addr`: (status, body). Test-only and minimal: one
+/// request per connection, the server closes it.
+pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .ok()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.ok()?;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
 
 /// A client of the whole cluster, endpoints in node order.
 pub fn client(c: &TestCluster) -> baton::client::Client {

@@ -190,6 +190,20 @@ impl KeeperCore {
         self.term
     }
 
+    /// Per service, how long ago this leader last answered a renewal RENEWED (any agent).
+    pub fn renewal_ages(&self, now: Instant) -> Vec<(String, Duration)> {
+        if self.term.is_none() {
+            return Vec::new();
+        }
+        self.agents
+            .iter()
+            .filter_map(|(service, agents)| {
+                let last = agents.values().filter_map(|a| a.renewed_at).max()?;
+                Some((service.clone(), now.saturating_duration_since(last)))
+            })
+            .collect()
+    }
+
     /// Leadership as Raft reports it. Returns true when the keeper's view changed (callers
     /// wake whoever waits on fencing). A new term forgets everything: renewals accepted in
     /// an earlier term (by anyone) are covered by counting every lease as renewed now.
