@@ -293,9 +293,14 @@ impl Node {
         // Standard probes: gRPC health (SERVING only while ready) and reflection.
         let (health_reporter, health_svc) = tonic_health::server::health_reporter();
         admin_http::track_health(ctx.clone(), health_reporter, shutdown_rx.clone());
+        // Both reflection versions: older grpcurl and tools speak only v1alpha.
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
             .build_v1()
+            .map_err(|e| NodeError::Other(format!("gRPC reflection: {e}")))?;
+        let reflection_alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
             .map_err(|e| NodeError::Other(format!("gRPC reflection: {e}")))?;
         let metrics = Arc::new(crate::telemetry::Metrics::new());
         if let Some(l) = admin_listener {
@@ -325,6 +330,7 @@ impl Node {
                 .add_service(admin)
                 .add_service(health_svc)
                 .add_service(reflection)
+                .add_service(reflection_alpha)
                 .add_optional_service(raft_on_client)
                 .serve_with_incoming_shutdown(
                     conn::incoming(
