@@ -161,3 +161,30 @@ async fn a_revocation_is_pushed_to_the_holder_without_waiting_for_its_next_renew
     // (Revoking, not Lost: it was told while its lease was still valid, in time to demote.)
     mover.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_is_pushed_to_the_new_holder_without_waiting_for_its_next_renewal() {
+    // The new holder renews only once an hour: without the push it would learn of its grant
+    // an hour later.
+    let c = TestCluster::start(3, &service_toml("payments", "10s")).await;
+    c.leader(Duration::from_secs(20)).await;
+    let cl = client(&c);
+    let us = agent(&c, "payments", "us-east");
+    let eu = client(&c).keep_alive(
+        "payments",
+        "eu-west",
+        "test-agent-eu-west",
+        baton::client::LeaseOptions {
+            auto_ack_demotion: true,
+            renew_interval: Some(Duration::from_secs(3600)),
+            ..Default::default()
+        },
+    );
+    let old = held(&us).await;
+    let r = cl
+        .with_timeout(Duration::from_secs(60))
+        .failover(switchover("payments", "eu-west", old))
+        .await
+        .unwrap();
+    assert_eq!(held(&eu).await, r.after.unwrap().token);
+}

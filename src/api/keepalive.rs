@@ -4,9 +4,11 @@
 //! RENEWED answer proves this node led when the renewal was received: a deposed leader that
 //! does not know it yet cannot extend a lease the new leader has already counted out.
 //!
-//! Revocations are also pushed: the moment a revocation of the lease held by the stream's
-//! region is applied, the stream gets an unsolicited REVOKE (seq 0), so a planned switchover
-//! does not wait for the holder's next renewal (a third of the TTL) to start its demotion.
+//! Changes are also pushed: the moment a revocation of the lease held by the stream's region
+//! is applied, the stream gets an unsolicited REVOKE (seq 0), so a planned switchover does
+//! not wait for the holder's next renewal (a third of the TTL) to start its demotion; the
+//! moment the region is granted the lease, it gets an unsolicited UNSPECIFIED carrying the
+//! new lease, which means "renew now" (validity only ever comes from a renewal's send time).
 //! A push carries only a committed fact, and the demotion ack it leads to counts under the
 //! same rules as any other (for its token, on this stream, after `on_demote` succeeded).
 
@@ -76,7 +78,7 @@ pub fn open(
     let mut changes = ctx.changes.subscribe();
     tokio::spawn(async move {
         let _open = OpenStream::new();
-        // The (service, region) this stream renews for, once a renewal was accepted.
+        // The (service, region) this stream renews for, once a renewal was answered.
         let mut renewing: Option<(String, String)> = None;
         loop {
             let msg = tokio::select! {
@@ -90,14 +92,21 @@ pub fn open(
                         (c, renewing.as_ref())
                     {
                         for e in events.iter().filter(|e| {
-                            e.kind == EventKind::Revoking
-                                && e.lease.state == LeaseState::Revoking
-                                && &e.service == service
-                                && e.lease.holder.as_ref() == Some(region)
+                            &e.service == service && e.lease.holder.as_ref() == Some(region)
                         }) {
+                            let status = match (e.kind, e.lease.state) {
+                                (EventKind::Revoking, LeaseState::Revoking) => {
+                                    KeepAliveStatus::Revoke
+                                }
+                                // "Renew now": a grant's validity must come from a renewal.
+                                (EventKind::Granted, LeaseState::Held) => {
+                                    KeepAliveStatus::Unspecified
+                                }
+                                _ => continue,
+                            };
                             let push = proto::KeepAliveResponse {
                                 seq: 0,
-                                status: KeepAliveStatus::Revoke as i32,
+                                status: status as i32,
                                 lease: Some(lease_to_proto(service, &e.lease)),
                                 leader_id: ctx.id,
                             };
@@ -158,9 +167,7 @@ pub fn open(
             }
             .await
             .map(|(status, lease)| {
-                if status != KeepAliveStatus::NotHolder {
-                    renewing = Some((req.service.clone(), req.region.clone()));
-                }
+                renewing = Some((req.service.clone(), req.region.clone()));
                 (status, lease)
             })
             .map(|(status, lease)| proto::KeepAliveResponse {

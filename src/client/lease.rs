@@ -141,6 +141,8 @@ pub(crate) enum Reaction {
     None,
     /// Send a message with `demoted = true` now.
     SendDemoted,
+    /// Renew now: the leader said this region was just granted the lease.
+    RenewNow,
 }
 
 /// The lease arithmetic and state, without I/O: the background task feeds it sends,
@@ -336,6 +338,11 @@ impl LeaseCore {
                 self.valid_until = None;
                 self.status = LeaseStatus::NotHolder;
                 Reaction::None
+            }
+            // Pushed (seq 0) when this region is granted a lease: validity only ever comes
+            // from a renewal's own send time, so the answer is to renew at once.
+            KeepAliveStatus::Unspecified if resp.seq == 0 && lease.token > self.token => {
+                Reaction::RenewNow
             }
             KeepAliveStatus::Unspecified => Reaction::None,
         }
@@ -826,11 +833,14 @@ async fn run(
                     info!(service = %ident.service, region = %ident.region, status = %core.status(), "lease status changed");
                 }
                 publish(&status_tx, &core);
-                if let (Reaction::SendDemoted, Phase::Open(session)) = (reaction, &phase) {
+                if let (Reaction::SendDemoted | Reaction::RenewNow, Phase::Open(session)) =
+                    (reaction, &phase)
+                {
                     seq += 1;
                     let now = Instant::now();
                     if session.tx.try_send(request(seq, &core)).is_ok() {
                         core.on_send(seq, now);
+                        last_sent = now;
                     }
                 }
                 continue;

@@ -666,3 +666,27 @@ fn a_pushed_revocation_of_an_older_grant_is_stale() {
     ));
     assert!(!core.demoted());
 }
+
+#[test]
+fn a_pushed_grant_asks_for_a_renewal_and_gives_no_validity_by_itself() {
+    let mut core = LeaseCore::new(&opts());
+    let t0 = Instant::now();
+    core.on_send(1, t0);
+    core.on_response(&answer(1, KeepAliveStatus::NotHolder, 0), t0);
+    // The push names the new grant; validity needs a renewal of its own.
+    let r = core.on_response(&answer(0, KeepAliveStatus::Unspecified, 9), t0);
+    assert_eq!(r, Reaction::RenewNow);
+    assert_eq!(core.status(), LeaseStatus::NotHolder);
+    core.on_send(2, t0 + Duration::from_millis(5));
+    core.on_response(&answer(2, KeepAliveStatus::Renewed, 9), t0);
+    assert_eq!(
+        core.status(),
+        LeaseStatus::Holding {
+            token: 9,
+            valid_until: t0 + Duration::from_millis(5) + SPAN
+        }
+    );
+    // A repeated push of the grant it already holds asks for nothing.
+    let r = core.on_response(&answer(0, KeepAliveStatus::Unspecified, 9), t0);
+    assert_eq!(r, Reaction::None);
+}
