@@ -1,10 +1,12 @@
-//! Benchmarks that need their own cluster of real processes: `baton bench leader-kill`.
+//! Benchmarks: `baton bench leader-kill` (starts its own cluster of real processes) and
+//! `baton bench switchover` (against a running cluster).
 //! They print figures; nothing here asserts a timing.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::client::{LeaseHandle, LeaseOptions, LeaseStatus};
 use crate::node::dev::cluster_configs;
 use crate::proto::admin_client::AdminClient;
 use crate::proto::coordinator_client::CoordinatorClient;
@@ -174,4 +176,106 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     }
     let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
     sorted[rank.min(sorted.len() - 1)]
+}
+
+/// Figures of one planned switchover.
+#[derive(Debug, Clone, Copy)]
+pub struct SwitchRound {
+    /// The Failover call: request sent to answer received.
+    pub call: Duration,
+    /// The write gap as the two regions' agents see it: the old holder stopped holding
+    /// (told of the revocation) to the new holder holding (its first renewal answered).
+    pub gap: Duration,
+}
+
+/// Holds a lease for `region` with an agent that acknowledges demotion at once.
+fn bench_agent(client: &crate::client::Client, service: &str, region: &str) -> LeaseHandle {
+    client.keep_alive(
+        service,
+        region,
+        &format!("bench-{region}-{}", std::process::id()),
+        LeaseOptions {
+            auto_ack_demotion: true,
+            ..LeaseOptions::default()
+        },
+    )
+}
+
+/// Switches `service` back and forth between `a` and `b`, `rounds` times, with an agent of
+/// each region in this process, and measures each switchover's call and write gap. The
+/// cluster's own agents of those regions (if any) take part as usual: every live agent of
+/// the old holder region must acknowledge.
+pub async fn switchover(
+    client: &crate::client::Client,
+    service: &str,
+    a: &str,
+    b: &str,
+    rounds: usize,
+) -> Result<Vec<SwitchRound>, String> {
+    let agents = [
+        bench_agent(client, service, a),
+        bench_agent(client, service, b),
+    ];
+    let mut out = Vec::new();
+    for _ in 0..rounds {
+        // Whoever holds now: wait until one of the two agents does (a round may start
+        // while the last grant's first renewal is still on its way).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (from, token) = loop {
+            if let Some(i) = agents.iter().position(|h| h.is_valid()) {
+                if let Some(t) = agents[i].token() {
+                    break (i, t);
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "neither {a} nor {b} holds {service} (is it defined with both as \
+                     candidates, and not frozen?)"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let to = 1 - from;
+        let mut old = agents[from].status();
+        let mut new = agents[to].status();
+        let target = [a, b][to];
+        let started = Instant::now();
+        let call = client.failover(crate::proto::FailoverRequest {
+            service: service.to_string(),
+            to_region: target.to_string(),
+            reason: "baton bench switchover".into(),
+            expected_token: token,
+            dry_run: false,
+        });
+        let stopped = async {
+            let _ = old
+                .wait_for(|s| !matches!(s, LeaseStatus::Holding { .. }))
+                .await;
+            Instant::now()
+        };
+        let holding = async {
+            let _ = new
+                .wait_for(|s| matches!(s, LeaseStatus::Holding { token: t, .. } if *t > token))
+                .await;
+            Instant::now()
+        };
+        let (answer, stopped_at, holding_at) = tokio::join!(
+            async {
+                let r = call.await;
+                (r, started.elapsed())
+            },
+            stopped,
+            holding
+        );
+        let (r, call) = answer;
+        r.map_err(|e| format!("switchover to {target}: {e}"))?;
+        out.push(SwitchRound {
+            call,
+            gap: holding_at.saturating_duration_since(stopped_at),
+        });
+    }
+    for h in agents {
+        h.close().await;
+    }
+    Ok(out)
 }

@@ -19,6 +19,29 @@ pub enum BenchCommand {
     /// Start a private three-process cluster, kill -9 its leader repeatedly and measure the
     /// time to a new leader and to the first linearizable read.
     LeaderKill(LeaderKillArgs),
+    /// Switch a service back and forth between two regions (with an agent of each in this
+    /// process) and measure each planned switchover: the call, and the write gap from the
+    /// old holder stopping to the new one holding.
+    Switchover(SwitchoverArgs),
+}
+
+/// `baton bench switchover`.
+#[derive(Debug, Args)]
+pub struct SwitchoverArgs {
+    /// The service to move (both regions must be among its candidates).
+    #[arg(long, default_value = "payments")]
+    pub service: String,
+    /// The two regions to move it between.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        num_args = 2,
+        default_value = "us-east,eu-west"
+    )]
+    pub regions: Vec<String>,
+    /// How many switchovers.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub rounds: u64,
 }
 
 /// Read consistency of a benchmark.
@@ -180,6 +203,7 @@ pub async fn run(ctx: &mut Ctx<'_>, cmd: BenchCommand) -> Result<Exit, CliError>
     match cmd {
         BenchCommand::GetPrimary(a) => get_primary(ctx, a).await,
         BenchCommand::LeaderKill(a) => kill(ctx, a).await,
+        BenchCommand::Switchover(a) => switchover(ctx, a).await,
     }
 }
 
@@ -197,6 +221,39 @@ async fn get_primary(ctx: &mut Ctx<'_>, args: GetPrimaryArgs) -> Result<Exit, Cl
         ConsistencyArg::Local => "local",
     };
     ctx.print(&results_table(name, &results))?;
+    Ok(Exit::Ok)
+}
+
+async fn switchover(ctx: &mut Ctx<'_>, args: SwitchoverArgs) -> Result<Exit, CliError> {
+    let client = ctx.client()?;
+    let (a, b) = match args.regions.as_slice() {
+        [a, b] if a != b => (a.clone(), b.clone()),
+        _ => {
+            return Err(CliError::Other(
+                "--regions takes two different regions, e.g. us-east,eu-west".into(),
+            ))
+        }
+    };
+    let rounds = crate::bench::switchover(&client, &args.service, &a, &b, args.rounds as usize)
+        .await
+        .map_err(CliError::Other)?;
+    let mut per_round = Table::new(&["round", "call_ms", "gap_ms"]);
+    for (i, r) in rounds.iter().enumerate() {
+        per_round.push(vec![Value::from(i + 1), ms(r.call), ms(r.gap)]);
+    }
+    let mut call: Vec<Duration> = rounds.iter().map(|r| r.call).collect();
+    let mut gap: Vec<Duration> = rounds.iter().map(|r| r.gap).collect();
+    call.sort_unstable();
+    gap.sort_unstable();
+    let mut summary = Table::new(&["measure", "p50_ms", "max_ms"]);
+    for (name, v) in [("call", &call), ("write gap", &gap)] {
+        summary.push(vec![
+            Value::from(name),
+            ms(percentile(v, 50.0)),
+            ms(v.last().copied().unwrap_or_default()),
+        ]);
+    }
+    ctx.print_sections(&[("rounds", &per_round), ("summary", &summary)])?;
     Ok(Exit::Ok)
 }
 
