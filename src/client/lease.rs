@@ -1,7 +1,7 @@
 //! A lease session for a region's agent: renews the primary lease with the leader and
 //! judges, from its own acknowledged renewals only, how long the lease is certainly valid.
 //!
-//! The rule (DESIGN.md, "Leases and failure detection"): after the leader acknowledges the
+//! The rule (docs/LEASES.md, rule 1): after the leader acknowledges the
 //! renewal sent at `t`, the lease is valid until `t + ttl * (1 - drift) - margin`. Measured
 //! from the *send* time on this process's monotonic clock, so neither network delay nor a
 //! slow answer can stretch it, and the leader (which counts from when it *received* the

@@ -1,5 +1,5 @@
 //! Health probes: every coordinator node is a vantage point in its region and probes every
-//! region's endpoint of every service (`DESIGN.md`, "Leases and failure detection").
+//! region's endpoint of every service.
 //!
 //! The pieces, from the wire up:
 //!

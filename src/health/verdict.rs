@@ -1,7 +1,7 @@
 //! Whether a region is down for a service, from the latest observations of every vantage.
 //!
 //! Pure and dependency-free (only `std`), so the state machine or the controller can use it
-//! as is. The rule (`DESIGN.md`, "Leases and failure detection"):
+//! as is. The rule:
 //!
 //! - a **vantage region** counts as failing when a strict majority of *its nodes that
 //!   reported* see the region failing (a tie is not failing);

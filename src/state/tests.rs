@@ -1,7 +1,7 @@
 //! Unit and property tests of the pure replicated model.
 //!
 //! The unit tests pin one behaviour each; the property tests drive random command
-//! sequences through [`State::apply`] and check the invariants of DESIGN.md ("Tokens",
+//! sequences through [`State::apply`] and check the invariants of docs/ARCHITECTURE.md ("Tokens",
 //! "No split brain", audit chain, determinism, watch history).
 
 use std::collections::{BTreeMap, BTreeSet};
