@@ -15,6 +15,9 @@
 //! - [`node`]: one coordinator process: wires config, storage, Raft, the API, the lease
 //!   keeper, the controller and the health probes together; `baton dev` lives here too.
 //! - [`api`]: the gRPC services `baton.v1.Coordinator` and `baton.v1.Admin`.
+//! - [`auth`]: who is calling (client certificates, hashed bearer tokens) and which roles
+//!   they hold; the method table every RPC is checked against.
+//! - [`telemetry`]: Prometheus metrics and the per-RPC metrics layer.
 //! - [`control`]: the leader side: batched linearizable reads, the lease keeper
 //!   (in-memory renewals, expiry, fencing), the automation policy (pure) and the
 //!   controller that drives workflow runs.
