@@ -10,7 +10,7 @@ mod admin;
 mod agent;
 mod audit;
 mod bench;
-mod cert;
+pub mod cert;
 mod control;
 mod drill;
 mod exit;
