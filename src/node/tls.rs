@@ -370,6 +370,11 @@ pub fn cert_names(cert: &CertificateDer<'_>) -> Vec<String> {
     names
 }
 
+/// The subject common name of a certificate, if it has one.
+pub fn common_name_of(cert: &CertificateDer<'_>) -> Option<String> {
+    common_name(webpki::EndEntityCert::try_from(cert).ok()?.subject())
+}
+
 /// One DER tag-length-value: (tag, contents, rest).
 fn tlv(buf: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&tag, rest) = buf.split_first()?;
