@@ -13,4 +13,5 @@ mod limits;
 mod membership;
 mod security;
 mod switchover;
+mod tls;
 mod watch;

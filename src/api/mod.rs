@@ -294,7 +294,9 @@ impl Links {
         let mut endpoint =
             Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(|e| e.to_string())?;
         if let Some(tls) = &self.tls {
-            endpoint = endpoint.tls_config(tls.clone()).map_err(|e| e.to_string())?;
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| e.to_string())?;
         }
         let ch = endpoint
             .connect_timeout(Duration::from_secs(1))

@@ -27,8 +27,8 @@ mod watch;
 mod workflow;
 
 use std::ffi::OsString;
-use std::path::PathBuf;
 use std::io::{self, IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 

@@ -90,9 +90,7 @@ impl ClientError {
         match self {
             ClientError::InvalidEndpoint { .. }
             | ClientError::InvalidActor { .. }
-            | ClientError::Tls(_) => {
-                Code::InvalidArgument
-            }
+            | ClientError::Tls(_) => Code::InvalidArgument,
             ClientError::Rpc { status, .. } => status.code(),
             ClientError::Unavailable { .. } => Code::Unavailable,
             ClientError::OutcomeUnknown { .. } => Code::Unknown,
@@ -207,9 +205,20 @@ fn tls_advice(detail: &str, tls: bool) -> Option<&'static str> {
     let d = detail.to_ascii_lowercase();
     let any = |words: &[&str]| words.iter().any(|w| d.contains(w));
     if !tls {
-        // A TLS listener answers the HTTP/2 preface with a TLS alert.
-        return any(&["frame with invalid size", "invalidcontenttype", "corrupt message"]).then_some(
-            "the node may require TLS: pass --cacert (BATON_CACERT) with the CA that signed \
+        // A TLS listener answers the HTTP/2 preface with a TLS alert (read as a bad frame)
+        // or just closes the connection.
+        if any(&[
+            "frame with invalid size",
+            "invalidcontenttype",
+            "corrupt message",
+        ]) {
+            return Some(
+                "the node requires TLS: pass --cacert (BATON_CACERT) with the CA that signed \
+                 the nodes' certificates, and --cert/--key if it asks for a client certificate",
+            );
+        }
+        return any(&["connection closed", "connection reset"]).then_some(
+            "if the node requires TLS: pass --cacert (BATON_CACERT) with the CA that signed \
              the nodes' certificates, and --cert/--key if it asks for a client certificate",
         );
     }
@@ -219,13 +228,23 @@ fn tls_advice(detail: &str, tls: bool) -> Option<&'static str> {
              configure [client_tls] on the node",
         );
     }
-    if any(&["peer certificate", "unknownissuer", "badsignature", "notvalidforname"]) {
+    if any(&[
+        "peer certificate",
+        "unknownissuer",
+        "badsignature",
+        "notvalidforname",
+    ]) {
         return Some(
             "the node's certificate is not trusted: check that --cacert is the CA that signed \
              it, that it is not expired, and that it names the host you dial",
         );
     }
-    if any(&["connection closed", "connection reset", "certificate required", "broken pipe"]) {
+    if any(&[
+        "connection closed",
+        "connection reset",
+        "certificate required",
+        "broken pipe",
+    ]) {
         return Some(
             "if the node requires a client certificate: pass --cert and --key signed by the \
              cluster's CA, and check that it has not expired",
@@ -400,14 +419,25 @@ mod tests {
     fn tls_mismatches_come_with_advice() {
         let plain_to_tls = explain("h2 protocol error: frame with invalid size".into(), false);
         assert!(plain_to_tls.contains("pass --cacert"), "{plain_to_tls}");
-        let tls_to_plain = explain("received corrupt message of type InvalidContentType".into(), true);
-        assert!(tls_to_plain.contains("does not speak TLS"), "{tls_to_plain}");
+        let tls_to_plain = explain(
+            "received corrupt message of type InvalidContentType".into(),
+            true,
+        );
+        assert!(
+            tls_to_plain.contains("does not speak TLS"),
+            "{tls_to_plain}"
+        );
         let untrusted = explain("invalid peer certificate: UnknownIssuer".into(), true);
         assert!(untrusted.contains("--cacert is the CA"), "{untrusted}");
         let refused = explain("transport error: connection closed".into(), true);
         assert!(refused.contains("--cert and --key"), "{refused}");
-        assert_eq!(explain("Connection refused".into(), true), "Connection refused");
-        assert_eq!(explain("connection closed".into(), false), "connection closed");
+        assert_eq!(
+            explain("Connection refused".into(), true),
+            "Connection refused"
+        );
+        let closed = explain("transport error: connection closed".into(), false);
+        assert!(closed.contains("if the node requires TLS"), "{closed}");
+        assert_eq!(explain("no quorum".into(), false), "no quorum");
     }
 
     #[test]

@@ -106,12 +106,9 @@ mod tests {
 
     #[test]
     fn client_auth_defaults_to_required_with_a_ca() {
-        let cfg = check("[client_tls]\ncert = \"n.pem\"\nkey = \"n.key\"\nca = \"ca.pem\"\n")
-            .unwrap();
-        assert_eq!(
-            cfg.client_tls.unwrap().client_auth(),
-            ClientAuth::Required
-        );
+        let cfg =
+            check("[client_tls]\ncert = \"n.pem\"\nkey = \"n.key\"\nca = \"ca.pem\"\n").unwrap();
+        assert_eq!(cfg.client_tls.unwrap().client_auth(), ClientAuth::Required);
         let cfg = check(
             "[client_tls]\ncert = \"n.pem\"\nkey = \"n.key\"\nca = \"ca.pem\"\nclient_auth = \"optional\"\n",
         )
@@ -121,8 +118,9 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let e = check("[client_tls]\ncert = \"n.pem\"\nkey = \"n.key\"\nclient_auth = \"required\"\n")
-            .unwrap_err();
+        let e =
+            check("[client_tls]\ncert = \"n.pem\"\nkey = \"n.key\"\nclient_auth = \"required\"\n")
+                .unwrap_err();
         assert!(e.starts_with("client_tls.client_auth: needs `ca`"), "{e}");
         let e = check("[client_tls]\ncert = \"n.pem\"\nkey = \"n.key\"\n").unwrap_err();
         assert!(e.starts_with("client_tls.ca: missing"), "{e}");
@@ -131,8 +129,8 @@ mod tests {
         let e = check("[client_tls]\ncert = \"n.pem\"\nkey = \"n.key\"\nca = \"c\"\nclient_auth = \"sometimes\"\n")
             .unwrap_err();
         assert!(e.contains("client_auth"), "{e}");
-        let e = check("[client_tls]\ncert = \"n.pem\"\nkey = \"n.key\"\ncacert = \"c\"\n")
-            .unwrap_err();
+        let e =
+            check("[client_tls]\ncert = \"n.pem\"\nkey = \"n.key\"\ncacert = \"c\"\n").unwrap_err();
         assert!(e.contains("cacert"), "{e}");
     }
 }

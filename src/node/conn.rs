@@ -18,10 +18,10 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
@@ -294,9 +294,12 @@ async fn handshake(
         .1
         .peer_certificates()
         .map(|c| Arc::new(c.to_vec()));
-    let identity = certs.as_ref().and_then(|c| c.first()).map(|leaf| CertIdentity {
-        names: super::tls::cert_names(leaf),
-    });
+    let identity = certs
+        .as_ref()
+        .and_then(|c| c.first())
+        .map(|leaf| CertIdentity {
+            names: super::tls::cert_names(leaf),
+        });
     let info = ConnInfo {
         remote: Some(peer),
         certs,
@@ -402,5 +405,87 @@ mod tests {
         let _fourth = TcpStream::connect(addr).await.unwrap();
         let (_conns, c) = accept_more.await.unwrap();
         assert!(c.is_some());
+    }
+
+    /// A CA, a server certificate for 127.0.0.1 and a client certificate for `alice`, as
+    /// files in `dir`; the server's TLS (client certificates required) and a client config.
+    fn pki(dir: &std::path::Path) -> (Arc<ServerTls>, Arc<rustls::ClientConfig>) {
+        use crate::cli::cert;
+        let (ca, ca_key) = cert::make_ca("t").unwrap();
+        let (node, node_key) = cert::make_node(1, &[], &ca, &ca_key).unwrap();
+        let (alice, alice_key) = cert::make_client("alice", &ca, &ca_key).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.join("n.pem"), node.pem()).unwrap();
+        std::fs::write(dir.join("n.key"), node_key.serialize_pem()).unwrap();
+        let server = ServerTls::load(super::super::tls::TlsFiles {
+            label: "client_tls",
+            ca: Some(dir.join("ca.pem")),
+            cert: dir.join("n.pem"),
+            key: dir.join("n.key"),
+            client_auth: crate::config::ClientAuth::Required,
+        })
+        .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.der().clone()).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(alice_key.serialize_der()).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(vec![alice.der().clone()], key)
+        .unwrap();
+        (server, Arc::new(client))
+    }
+
+    #[tokio::test]
+    async fn a_verified_client_certificate_names_the_caller_and_a_silent_one_blocks_no_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (server, client) = pki(dir.path());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut conns = Box::pin(incoming(listener, 8, Some(server)));
+        // A connection that never starts its handshake is accepted first...
+        let silent = TcpStream::connect(addr).await.unwrap();
+        // ...and does not hold up the next one's handshake.
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let handshake = tokio::spawn(async move {
+            let mut tls = tokio_rustls::TlsConnector::from(client)
+                .connect(name, tcp)
+                .await
+                .unwrap();
+            // TLS 1.3 finishes the client side before the server has checked it; a byte
+            // of application data lets the server's side complete.
+            tokio::io::AsyncWriteExt::write_all(&mut tls, b"x")
+                .await
+                .unwrap();
+            tls
+        });
+        let conn = conns.next().await.unwrap().unwrap();
+        let _client = handshake.await.unwrap();
+        // The silent one is still waiting (not closed by a handshake timeout that the
+        // second connection would have had to wait out, were handshakes run in turn).
+        let mut buf = [0u8; 1];
+        assert_eq!(
+            silent.try_read(&mut buf).map_err(|e| e.kind()),
+            Err(io::ErrorKind::WouldBlock)
+        );
+        let info = conn.connect_info();
+        let names = info.identity().map(|i| i.names.clone());
+        assert_eq!(names, Some(vec!["alice".to_string()]));
+        assert_eq!(info.peer_certs().map(<[_]>::len), Some(1));
+        assert_eq!(info.remote.map(|a| a.ip()), Some(addr.ip()));
+        // What authorization reads from a request carrying this connection's info.
+        let mut req = tonic::Request::new(());
+        req.extensions_mut().insert(info);
+        assert_eq!(
+            crate::auth::CertIdentity::of(&req).map(|i| i.names.clone()),
+            Some(vec!["alice".to_string()])
+        );
+        assert_eq!(ConnInfo::remote_addr(&req).map(|a| a.ip()), Some(addr.ip()));
+        // Plaintext: no identity.
+        assert!(crate::auth::CertIdentity::of(&tonic::Request::new(())).is_none());
     }
 }

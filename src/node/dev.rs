@@ -76,7 +76,8 @@ impl DevCerts {
         // The CA certificate last: its presence says the set is complete.
         files.rotate_left(1);
         for (path, text, secret) in files {
-            write_file(&path, &text, secret).map_err(|e| err(&format!("{}: {e}", path.display())))?;
+            write_file(&path, &text, secret)
+                .map_err(|e| err(&format!("{}: {e}", path.display())))?;
         }
         Ok(certs)
     }

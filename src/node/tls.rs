@@ -134,8 +134,10 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, Stri
                     .add(c)
                     .map_err(|e| format!("{label}.ca: {}: {e}", ca.display()))?;
             }
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider());
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                roots.into(),
+                provider(),
+            );
             let verifier = if auth == ClientAuth::Optional {
                 verifier.allow_unauthenticated()
             } else {
@@ -262,11 +264,12 @@ pub fn spawn_reloader(sources: Vec<Arc<ServerTls>>, mut stop: watch::Receiver<bo
         return;
     }
     tokio::spawn(async move {
-        let mut sig = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        {
+        let mut sig = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(s) => Some(s),
             Err(e) => {
-                tracing::warn!("cannot catch SIGHUP ({e}): certificates reload on file change only");
+                tracing::warn!(
+                    "cannot catch SIGHUP ({e}): certificates reload on file change only"
+                );
                 None
             }
         };
@@ -288,18 +291,19 @@ pub fn spawn_reloader(sources: Vec<Arc<ServerTls>>, mut stop: watch::Receiver<bo
                     continue;
                 }
                 let label = src.files.label;
+                let cause = if forced { "SIGHUP" } else { "file change" };
                 match src.reload() {
                     Ok(()) => {
                         tracing::info!(
                             cert = %src.files.cert.display(),
-                            "{label}: certificates reloaded; new connections use them"
+                            "{label}: certificates reloaded on {cause}; new connections use them"
                         );
                         core.done(now, true);
                     }
                     Err(e) => {
                         tracing::error!(
-                            "{label}: RELOAD FAILED, still serving the certificates loaded \
-                             before: {e}"
+                            "{label}: RELOAD FAILED ({cause}), still serving the certificates \
+                             loaded before: {e}"
                         );
                         core.done(now, false);
                     }
@@ -464,10 +468,8 @@ mod tests {
     fn a_key_of_another_certificate_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let (ca, ca_key) = crate::cli::cert::make_ca("t").unwrap();
-        let (a, _) =
-            crate::cli::cert::make_leaf("a", vec!["a".into()], &ca, &ca_key).unwrap();
-        let (_, b_key) =
-            crate::cli::cert::make_leaf("b", vec!["b".into()], &ca, &ca_key).unwrap();
+        let (a, _) = crate::cli::cert::make_leaf("a", vec!["a".into()], &ca, &ca_key).unwrap();
+        let (_, b_key) = crate::cli::cert::make_leaf("b", vec!["b".into()], &ca, &ca_key).unwrap();
         let (cert, key) = (dir.path().join("a.pem"), dir.path().join("b.key"));
         std::fs::write(&cert, a.pem()).unwrap();
         std::fs::write(&key, b_key.serialize_pem()).unwrap();
@@ -487,8 +489,7 @@ mod tests {
         .unwrap();
         assert_eq!(cert_names(c.der()), vec!["alice", "client-alice"]);
         let (n, _) =
-            crate::cli::cert::make_leaf("node-1", vec!["node-1".into()], &ca, &ca_key)
-                .unwrap();
+            crate::cli::cert::make_leaf("node-1", vec!["node-1".into()], &ca, &ca_key).unwrap();
         assert_eq!(cert_names(n.der()), vec!["node-1"]);
         assert!(cert_names(&CertificateDer::from(vec![1, 2, 3])).is_empty());
     }
