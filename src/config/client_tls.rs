@@ -57,6 +57,14 @@ pub(super) fn validate(cfg: &NodeConfig) -> Result<(), ConfigError> {
     let Some(tls) = &cfg.client_tls else {
         return Ok(());
     };
+    if cfg.peer_listen.is_none() {
+        // Raft would share the client listener, where peers dial without a client identity.
+        return Err(ConfigError::invalid(
+            "client_tls",
+            "needs `peer_listen`: with TLS on the client address, Raft must have its own \
+             listener; add peer_listen = \"host:port\" (and [peer_tls], [dial])",
+        ));
+    }
     let files = [("cert", Some(&tls.cert)), ("key", Some(&tls.key))];
     for (field, path) in files.into_iter().chain([("ca", tls.ca.as_ref())]) {
         if path.is_some_and(|p| p.as_os_str().is_empty()) {
@@ -94,6 +102,7 @@ mod tests {
         id = 1
         region = "us-east"
         listen = "127.0.0.1:7101"
+        peer_listen = "127.0.0.1:7201"
         data_dir = "/tmp/x"
     "#;
 
@@ -124,6 +133,13 @@ mod tests {
         assert!(e.starts_with("client_tls.client_auth: needs `ca`"), "{e}");
         let e = check("[client_tls]\ncert = \"n.pem\"\nkey = \"n.key\"\n").unwrap_err();
         assert!(e.starts_with("client_tls.ca: missing"), "{e}");
+        let cfg: NodeConfig = toml::from_str(&format!(
+            "{}\n[client_tls]\ncert = \"n.pem\"\nkey = \"n.key\"\nca = \"c\"\n",
+            BASE.replace("peer_listen = \"127.0.0.1:7201\"", "")
+        ))
+        .unwrap();
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.starts_with("client_tls: needs `peer_listen`"), "{e}");
         let e = check("[client_tls]\ncert = \"\"\nkey = \"n.key\"\nca = \"c\"\n").unwrap_err();
         assert!(e.starts_with("client_tls.cert: is empty"), "{e}");
         let e = check("[client_tls]\ncert = \"n.pem\"\nkey = \"n.key\"\nca = \"c\"\nclient_auth = \"sometimes\"\n")

@@ -422,8 +422,7 @@ fn common_name(mut name: &[u8]) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn files(dir: &Path, ca: Option<PathBuf>, cert: PathBuf, key: PathBuf) -> TlsFiles {
-        let _ = dir;
+    fn files(ca: Option<PathBuf>, cert: PathBuf, key: PathBuf) -> TlsFiles {
         TlsFiles {
             label: "peer_tls",
             ca,
@@ -439,11 +438,10 @@ mod tests {
         let junk = dir.path().join("junk.pem");
         std::fs::write(&junk, "not a certificate").unwrap();
         let absent = dir.path().join("absent.pem");
-        let e = server_config(&files(dir.path(), Some(junk.clone()), absent, junk.clone()))
-            .unwrap_err();
+        let e = server_config(&files(Some(junk.clone()), absent, junk.clone())).unwrap_err();
         assert!(e.starts_with("peer_tls.cert: cannot read"), "{e}");
         assert!(e.contains("baton cert"), "{e}");
-        let e = server_config(&files(dir.path(), None, junk.clone(), junk.clone())).unwrap_err();
+        let e = server_config(&files(None, junk.clone(), junk.clone())).unwrap_err();
         assert!(
             e.starts_with("peer_tls.cert:") && e.contains("no PEM CERTIFICATE"),
             "{e}"
@@ -460,7 +458,7 @@ mod tests {
             "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
         )
         .unwrap();
-        let e = server_config(&files(dir.path(), Some(cert.clone()), cert, bad_key)).unwrap_err();
+        let e = server_config(&files(Some(cert.clone()), cert, bad_key)).unwrap_err();
         assert!(e.starts_with("peer_tls"), "{e}");
     }
 
@@ -473,7 +471,7 @@ mod tests {
         let (cert, key) = (dir.path().join("a.pem"), dir.path().join("b.key"));
         std::fs::write(&cert, a.pem()).unwrap();
         std::fs::write(&key, b_key.serialize_pem()).unwrap();
-        let e = server_config(&files(dir.path(), None, cert, key)).unwrap_err();
+        let e = server_config(&files(None, cert, key)).unwrap_err();
         assert!(e.contains("belong together"), "{e}");
     }
 
@@ -530,12 +528,7 @@ mod tests {
     #[test]
     fn a_vanished_file_is_a_change_that_fails() {
         let dir = tempfile::tempdir().unwrap();
-        let f = files(
-            dir.path(),
-            None,
-            dir.path().join("c.pem"),
-            dir.path().join("k.pem"),
-        );
+        let f = files(None, dir.path().join("c.pem"), dir.path().join("k.pem"));
         assert_eq!(f.stamp(), vec![None, None]);
         assert!(ServerTls::load(f).is_err());
     }
