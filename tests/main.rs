@@ -14,4 +14,5 @@ mod membership;
 mod ops;
 mod security;
 mod switchover;
+mod tls;
 mod watch;

@@ -70,6 +70,8 @@ pub const DEFAULT_DEMOTE_TIMEOUT: Duration = Duration::from_millis(500);
 pub struct AgentOptions {
     /// Coordinator endpoints (`host:port`).
     pub endpoints: Vec<String>,
+    /// TLS to the coordinators (`--cacert`, `--cert`, `--key`); `None`: plaintext.
+    pub tls: Option<crate::client::ClientTls>,
     /// The service whose lease the agent holds for its region.
     pub service: String,
     /// The agent's region.
@@ -100,6 +102,7 @@ impl AgentOptions {
     pub fn new(endpoints: Vec<String>, service: &str, region: &str) -> Self {
         Self {
             endpoints,
+            tls: None,
             service: service.to_string(),
             region: region.to_string(),
             agent_id: default_agent_id(),
@@ -205,7 +208,13 @@ pub fn default_agent_id() -> String {
 /// its TTL (another agent of the region may still renew it).
 pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
     opts.validate()?;
-    let client = Client::new(opts.endpoints.clone())?;
+    let client = Client::with_options(
+        opts.endpoints.clone(),
+        crate::client::ClientOptions {
+            tls: opts.tls.clone(),
+            ..Default::default()
+        },
+    )?;
     let initial = AgentState::replica(&opts.service, &opts.region, &opts.agent_id);
     let (publish, _) = watch::channel(initial.clone());
 

@@ -476,7 +476,10 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<proto::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let slot = self.ctx.watchers.admit(request.remote_addr())?;
+        let slot = self
+            .ctx
+            .watchers
+            .admit(crate::node::conn::ConnInfo::remote_addr(&request))?;
         let stream = super::watch::open(self.ctx.clone(), request.into_inner(), slot)?;
         Ok(Response::new(Box::pin(stream)))
     }

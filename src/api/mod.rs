@@ -280,6 +280,8 @@ pub fn rejection_status(r: &Rejection) -> Status {
 pub struct Links {
     channels: Arc<Mutex<HashMap<NodeId, (String, Channel)>>>,
     dial: Arc<HashMap<NodeId, String>>,
+    /// TLS to other nodes' client addresses (`[client_tls]`); plaintext when `None`.
+    tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Links {
@@ -288,7 +290,14 @@ impl Links {
         Self {
             channels: Arc::default(),
             dial: Arc::new(dial),
+            tls: None,
         }
+    }
+
+    /// Dials with TLS (`https`) when `tls` is given.
+    pub fn with_tls(mut self, tls: Option<tonic::transport::ClientTlsConfig>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// The channel to node `id` at `addr` (reused while the address is unchanged).
@@ -300,8 +309,15 @@ impl Links {
                 return Ok(ch.clone());
             }
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| e.to_string())?
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint =
+            Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(|e| e.to_string())?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| e.to_string())?;
+        }
+        let ch = endpoint
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .connect_lazy();

@@ -2,8 +2,8 @@
 //! built on it and on bearer tokens, the principal and roles every RPC is checked against.
 
 /// The names a verified client certificate carries (its DNS subject alternative names and
-/// its subject common name), set by the client listener's TLS acceptor as a request
-/// extension. Absent on plaintext connections and when the client sent no certificate.
+/// its subject common name), found by the listener's TLS acceptor (`node::conn::ConnInfo`).
+/// Absent on plaintext connections and when the client sent no certificate.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CertIdentity {
     /// DNS SANs, then the common name (if any), as written in the certificate.
@@ -13,6 +13,10 @@ pub struct CertIdentity {
 impl CertIdentity {
     /// The certificate's identity from a request's extensions, if the connection proved one.
     pub fn of<T>(req: &tonic::Request<T>) -> Option<&CertIdentity> {
-        req.extensions().get::<CertIdentity>()
+        // Set directly only by in-process callers (tests); requests from the network carry
+        // it in their connection's info.
+        req.extensions().get::<CertIdentity>().or_else(|| {
+            crate::node::conn::ConnInfo::of(req).and_then(crate::node::conn::ConnInfo::identity)
+        })
     }
 }

@@ -59,6 +59,7 @@ pub struct AgentArgs {
 /// Runs the agent until SIGINT/SIGTERM.
 pub async fn run(global: &GlobalArgs, a: AgentArgs) -> Result<Exit, CliError> {
     let mut opts = AgentOptions::new(global.endpoints.clone(), &a.service, &a.region);
+    opts.tls = global.tls()?;
     if let Some(id) = a.agent_id {
         opts.agent_id = id;
     }

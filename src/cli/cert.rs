@@ -1,11 +1,15 @@
 //! `baton cert`: a development certificate authority with node and client certificates
-//! (rcgen), for `[peer_tls]` and clients. Keys are written mode 0600. For production, use
-//! your own PKI; these certificates are for trying TLS out and for tests.
+//! (rcgen), for `[peer_tls]`, `[client_tls]` and clients. Keys are written mode 0600. For
+//! production, use your own PKI; these certificates are for trying TLS out and for tests.
+//!
+//! `baton cert --out DIR` makes a new CA (and node and client certificates);
+//! `baton cert client NAME --out DIR` and `baton cert node ID --out DIR` issue more from the
+//! CA already in DIR.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use clap::Args;
+use clap::{Args, Subcommand};
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
@@ -15,11 +19,15 @@ use super::{CliError, Ctx, Exit};
 
 /// `baton cert`.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct CertArgs {
+    /// Issue more certificates from the CA in --out instead of making a new CA.
+    #[command(subcommand)]
+    pub issue: Option<IssueCommand>,
     /// Directory to write `ca.pem`, `ca.key`, `node-<id>.pem/.key` and `client-<name>.pem/.key`
     /// into (created if missing; existing files are never overwritten).
     #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
+    pub out: Option<PathBuf>,
     /// Node certificates for ids 1..=N (usable as TLS server and client between peers),
     /// each naming its node as DNS name `node-<id>`.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(0..=100))]
@@ -33,6 +41,33 @@ pub struct CertArgs {
     pub client: Vec<String>,
 }
 
+/// `baton cert client|node`: more certificates from an existing CA.
+#[derive(Debug, Subcommand)]
+pub enum IssueCommand {
+    /// Client certificates for named principals (`baton cert client alice --out DIR`): the
+    /// name is the certificate's common name, which the cluster sees as the caller.
+    Client {
+        /// Principal names.
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+        /// Directory holding `ca.pem` and `ca.key` (made by `baton cert --out DIR`).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Node certificates (`node-<id>`, usable on the client and the peer listener).
+    Node {
+        /// Node ids.
+        #[arg(required = true, value_name = "ID", value_parser = clap::value_parser!(u64).range(1..))]
+        ids: Vec<u64>,
+        /// Extra host names or IP addresses the certificates are valid for.
+        #[arg(long, value_name = "NAME")]
+        san: Vec<String>,
+        /// Directory holding `ca.pem` and `ca.key` (made by `baton cert --out DIR`).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
 /// What went wrong making a certificate, said plainly.
 fn cert_err(what: &str, e: rcgen::Error) -> CliError {
     CliError::Other(format!("making {what}: {e}"))
@@ -40,7 +75,113 @@ fn cert_err(what: &str, e: rcgen::Error) -> CliError {
 
 /// A new CA: its certificate and key.
 pub fn make_ca(name: &str) -> Result<(Certificate, KeyPair), rcgen::Error> {
+    ca_with_key(name, KeyPair::generate()?)
+}
+
+/// A certificate named `cn`, valid for `sans`, signed by the CA, usable for TLS server and
+/// client authentication (nodes are both).
+pub fn make_leaf(
+    cn: &str,
+    sans: Vec<String>,
+    ca: &Certificate,
+    ca_key: &KeyPair,
+) -> Result<(Certificate, KeyPair), rcgen::Error> {
+    leaf(cn, sans, true, ca, ca_key)
+}
+
+fn leaf(
+    cn: &str,
+    sans: Vec<String>,
+    server: bool,
+    ca: &Certificate,
+    ca_key: &KeyPair,
+) -> Result<(Certificate, KeyPair), rcgen::Error> {
     let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(sans)?;
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    if server {
+        params
+            .extended_key_usages
+            .insert(0, ExtendedKeyUsagePurpose::ServerAuth);
+    }
+    Ok((params.signed_by(&key, ca, ca_key)?, key))
+}
+
+/// Node `id`'s certificate: DNS name `node-<id>` (the identity peers check: a node may only
+/// speak for itself), `localhost`, `127.0.0.1` and `extra` host names or addresses; usable
+/// as TLS server and client on both listeners.
+pub fn make_node(
+    id: u64,
+    extra: &[String],
+    ca: &Certificate,
+    ca_key: &KeyPair,
+) -> Result<(Certificate, KeyPair), rcgen::Error> {
+    let mut sans = vec![
+        format!("node-{id}"),
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+    ];
+    sans.extend(extra.iter().cloned());
+    leaf(&format!("node-{id}"), sans, true, ca, ca_key)
+}
+
+/// A client certificate for principal `name` (its common name; client auth only, no DNS
+/// names, so it can never pass for a node).
+pub fn make_client(
+    name: &str,
+    ca: &Certificate,
+    ca_key: &KeyPair,
+) -> Result<(Certificate, KeyPair), rcgen::Error> {
+    leaf(name, Vec::new(), false, ca, ca_key)
+}
+
+/// Checks a principal name for a client certificate.
+fn check_client_name(name: &str) -> Result<(), CliError> {
+    crate::state::names::check_name("client", name).map_err(CliError::Other)?;
+    if name.starts_with("node-") {
+        return Err(CliError::Other(format!(
+            "client name {name:?}: `node-` names are reserved for nodes; choose another"
+        )));
+    }
+    Ok(())
+}
+
+/// The CA in `dir` (`ca.pem`, `ca.key`), to sign more certificates with. The issuer is
+/// rebuilt from the key and the CA's common name, which is all `baton cert` puts in a CA.
+pub fn load_ca(dir: &Path) -> Result<(Certificate, KeyPair), CliError> {
+    let read = |f: &str| {
+        std::fs::read_to_string(dir.join(f)).map_err(|source| CliError::Io {
+            context: format!(
+                "reading {} (make a CA first: `baton cert --out {}`)",
+                dir.join(f).display(),
+                dir.display()
+            ),
+            source,
+        })
+    };
+    let key = KeyPair::from_pem(&read("ca.key")?)
+        .map_err(|e| CliError::Other(format!("{}: {e}", dir.join("ca.key").display())))?;
+    let pem = read("ca.pem")?;
+    let der = {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+            .map_err(|e| CliError::Other(format!("{}: {e}", dir.join("ca.pem").display())))?
+    };
+    let cn = crate::node::tls::common_name_of(&der).ok_or_else(|| {
+        CliError::Other(format!(
+            "{}: no common name: not a CA made by `baton cert`",
+            dir.join("ca.pem").display()
+        ))
+    })?;
+    ca_with_key(&cn, key).map_err(|e| cert_err("the CA issuer", e))
+}
+
+fn ca_with_key(name: &str, key: KeyPair) -> Result<(Certificate, KeyPair), rcgen::Error> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.distinguished_name.push(DnType::CommonName, name);
@@ -52,26 +193,10 @@ pub fn make_ca(name: &str) -> Result<(Certificate, KeyPair), rcgen::Error> {
     Ok((params.self_signed(&key)?, key))
 }
 
-/// A certificate named `cn`, valid for `sans`, signed by the CA, usable for TLS server and
-/// client authentication (nodes are both).
-pub fn make_leaf(
-    cn: &str,
-    sans: Vec<String>,
-    ca: &Certificate,
-    ca_key: &KeyPair,
-) -> Result<(Certificate, KeyPair), rcgen::Error> {
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(sans)?;
-    params.distinguished_name.push(DnType::CommonName, cn);
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    Ok((params.signed_by(&key, ca, ca_key)?, key))
+/// Writes a certificate and its key as `<stem>.pem` and `<stem>.key` in `dir`.
+fn write_pair(dir: &Path, stem: &str, cert: &Certificate, key: &KeyPair) -> Result<(), CliError> {
+    write_new(&dir.join(format!("{stem}.pem")), &cert.pem(), false)?;
+    write_new(&dir.join(format!("{stem}.key")), &key.serialize_pem(), true)
 }
 
 fn write_new(path: &Path, text: &str, secret: bool) -> Result<(), CliError> {
@@ -101,9 +226,63 @@ fn write_new(path: &Path, text: &str, secret: bool) -> Result<(), CliError> {
     f.write_all(text.as_bytes()).map_err(io)
 }
 
+fn print(ctx: &mut Ctx<'_>, line: String) -> Result<(), CliError> {
+    writeln!(ctx.out, "{line}").map_err(|source| CliError::Io {
+        context: "writing the summary".into(),
+        source,
+    })
+}
+
+/// Issues certificates from the CA already in the directory.
+fn issue(ctx: &mut Ctx<'_>, cmd: IssueCommand) -> Result<Exit, CliError> {
+    let (dir, made) = match cmd {
+        IssueCommand::Client { names, out } => {
+            for n in &names {
+                check_client_name(n)?;
+            }
+            let (ca, ca_key) = load_ca(&out)?;
+            let mut made = Vec::new();
+            for name in &names {
+                let (cert, key) = make_client(name, &ca, &ca_key)
+                    .map_err(|e| cert_err(&format!("client {name}'s certificate"), e))?;
+                write_pair(&out, &format!("client-{name}"), &cert, &key)?;
+                made.push(format!("client-{name}.pem"));
+            }
+            (out, made)
+        }
+        IssueCommand::Node { ids, san, out } => {
+            let (ca, ca_key) = load_ca(&out)?;
+            let mut made = Vec::new();
+            for id in ids {
+                let (cert, key) = make_node(id, &san, &ca, &ca_key)
+                    .map_err(|e| cert_err(&format!("node {id}'s certificate"), e))?;
+                write_pair(&out, &format!("node-{id}"), &cert, &key)?;
+                made.push(format!("node-{id}.pem"));
+            }
+            (out, made)
+        }
+    };
+    print(
+        ctx,
+        format!(
+            "wrote {} (keys alongside, mode 0600) in {}",
+            made.join(", "),
+            dir.display()
+        ),
+    )?;
+    Ok(Exit::Ok)
+}
+
 /// Writes a CA, node and client certificates under `args.out`.
 pub fn run(ctx: &mut Ctx<'_>, args: CertArgs) -> Result<Exit, CliError> {
-    let dir = &args.out;
+    if let Some(cmd) = args.issue {
+        return issue(ctx, cmd);
+    }
+    let Some(dir) = &args.out else {
+        return Err(CliError::Usage(
+            "--out DIR is required: the directory to write the CA and certificates into".into(),
+        ));
+    };
     std::fs::create_dir_all(dir).map_err(|source| CliError::Io {
         context: format!("creating {}", dir.display()),
         source,
@@ -121,34 +300,19 @@ pub fn run(ctx: &mut Ctx<'_>, args: CertArgs) -> Result<Exit, CliError> {
     write_new(&dir.join("ca.pem"), &ca.pem(), false)?;
     write_new(&dir.join("ca.key"), &ca_key.serialize_pem(), true)?;
     let mut made = vec!["ca.pem".to_string()];
+    for name in &args.client {
+        check_client_name(name)?;
+    }
     for id in 1..=args.nodes {
-        // `node-<id>` is the identity peers check (a node may only speak for itself).
-        let mut sans = vec![
-            format!("node-{id}"),
-            "localhost".to_string(),
-            "127.0.0.1".to_string(),
-        ];
-        sans.extend(args.san.iter().cloned());
-        let (cert, key) = make_leaf(&format!("node-{id}"), sans, &ca, &ca_key)
+        let (cert, key) = make_node(id, &args.san, &ca, &ca_key)
             .map_err(|e| cert_err(&format!("node {id}'s certificate"), e))?;
-        write_new(&dir.join(format!("node-{id}.pem")), &cert.pem(), false)?;
-        write_new(
-            &dir.join(format!("node-{id}.key")),
-            &key.serialize_pem(),
-            true,
-        )?;
+        write_pair(dir, &format!("node-{id}"), &cert, &key)?;
         made.push(format!("node-{id}.pem"));
     }
     for name in &args.client {
-        crate::state::names::check_name("client", name).map_err(CliError::Other)?;
-        let (cert, key) = make_leaf(&format!("client-{name}"), vec![], &ca, &ca_key)
+        let (cert, key) = make_client(name, &ca, &ca_key)
             .map_err(|e| cert_err(&format!("client {name}'s certificate"), e))?;
-        write_new(&dir.join(format!("client-{name}.pem")), &cert.pem(), false)?;
-        write_new(
-            &dir.join(format!("client-{name}.key")),
-            &key.serialize_pem(),
-            true,
-        )?;
+        write_pair(dir, &format!("client-{name}"), &cert, &key)?;
         made.push(format!("client-{name}.pem"));
     }
     let io = |source| CliError::Io {
@@ -164,7 +328,8 @@ pub fn run(ctx: &mut Ctx<'_>, args: CertArgs) -> Result<Exit, CliError> {
     .map_err(io)?;
     writeln!(
         ctx.out,
-        "node N's node.toml: [peer_tls] ca = \"ca.pem\", cert = \"node-N.pem\", key = \"node-N.key\" (paths under {})",
+        "node N's node.toml: [peer_tls] and [client_tls] ca = \"ca.pem\", cert = \"node-N.pem\", key = \"node-N.key\" (paths under {}); clients: --cacert ca.pem --cert client-NAME.pem --key client-NAME.key; more: `baton cert client NAME --out {}`",
+        dir.display(),
         dir.display()
     )
     .map_err(io)?;

@@ -10,7 +10,7 @@ mod admin;
 mod agent;
 mod audit;
 mod bench;
-mod cert;
+pub mod cert;
 mod control;
 mod drill;
 mod exit;
@@ -28,12 +28,13 @@ mod workflow;
 
 use std::ffi::OsString;
 use std::io::{self, IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::client::{normalize_endpoint, Client, ClientOptions};
+use crate::client::{normalize_endpoint, Client, ClientOptions, ClientTls};
 
 pub use exit::{exit_for_code, CliError, Exit};
 pub use output::{OutputFormat, Table};
@@ -81,6 +82,19 @@ pub struct GlobalArgs {
     )]
     pub endpoints: Vec<String>,
 
+    /// TLS: the CA (PEM) that signed the nodes' certificates. Turns TLS on for every
+    /// endpoint (`https://host:port` endpoints need it).
+    #[arg(long, global = true, env = "BATON_CACERT", value_name = "PEM")]
+    pub cacert: Option<PathBuf>,
+
+    /// TLS: this client's certificate (PEM), for nodes that ask for one; with --key.
+    #[arg(long, global = true, env = "BATON_CERT", value_name = "PEM")]
+    pub cert: Option<PathBuf>,
+
+    /// TLS: the private key (PEM) of --cert.
+    #[arg(long, global = true, env = "BATON_KEY", value_name = "PEM")]
+    pub key: Option<PathBuf>,
+
     /// Output format.
     #[arg(
         short = 'w',
@@ -108,8 +122,25 @@ pub struct GlobalArgs {
     pub log_json: bool,
 }
 
+/// A normalised endpoint; `https://` is kept so the client can check it has TLS flags.
 fn endpoint_arg(s: &str) -> Result<String, String> {
-    normalize_endpoint(s).map_err(|e| e.to_string())
+    let addr = normalize_endpoint(s).map_err(|e| e.to_string())?;
+    Ok(if s.trim().starts_with("https://") {
+        format!("https://{addr}")
+    } else {
+        addr
+    })
+}
+
+impl GlobalArgs {
+    /// The TLS settings of `--cacert`, `--cert` and `--key`; `None` without them.
+    pub fn tls(&self) -> Result<Option<ClientTls>, CliError> {
+        Ok(ClientTls::from_files(
+            self.cacert.as_deref(),
+            self.cert.as_deref(),
+            self.key.as_deref(),
+        )?)
+    }
 }
 
 /// The commands.
@@ -233,6 +264,7 @@ impl Ctx<'_> {
         let options = ClientOptions {
             timeout: self.global.timeout.unwrap_or(default),
             actor,
+            tls: self.global.tls()?,
             ..ClientOptions::default()
         };
         Ok(Client::with_options(

@@ -28,6 +28,10 @@ pub struct DevArgs {
     /// listeners base+20..base+22.
     #[arg(long, default_value_t = 7101, value_parser = clap::value_parser!(u16).range(1..=65503))]
     pub base_port: u16,
+    /// Serve both listeners with TLS and require client certificates: makes a dev CA, node
+    /// and client certificates in the data directory and prints the CLI flags to use.
+    #[arg(long)]
+    pub tls: bool,
     /// Act on a running dev cluster instead of starting one.
     #[command(subcommand)]
     pub action: Option<DevAction>,
@@ -77,6 +81,7 @@ pub async fn dev(args: DevArgs) -> Result<Exit, CliError> {
     node::dev::run(DevOptions {
         data_dir: args.data_dir,
         base_port: args.base_port,
+        tls: args.tls,
     })
     .await?;
     Ok(Exit::Ok)

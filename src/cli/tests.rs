@@ -60,11 +60,58 @@ fn endpoints_accept_lists_urls_and_either_position() {
 
 #[test]
 fn bad_endpoints_are_usage_errors() {
-    for bad in ["127.0.0.1", "https://a:1", "a:0"] {
+    for bad in ["127.0.0.1", "ftp://a:1", "a:0"] {
         let e = parse(&["--endpoints", bad, "status"]).unwrap_err();
         assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{bad}");
         assert!(e.use_stderr());
     }
+}
+
+#[test]
+fn tls_flags_are_global_and_https_needs_a_ca() {
+    let cli = ok(&[
+        "primary",
+        "payments",
+        "--endpoints",
+        "https://a:1/",
+        "--cacert",
+        "ca.pem",
+        "--cert",
+        "c.pem",
+        "--key",
+        "c.key",
+    ]);
+    assert_eq!(cli.global.endpoints, vec!["https://a:1"]);
+    assert_eq!(
+        cli.global.cacert.as_deref(),
+        Some(std::path::Path::new("ca.pem"))
+    );
+    assert_eq!(
+        cli.global.key.as_deref(),
+        Some(std::path::Path::new("c.key"))
+    );
+    // An https endpoint without a CA: refused with what to pass.
+    let cli = ok(&["--endpoints", "https://a:1", "status"]);
+    let mut out = Vec::new();
+    let ctx = Ctx {
+        global: &cli.global,
+        out: &mut out,
+    };
+    let e = ctx.client().unwrap_err().to_string();
+    assert!(e.contains("pass --cacert"), "{e}");
+    // A certificate without its key, and an unreadable CA, are named.
+    let cli = ok(&[
+        "--cacert",
+        "/nonexistent/ca.pem",
+        "--cert",
+        "c.pem",
+        "status",
+    ]);
+    let e = cli.global.tls().unwrap_err().to_string();
+    assert!(e.contains("--cert needs --key"), "{e}");
+    let cli = ok(&["--cacert", "/nonexistent/ca.pem", "status"]);
+    let e = cli.global.tls().unwrap_err().to_string();
+    assert!(e.contains("--cacert /nonexistent/ca.pem"), "{e}");
 }
 
 #[test]

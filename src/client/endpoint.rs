@@ -5,13 +5,103 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use super::error::ClientError;
 use super::ClientOptions;
 
-/// Normalises an endpoint to `host:port`: accepts `host:port`, `http://host:port` and
-/// `http://host:port/`; refuses other schemes (no TLS yet), missing or bad ports, and paths.
+/// TLS to the nodes: the CA their certificates chain to and, for nodes that ask for one,
+/// a client certificate and key (PEM).
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct ClientTls {
+    /// PEM of the CA that signed the nodes' certificates.
+    pub ca: Vec<u8>,
+    /// PEM certificate and key this client presents, if any.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        f.debug_struct("ClientTls")
+            .field("identity", &self.identity.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientTls {
+    /// Reads `--cacert`, `--cert` and `--key`: `None` when none is given. A certificate needs
+    /// its key (and the other way round) and the CA to check the nodes with.
+    pub fn from_files(
+        ca: Option<&std::path::Path>,
+        cert: Option<&std::path::Path>,
+        key: Option<&std::path::Path>,
+    ) -> Result<Option<Self>, ClientError> {
+        let read = |flag: &str, p: &std::path::Path, block: &str| {
+            let text = std::fs::read(p).map_err(|e| {
+                ClientError::Tls(format!("{flag} {}: cannot read it: {e}", p.display()))
+            })?;
+            if !String::from_utf8_lossy(&text).contains(block) {
+                return Err(ClientError::Tls(format!(
+                    "{flag} {}: holds no PEM {block} block: is it the right file?",
+                    p.display()
+                )));
+            }
+            Ok(text)
+        };
+        let identity = match (cert, key) {
+            (None, None) => None,
+            (Some(c), Some(k)) => Some((
+                read("--cert", c, "CERTIFICATE")?,
+                read("--key", k, "PRIVATE KEY")?,
+            )),
+            (Some(_), None) => {
+                return Err(ClientError::Tls(
+                    "--cert needs --key (the certificate's private key)".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ClientError::Tls(
+                    "--key needs --cert (the certificate the key belongs to)".into(),
+                ))
+            }
+        };
+        let Some(ca) = ca else {
+            if identity.is_some() {
+                return Err(ClientError::Tls(
+                    "--cert needs --cacert: the CA that signed the nodes' certificates".into(),
+                ));
+            }
+            return Ok(None);
+        };
+        let tls = Self {
+            ca: read("--cacert", ca, "CERTIFICATE")?,
+            identity,
+        };
+        // Build once so a bad file is reported here rather than at the first call.
+        Endpoint::from_static("https://localhost")
+            .tls_config(tls.config())
+            .map_err(|e| ClientError::Tls(format!("{e}: check --cacert, --cert and --key")))?;
+        Ok(Some(tls))
+    }
+
+    fn config(&self) -> ClientTlsConfig {
+        let mut c = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca));
+        if let Some((cert, key)) = &self.identity {
+            c = c.identity(Identity::from_pem(cert, key));
+        }
+        c
+    }
+}
+
+/// The scheme an endpoint was given with, if any (`http`, `https`).
+fn scheme(raw: &str) -> Option<&str> {
+    raw.trim().split_once("://").map(|(s, _)| s)
+}
+
+/// Normalises an endpoint to `host:port`: accepts `host:port`, `http://host:port`,
+/// `https://host:port` (with a trailing `/`); refuses other schemes, missing or bad ports,
+/// and paths. Whether TLS is used is decided by the client's options.
 pub fn normalize_endpoint(raw: &str) -> Result<String, ClientError> {
     let bad = |reason: &str| ClientError::InvalidEndpoint {
         endpoint: raw.to_string(),
@@ -19,15 +109,10 @@ pub fn normalize_endpoint(raw: &str) -> Result<String, ClientError> {
     };
     let s = raw.trim();
     let s = match s.split_once("://") {
-        Some(("http", rest)) => rest,
-        Some(("https", _)) => {
-            return Err(bad(
-                "TLS is not supported yet; use host:port or http://host:port",
-            ))
-        }
+        Some(("http" | "https", rest)) => rest,
         Some((scheme, _)) => {
             return Err(bad(&format!(
-                "unknown scheme {scheme:?}; use host:port or http://host:port"
+                "unknown scheme {scheme:?}; use host:port, http://host:port or https://host:port"
             )))
         }
         None => s,
@@ -85,11 +170,19 @@ pub(crate) struct Node {
 
 impl Node {
     fn new(addr: String, opts: &ClientOptions) -> Result<Self, ClientError> {
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| ClientError::InvalidEndpoint {
+        let scheme = if opts.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(|e| {
+            ClientError::InvalidEndpoint {
                 endpoint: addr.clone(),
                 reason: e.to_string(),
-            })?
+            }
+        })?;
+        if let Some(tls) = &opts.tls {
+            endpoint = endpoint
+                .tls_config(tls.config())
+                .map_err(|e| ClientError::Tls(e.to_string()))?;
+        }
+        let endpoint = endpoint
             .connect_timeout(opts.connect_timeout)
             .tcp_nodelay(true)
             // HTTP/2 pings detect a dead or paused peer on idle and streaming connections
@@ -149,6 +242,22 @@ impl Pool {
     pub(crate) fn new(endpoints: &[String], opts: ClientOptions) -> Result<Self, ClientError> {
         let mut nodes: Vec<Arc<Node>> = Vec::new();
         for e in endpoints {
+            match (scheme(e), opts.tls.is_some()) {
+                (Some("https"), false) => {
+                    return Err(ClientError::Tls(format!(
+                        "{e} is an https endpoint: pass --cacert (BATON_CACERT) with the CA \
+                         that signed the nodes' certificates, and --cert/--key if the nodes \
+                         ask for a client certificate"
+                    )))
+                }
+                (Some("http"), true) => {
+                    return Err(ClientError::Tls(format!(
+                        "{e} is a plaintext endpoint but TLS flags (--cacert, --cert, --key) \
+                         are set: use https://host:port or host:port, or drop the TLS flags"
+                    )))
+                }
+                _ => {}
+            }
             let addr = normalize_endpoint(e)?;
             if nodes.iter().any(|n| n.addr == addr) {
                 continue;
@@ -329,6 +438,7 @@ mod tests {
             ("localhost:80", "localhost:80"),
             ("http://[::1]:7101", "[::1]:7101"),
             ("node-1.example:07102", "node-1.example:7102"),
+            ("https://127.0.0.1:7101/", "127.0.0.1:7101"),
         ] {
             assert_eq!(normalize_endpoint(raw).ok().as_deref(), Some(want), "{raw}");
         }
@@ -338,7 +448,7 @@ mod tests {
     fn bad_endpoints_are_refused_with_a_reason() {
         for raw in [
             "127.0.0.1",
-            "https://127.0.0.1:7101",
+            "ftp://127.0.0.1:7101",
             "grpc://h:1",
             "h:0",
             "h:99999",

@@ -27,6 +27,9 @@ pub enum ClientError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The TLS files or flags cannot be used.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The actor name cannot be sent as gRPC metadata.
     #[error("invalid actor {actor:?}: use at most 128 printable ASCII characters")]
     InvalidActor {
@@ -85,9 +88,9 @@ impl ClientError {
     /// The gRPC code that best describes the error (for exit codes and retry decisions).
     pub fn code(&self) -> Code {
         match self {
-            ClientError::InvalidEndpoint { .. } | ClientError::InvalidActor { .. } => {
-                Code::InvalidArgument
-            }
+            ClientError::InvalidEndpoint { .. }
+            | ClientError::InvalidActor { .. }
+            | ClientError::Tls(_) => Code::InvalidArgument,
             ClientError::Rpc { status, .. } => status.code(),
             ClientError::Unavailable { .. } => Code::Unavailable,
             ClientError::OutcomeUnknown { .. } => Code::Unknown,
@@ -186,6 +189,68 @@ pub(crate) fn detail(status: &Status) -> String {
         cur = e.source();
     }
     out
+}
+
+/// A transport failure's detail with advice appended when it looks like a TLS mismatch
+/// (`tls`: whether this client speaks TLS): the raw errors ("frame with invalid size",
+/// "connection closed") do not say what to do.
+pub(crate) fn explain(detail: String, tls: bool) -> String {
+    match tls_advice(&detail, tls) {
+        Some(advice) => format!("{detail} ({advice})"),
+        None => detail,
+    }
+}
+
+fn tls_advice(detail: &str, tls: bool) -> Option<&'static str> {
+    let d = detail.to_ascii_lowercase();
+    let any = |words: &[&str]| words.iter().any(|w| d.contains(w));
+    if !tls {
+        // A TLS listener answers the HTTP/2 preface with a TLS alert (read as a bad frame)
+        // or just closes the connection.
+        if any(&[
+            "frame with invalid size",
+            "invalidcontenttype",
+            "corrupt message",
+        ]) {
+            return Some(
+                "the node requires TLS: pass --cacert (BATON_CACERT) with the CA that signed \
+                 the nodes' certificates, and --cert/--key if it asks for a client certificate",
+            );
+        }
+        return any(&["connection closed", "connection reset"]).then_some(
+            "if the node requires TLS: pass --cacert (BATON_CACERT) with the CA that signed \
+             the nodes' certificates, and --cert/--key if it asks for a client certificate",
+        );
+    }
+    if any(&["invalidcontenttype", "corrupt message", "wrong version"]) {
+        return Some(
+            "the node does not speak TLS: drop --cacert/--cert/--key and https://, or \
+             configure [client_tls] on the node",
+        );
+    }
+    if any(&[
+        "peer certificate",
+        "unknownissuer",
+        "badsignature",
+        "notvalidforname",
+    ]) {
+        return Some(
+            "the node's certificate is not trusted: check that --cacert is the CA that signed \
+             it, that it is not expired, and that it names the host you dial",
+        );
+    }
+    if any(&[
+        "connection closed",
+        "connection reset",
+        "certificate required",
+        "broken pipe",
+    ]) {
+        return Some(
+            "if the node requires a client certificate: pass --cert and --key signed by the \
+             cluster's CA, and check that it has not expired",
+        );
+    }
+    None
 }
 
 /// Did the node say it is not the leader, or that it knows no leader (and so did not
@@ -348,6 +413,31 @@ mod tests {
         assert_eq!(classify(&status), Failure::NotSent);
         assert_eq!(detail(&status), "Connection refused");
         assert_eq!(detail(&Status::unavailable("no quorum")), "no quorum");
+    }
+
+    #[test]
+    fn tls_mismatches_come_with_advice() {
+        let plain_to_tls = explain("h2 protocol error: frame with invalid size".into(), false);
+        assert!(plain_to_tls.contains("pass --cacert"), "{plain_to_tls}");
+        let tls_to_plain = explain(
+            "received corrupt message of type InvalidContentType".into(),
+            true,
+        );
+        assert!(
+            tls_to_plain.contains("does not speak TLS"),
+            "{tls_to_plain}"
+        );
+        let untrusted = explain("invalid peer certificate: UnknownIssuer".into(), true);
+        assert!(untrusted.contains("--cacert is the CA"), "{untrusted}");
+        let refused = explain("transport error: connection closed".into(), true);
+        assert!(refused.contains("--cert and --key"), "{refused}");
+        assert_eq!(
+            explain("Connection refused".into(), true),
+            "Connection refused"
+        );
+        let closed = explain("transport error: connection closed".into(), false);
+        assert!(closed.contains("if the node requires TLS"), "{closed}");
+        assert_eq!(explain("no quorum".into(), false), "no quorum");
     }
 
     #[test]

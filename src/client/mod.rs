@@ -47,13 +47,13 @@ use tracing::debug;
 use crate::proto::{self, admin_client::AdminClient, coordinator_client::CoordinatorClient};
 
 pub use crate::proto::{Consistency, LeaseMode};
-pub use endpoint::{normalize_endpoint, parse_endpoints};
+pub use endpoint::{normalize_endpoint, parse_endpoints, ClientTls};
 pub use error::{code_name, ClientError, LEADER_METADATA, OLDEST_REVISION_METADATA};
 pub use lease::{LeaseHandle, LeaseOptions, LeaseStatus};
 pub use watch::{WatchOptions, Watcher};
 
 use endpoint::{Backoff, Pool, Route};
-use error::{classify, detail, Failure};
+use error::{classify, detail, explain, Failure};
 
 /// How a client connects and how long it keeps trying.
 #[derive(Debug, Clone)]
@@ -74,6 +74,8 @@ pub struct ClientOptions {
     /// Who is calling, recorded as the actor of audited changes (`x-baton-actor`); printable
     /// ASCII, at most 128 bytes. `None`: the cluster records `anonymous`.
     pub actor: Option<String>,
+    /// TLS to every node (`https`); `None`: plaintext.
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for ClientOptions {
@@ -86,6 +88,7 @@ impl Default for ClientOptions {
             keepalive_timeout: Duration::from_secs(2),
             max_message_size: 64 * 1024 * 1024,
             actor: None,
+            tls: None,
         }
     }
 }
@@ -501,7 +504,11 @@ impl Client {
                     Failure::NotSent | Failure::Transport => ClientError::Unavailable {
                         op: "ClusterStatus",
                         waited: timeout,
-                        last: format!("{}: {}", node.addr, detail(&status)),
+                        last: format!(
+                            "{}: {}",
+                            node.addr,
+                            explain(detail(&status), self.pool.opts.tls.is_some())
+                        ),
                     },
                 }),
                 Err(_) => Err(ClientError::Unavailable {
@@ -745,7 +752,7 @@ impl Client {
                         self.pool.not_leader(idx, hint.as_deref());
                     }
                     Failure::NotSent => {
-                        let why = detail(&status);
+                        let why = explain(detail(&status), self.pool.opts.tls.is_some());
                         debug!(op, node = %node.addr, error = %why, "unreachable");
                         last = format!("{}: unreachable: {why}", node.addr);
                         self.pool.failed(idx);
@@ -754,11 +761,11 @@ impl Client {
                         return Err(ClientError::OutcomeUnknown {
                             op,
                             endpoint: node.addr.clone(),
-                            detail: detail(&status),
+                            detail: explain(detail(&status), self.pool.opts.tls.is_some()),
                         });
                     }
                     Failure::Transport => {
-                        let why = detail(&status);
+                        let why = explain(detail(&status), self.pool.opts.tls.is_some());
                         debug!(op, node = %node.addr, error = %why, "transport error");
                         last = format!("{}: {why}", node.addr);
                         self.pool.failed(idx);

@@ -3,6 +3,7 @@
 //! Every duration accepts humantime strings (`750ms`, `2s`, `1m 30s`). Unknown keys are
 //! refused so a typo does not silently fall back to a default; errors name the field.
 
+mod client_tls;
 mod limits;
 mod peer;
 mod service;
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use client_tls::{ClientAuth, ClientTlsConfig};
 pub use limits::LimitsConfig;
 pub use peer::PeerTlsConfig;
 pub use service::{HealthConfig, ServiceConfig, ServiceFile};
@@ -151,6 +153,9 @@ pub struct NodeConfig {
     /// unset. For the monitoring network only: it needs no credentials.
     #[serde(default)]
     pub admin_listen: Option<String>,
+    /// TLS on the client listener (see `config::client_tls`); absent: plaintext.
+    #[serde(default)]
+    pub client_tls: Option<ClientTlsConfig>,
     /// Address other nodes and clients use to reach this node (default: `listen`).
     #[serde(default)]
     pub advertise: Option<String>,
@@ -291,6 +296,7 @@ impl NodeConfig {
             check_addr(v).map_err(|m| ConfigError::invalid(&format!("dial.{k}"), m))?;
         }
         peer::validate(self)?;
+        client_tls::validate(self)?;
         for (i, s) in self.services.iter().enumerate() {
             let spec = s
                 .to_spec()

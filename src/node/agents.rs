@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::client::{Client, LeaseHandle, LeaseOptions};
+use crate::client::{Client, ClientOptions, ClientTls, LeaseHandle, LeaseOptions};
 use crate::config::NodeConfig;
 
 /// Port offset of the dev control endpoint from the base port.
@@ -26,6 +26,7 @@ struct Region {
 pub struct DevRegions {
     regions: Arc<Mutex<BTreeMap<String, Region>>>,
     endpoints: Vec<String>,
+    tls: Option<ClientTls>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -37,8 +38,12 @@ impl Drop for DevRegions {
     }
 }
 
-fn agent(endpoints: &[String], region: &str) -> Option<LeaseHandle> {
-    match Client::new(endpoints.to_vec()) {
+fn agent(endpoints: &[String], tls: &Option<ClientTls>, region: &str) -> Option<LeaseHandle> {
+    let options = ClientOptions {
+        tls: tls.clone(),
+        ..ClientOptions::default()
+    };
+    match Client::with_options(endpoints.to_vec(), options) {
         Ok(client) => Some(client.keep_alive(
             "payments",
             region,
@@ -64,7 +69,7 @@ impl DevRegions {
         })?;
         r.up = up;
         r.agent = if up {
-            agent(&self.endpoints, region)
+            agent(&self.endpoints, &self.tls, region)
         } else {
             None
         };
@@ -135,6 +140,7 @@ async fn serve_control(listener: TcpListener, control: Arc<DevRegionsHandle>) {
 struct DevRegionsHandle {
     regions: Arc<Mutex<BTreeMap<String, Region>>>,
     endpoints: Vec<String>,
+    tls: Option<ClientTls>,
 }
 
 impl DevRegionsHandle {
@@ -145,7 +151,7 @@ impl DevRegionsHandle {
         })?;
         r.up = up;
         r.agent = if up {
-            agent(&self.endpoints, region)
+            agent(&self.endpoints, &self.tls, region)
         } else {
             None
         };
@@ -155,8 +161,12 @@ impl DevRegionsHandle {
 }
 
 /// Starts the simulated regions: one agent and one health endpoint per region, and the
-/// control endpoint.
-pub async fn start(configs: &[NodeConfig], base_port: u16) -> Result<DevRegions, String> {
+/// control endpoint. The agents connect with `tls` when given.
+pub async fn start(
+    configs: &[NodeConfig],
+    base_port: u16,
+    tls: Option<ClientTls>,
+) -> Result<DevRegions, String> {
     let endpoints: Vec<String> = configs.iter().map(|c| c.listen.clone()).collect();
     let regions: Arc<Mutex<BTreeMap<String, Region>>> = Arc::new(Mutex::new(
         configs
@@ -166,7 +176,7 @@ pub async fn start(configs: &[NodeConfig], base_port: u16) -> Result<DevRegions,
                     c.region.clone(),
                     Region {
                         up: true,
-                        agent: agent(&endpoints, &c.region),
+                        agent: agent(&endpoints, &tls, &c.region),
                     },
                 )
             })
@@ -194,11 +204,13 @@ pub async fn start(configs: &[NodeConfig], base_port: u16) -> Result<DevRegions,
     let handle = Arc::new(DevRegionsHandle {
         regions: regions.clone(),
         endpoints: endpoints.clone(),
+        tls: tls.clone(),
     });
     tasks.push(tokio::spawn(serve_control(l, handle)));
     Ok(DevRegions {
         regions,
         endpoints,
+        tls,
         tasks,
     })
 }

@@ -8,23 +8,32 @@
 //! error (descriptors exhausted anyway, by something else) is logged once a second and
 //! retried with a backoff instead of a busy loop. Neither ever stops the node.
 //!
-//! A connection that has not sent a byte within [`HANDSHAKE_TIMEOUT`] is closed: HTTP/2
-//! keepalive pings only start after the handshake, so silent sockets would otherwise stay
-//! forever.
+//! A connection that has not sent a byte of application data within [`HANDSHAKE_TIMEOUT`]
+//! (its TLS handshake included) is closed: HTTP/2 keepalive pings only start after the
+//! handshake, so silent sockets would otherwise stay forever.
+//!
+//! With TLS, each handshake runs in its own task, so a slow client never holds up the
+//! accept loop; every request then carries a [`ConnInfo`] with the verified client
+//! certificate and its names.
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
+use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
+
+use super::tls::ServerTls;
+use crate::auth::CertIdentity;
 
 /// Most connections a node accepts at once (clients, agents and peers together).
 pub const MAX_CONNECTIONS: usize = 4096;
@@ -72,20 +81,77 @@ pub fn connection_budget(wanted: usize) -> usize {
     room.clamp(1, wanted.max(1))
 }
 
-/// An accepted connection; holds its slot of the budget until dropped.
+/// What a connection proved, set on every request it carries (read it with [`ConnInfo::of`]).
+#[derive(Debug, Clone, Default)]
+pub struct ConnInfo {
+    /// The caller's address.
+    pub remote: Option<SocketAddr>,
+    /// The verified client certificate chain (TLS with a client certificate only).
+    certs: Option<Arc<Vec<CertificateDer<'static>>>>,
+    /// The names of that certificate.
+    identity: Option<CertIdentity>,
+}
+
+impl ConnInfo {
+    /// The connection info of a request served by a baton listener.
+    pub fn of<T>(req: &tonic::Request<T>) -> Option<&ConnInfo> {
+        req.extensions().get::<ConnInfo>()
+    }
+
+    /// The caller's address: from a baton listener, else tonic's own connect info.
+    pub fn remote_addr<T>(req: &tonic::Request<T>) -> Option<SocketAddr> {
+        Self::of(req)
+            .and_then(|c| c.remote)
+            .or_else(|| req.remote_addr())
+    }
+
+    /// The client certificate chain the TLS handshake verified, leaf first.
+    pub fn peer_certs(&self) -> Option<&[CertificateDer<'static>]> {
+        self.certs.as_deref().map(Vec::as_slice)
+    }
+
+    /// The names of the verified client certificate.
+    pub fn identity(&self) -> Option<&CertIdentity> {
+        self.identity.as_ref()
+    }
+}
+
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// An accepted connection (after its TLS handshake, if any); holds its slot of the budget
+/// until dropped.
 pub struct Conn {
-    io: TcpStream,
-    /// Until the first byte arrives.
+    io: Io,
+    info: ConnInfo,
+    /// Until the first byte of application data arrives.
     handshake: Option<Pin<Box<Sleep>>>,
     _slot: OwnedSemaphorePermit,
 }
 
 impl Connected for Conn {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = ConnInfo;
 
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.io.connect_info()
+    fn connect_info(&self) -> ConnInfo {
+        self.info.clone()
     }
+}
+
+macro_rules! io {
+    ($self:ident, $io:ident => $e:expr) => {
+        match &mut $self.io {
+            Io::Plain($io) => {
+                let $io = Pin::new($io);
+                $e
+            }
+            Io::Tls($io) => {
+                let $io = Pin::new(&mut **$io);
+                $e
+            }
+        }
+    };
 }
 
 impl AsyncRead for Conn {
@@ -95,7 +161,7 @@ impl AsyncRead for Conn {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
-        let res = Pin::new(&mut self.io).poll_read(cx, buf);
+        let res = io!(self, io => io.poll_read(cx, buf));
         if let Some(deadline) = self.handshake.as_mut() {
             match &res {
                 Poll::Ready(Ok(())) if buf.filled().len() > before => self.handshake = None,
@@ -118,15 +184,15 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        io!(self, io => io.poll_write(cx, buf))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        io!(self, io => io.poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        io!(self, io => io.poll_shutdown(cx))
     }
 
     fn poll_write_vectored(
@@ -134,11 +200,26 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        io!(self, io => io.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        match &self.io {
+            Io::Plain(io) => io.is_write_vectored(),
+            Io::Tls(io) => io.is_write_vectored(),
+        }
+    }
+}
+
+/// Logs at most once a second: a flood must not turn into a flood of log lines.
+struct Throttle(Option<Instant>);
+
+impl Throttle {
+    fn warn(&mut self, f: impl FnOnce()) {
+        if self.0.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            self.0 = Some(Instant::now());
+            f();
+        }
     }
 }
 
@@ -146,43 +227,29 @@ struct Acceptor {
     listener: TcpListener,
     slots: Arc<Semaphore>,
     backoff: Duration,
-    last_warn: Option<Instant>,
+    throttle: Throttle,
 }
 
 impl Acceptor {
-    /// Logs at most once a second: a flood must not turn into a flood of log lines.
-    fn warn(&mut self, f: impl FnOnce()) {
-        if self
-            .last_warn
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
-        {
-            self.last_warn = Some(Instant::now());
-            f();
-        }
-    }
-
-    async fn next(&mut self) -> Conn {
+    /// The next TCP connection within the budget, with its slot.
+    async fn next(&mut self) -> (TcpStream, SocketAddr, OwnedSemaphorePermit) {
         loop {
             match self.listener.accept().await {
                 Ok((io, peer)) => {
                     self.backoff = ACCEPT_BACKOFF_MIN;
                     let Ok(slot) = self.slots.clone().try_acquire_owned() else {
-                        self.warn(|| {
+                        self.throttle.warn(|| {
                             tracing::warn!(%peer, "connection limit reached: refusing new connections")
                         });
                         drop(io);
                         continue;
                     };
                     let _ = io.set_nodelay(true);
-                    return Conn {
-                        io,
-                        handshake: Some(Box::pin(tokio::time::sleep(HANDSHAKE_TIMEOUT))),
-                        _slot: slot,
-                    };
+                    return (io, peer, slot);
                 }
                 Err(e) => {
                     let pause = self.backoff;
-                    self.warn(|| {
+                    self.throttle.warn(|| {
                         tracing::warn!(error = %e, ?pause, "accepting a connection failed; retrying")
                     });
                     tokio::time::sleep(pause).await;
@@ -193,21 +260,114 @@ impl Acceptor {
     }
 }
 
-/// The connections accepted on `listener`, at most `limit` open at once.
+/// Logs failed TLS handshakes at most once a second per listener (a scan or a flood of
+/// plaintext clients must not flood the log), with the last cause.
+type HandshakeLog = Arc<std::sync::Mutex<Throttle>>;
+
+/// Runs the TLS handshake of `io` within the handshake deadline; the connection with what
+/// it proved, or `None` (logged) when the handshake failed or timed out.
+async fn handshake(
+    tls: &ServerTls,
+    io: TcpStream,
+    peer: SocketAddr,
+    mut deadline: Pin<Box<Sleep>>,
+    log: &HandshakeLog,
+) -> Option<(Io, ConnInfo, Pin<Box<Sleep>>)> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+    let res = tokio::select! {
+        r = acceptor.accept(io) => r,
+        _ = deadline.as_mut() => Err(io::Error::new(io::ErrorKind::TimedOut, "no TLS handshake within the handshake timeout")),
+    };
+    let stream = match res {
+        Ok(s) => s,
+        Err(e) => {
+            log.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .warn(|| {
+                    tracing::warn!(%peer, error = %e, "TLS handshake failed (a plaintext client, an unknown or expired certificate?)")
+                });
+            return None;
+        }
+    };
+    let certs = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|c| Arc::new(c.to_vec()));
+    let identity = certs
+        .as_ref()
+        .and_then(|c| c.first())
+        .map(|leaf| CertIdentity {
+            names: super::tls::cert_names(leaf),
+        });
+    let info = ConnInfo {
+        remote: Some(peer),
+        certs,
+        identity,
+    };
+    Some((Io::Tls(Box::new(stream)), info, deadline))
+}
+
+/// The connections accepted on `listener`, at most `limit` open at once (TLS handshakes
+/// in progress count), with TLS when `tls` is given. Handshakes run in their own tasks so a
+/// slow one never holds up accepting; a failed one closes its connection. Accepting stops
+/// when the stream is dropped.
 pub fn incoming(
     listener: TcpListener,
     limit: usize,
+    tls: Option<Arc<ServerTls>>,
 ) -> impl Stream<Item = Result<Conn, io::Error>> {
-    let acceptor = Acceptor {
+    let mut acceptor = Acceptor {
         listener,
         slots: Arc::new(Semaphore::new(limit)),
         backoff: ACCEPT_BACKOFF_MIN,
-        last_warn: None,
+        throttle: Throttle(None),
     };
-    futures::stream::unfold(acceptor, |mut a| async move {
-        let conn = a.next().await;
-        Some((Ok(conn), a))
-    })
+    let (tx, rx) = mpsc::channel::<Conn>(64);
+    let log: HandshakeLog = Arc::new(std::sync::Mutex::new(Throttle(None)));
+    tokio::spawn(async move {
+        loop {
+            let (io, peer, slot) = tokio::select! {
+                next = acceptor.next() => next,
+                // The server stopped: release the listening socket.
+                _ = tx.closed() => return,
+            };
+            let deadline = Box::pin(tokio::time::sleep(HANDSHAKE_TIMEOUT));
+            match &tls {
+                None => {
+                    let conn = Conn {
+                        io: Io::Plain(io),
+                        info: ConnInfo {
+                            remote: Some(peer),
+                            ..ConnInfo::default()
+                        },
+                        handshake: Some(deadline),
+                        _slot: slot,
+                    };
+                    if tx.send(conn).await.is_err() {
+                        return;
+                    }
+                }
+                Some(tls) => {
+                    let (tls, tx, log) = (tls.clone(), tx.clone(), log.clone());
+                    tokio::spawn(async move {
+                        if let Some((io, info, deadline)) =
+                            handshake(&tls, io, peer, deadline, &log).await
+                        {
+                            let conn = Conn {
+                                io,
+                                info,
+                                handshake: Some(deadline),
+                                _slot: slot,
+                            };
+                            let _ = tx.send(conn).await;
+                        }
+                    });
+                }
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok)
 }
 
 #[cfg(test)]
@@ -221,7 +381,7 @@ mod tests {
     async fn over_the_cap_is_closed_at_once_and_slots_come_back() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut conns = Box::pin(incoming(listener, 2));
+        let mut conns = Box::pin(incoming(listener, 2, None));
         let mut held = Vec::new();
         let mut clients = Vec::new();
         for _ in 0..2 {
@@ -245,5 +405,87 @@ mod tests {
         let _fourth = TcpStream::connect(addr).await.unwrap();
         let (_conns, c) = accept_more.await.unwrap();
         assert!(c.is_some());
+    }
+
+    /// A CA, a server certificate for 127.0.0.1 and a client certificate for `alice`, as
+    /// files in `dir`; the server's TLS (client certificates required) and a client config.
+    fn pki(dir: &std::path::Path) -> (Arc<ServerTls>, Arc<rustls::ClientConfig>) {
+        use crate::cli::cert;
+        let (ca, ca_key) = cert::make_ca("t").unwrap();
+        let (node, node_key) = cert::make_node(1, &[], &ca, &ca_key).unwrap();
+        let (alice, alice_key) = cert::make_client("alice", &ca, &ca_key).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.join("n.pem"), node.pem()).unwrap();
+        std::fs::write(dir.join("n.key"), node_key.serialize_pem()).unwrap();
+        let server = ServerTls::load(super::super::tls::TlsFiles {
+            label: "client_tls",
+            ca: Some(dir.join("ca.pem")),
+            cert: dir.join("n.pem"),
+            key: dir.join("n.key"),
+            client_auth: crate::config::ClientAuth::Required,
+        })
+        .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.der().clone()).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(alice_key.serialize_der()).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(vec![alice.der().clone()], key)
+        .unwrap();
+        (server, Arc::new(client))
+    }
+
+    #[tokio::test]
+    async fn a_verified_client_certificate_names_the_caller_and_a_silent_one_blocks_no_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (server, client) = pki(dir.path());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut conns = Box::pin(incoming(listener, 8, Some(server)));
+        // A connection that never starts its handshake is accepted first...
+        let silent = TcpStream::connect(addr).await.unwrap();
+        // ...and does not hold up the next one's handshake.
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let handshake = tokio::spawn(async move {
+            let mut tls = tokio_rustls::TlsConnector::from(client)
+                .connect(name, tcp)
+                .await
+                .unwrap();
+            // TLS 1.3 finishes the client side before the server has checked it; a byte
+            // of application data lets the server's side complete.
+            tokio::io::AsyncWriteExt::write_all(&mut tls, b"x")
+                .await
+                .unwrap();
+            tls
+        });
+        let conn = conns.next().await.unwrap().unwrap();
+        let _client = handshake.await.unwrap();
+        // The silent one is still waiting (not closed by a handshake timeout that the
+        // second connection would have had to wait out, were handshakes run in turn).
+        let mut buf = [0u8; 1];
+        assert_eq!(
+            silent.try_read(&mut buf).map_err(|e| e.kind()),
+            Err(io::ErrorKind::WouldBlock)
+        );
+        let info = conn.connect_info();
+        let names = info.identity().map(|i| i.names.clone());
+        assert_eq!(names, Some(vec!["alice".to_string()]));
+        assert_eq!(info.peer_certs().map(<[_]>::len), Some(1));
+        assert_eq!(info.remote.map(|a| a.ip()), Some(addr.ip()));
+        // What authorization reads from a request carrying this connection's info.
+        let mut req = tonic::Request::new(());
+        req.extensions_mut().insert(info);
+        assert_eq!(
+            crate::auth::CertIdentity::of(&req).map(|i| i.names.clone()),
+            Some(vec!["alice".to_string()])
+        );
+        assert_eq!(ConnInfo::remote_addr(&req).map(|a| a.ip()), Some(addr.ip()));
+        // Plaintext: no identity.
+        assert!(crate::auth::CertIdentity::of(&tonic::Request::new(())).is_none());
     }
 }

@@ -1,13 +1,17 @@
 //! `baton dev`: a local three-region cluster for trying baton out — three nodes in one
 //! process on 127.0.0.1, data in a temporary directory, and the sample service `payments`.
-//! Insecure (no TLS, no authentication) by design, and it says so.
+//! Plain, it is insecure (no TLS, no authentication) by design, and says so; with `--tls`
+//! it makes a dev CA with node and client certificates in its data directory and runs both
+//! listeners with mutual TLS.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{Node, NodeError};
+use crate::client::ClientTls;
 use crate::config::{
-    HealthConfig, NodeConfig, PeerConfig, ServiceConfig, StorageConfig, TimingConfig,
+    ClientAuth, ClientTlsConfig, HealthConfig, NodeConfig, PeerConfig, PeerTlsConfig,
+    ServiceConfig, StorageConfig, TimingConfig,
 };
 
 /// Options of `baton dev`.
@@ -17,6 +21,103 @@ pub struct DevOptions {
     pub data_dir: Option<PathBuf>,
     /// First port; nodes use base, base+1, base+2.
     pub base_port: u16,
+    /// Mutual TLS on both listeners, with certificates made under the data directory.
+    pub tls: bool,
+}
+
+/// The certificates of `baton dev --tls`, under `<data>/tls`.
+#[derive(Debug, Clone)]
+pub struct DevCerts {
+    /// The directory.
+    pub dir: PathBuf,
+}
+
+impl DevCerts {
+    /// The CA certificate.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// A certificate and key by stem (`node-1`, `client-admin`).
+    pub fn pair(&self, stem: &str) -> (PathBuf, PathBuf) {
+        (
+            self.dir.join(format!("{stem}.pem")),
+            self.dir.join(format!("{stem}.key")),
+        )
+    }
+
+    /// Makes a CA, certificates for nodes 1-3 and the clients `admin` and `agent` in `dir`
+    /// (kept as they are when a previous run made them).
+    pub fn make(dir: PathBuf) -> Result<Self, NodeError> {
+        let certs = Self { dir };
+        if certs.ca().exists() {
+            return Ok(certs);
+        }
+        let err = |e: &dyn std::fmt::Display| NodeError::Other(format!("dev certificates: {e}"));
+        std::fs::create_dir_all(&certs.dir).map_err(|e| err(&e))?;
+        use crate::cli::cert;
+        let (ca, ca_key) = cert::make_ca("baton dev CA").map_err(|e| err(&e))?;
+        let mut files = vec![(certs.ca(), ca.pem(), false)];
+        for id in 1..=DEV_REGIONS.len() as u64 {
+            let (c, k) = cert::make_node(id, &[], &ca, &ca_key).map_err(|e| err(&e))?;
+            let (cp, kp) = certs.pair(&format!("node-{id}"));
+            files.push((cp, c.pem(), false));
+            files.push((kp, k.serialize_pem(), true));
+        }
+        for name in ["admin", "agent"] {
+            let (c, k) = cert::make_client(name, &ca, &ca_key).map_err(|e| err(&e))?;
+            let (cp, kp) = certs.pair(&format!("client-{name}"));
+            files.push((cp, c.pem(), false));
+            files.push((kp, k.serialize_pem(), true));
+        }
+        // The CA key is not needed by the cluster: `baton cert client NAME --out DIR` can
+        // issue more with it.
+        files.push((certs.dir.join("ca.key"), ca_key.serialize_pem(), true));
+        // The CA certificate last: its presence says the set is complete.
+        files.rotate_left(1);
+        for (path, text, secret) in files {
+            write_file(&path, &text, secret)
+                .map_err(|e| err(&format!("{}: {e}", path.display())))?;
+        }
+        Ok(certs)
+    }
+
+    /// Turns on `[peer_tls]` and `[client_tls]` (client certificates required) in `cfg`.
+    pub fn apply(&self, cfg: &mut NodeConfig) {
+        let (cert, key) = self.pair(&format!("node-{}", cfg.id));
+        cfg.peer_tls = Some(PeerTlsConfig {
+            ca: self.ca(),
+            cert: cert.clone(),
+            key: key.clone(),
+        });
+        cfg.client_tls = Some(ClientTlsConfig {
+            cert,
+            key,
+            ca: Some(self.ca()),
+            client_auth: Some(ClientAuth::Required),
+        });
+    }
+
+    /// The client TLS settings of `client-<name>`.
+    pub fn client(&self, name: &str) -> Result<ClientTls, NodeError> {
+        let (cert, key) = self.pair(&format!("client-{name}"));
+        ClientTls::from_files(Some(&self.ca()), Some(&cert), Some(&key))
+            .map_err(|e| NodeError::Other(e.to_string()))?
+            .ok_or_else(|| NodeError::Other("dev certificates: no CA".into()))
+    }
+}
+
+fn write_file(path: &std::path::Path, text: &str, secret: bool) -> std::io::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = secret;
+    std::io::Write::write_all(&mut opts.open(path)?, text.as_bytes())
 }
 
 /// The dev cluster's regions, in the sample service's preference order.
@@ -105,6 +206,7 @@ pub fn cluster_configs(
                 "127.0.0.1:{}",
                 base_port + ADMIN_OFFSET + p.id as u16 - 1
             )),
+            client_tls: None,
             data_dir: dir.join(format!("node{}", p.id)),
             peers: peers.clone(),
             dial: peers
@@ -139,7 +241,25 @@ pub async fn run(opts: DevOptions) -> Result<(), NodeError> {
             (t.path().to_path_buf(), Some(t))
         }
     };
-    let configs = cluster_configs(&dir, opts.base_port, "baton-dev", true);
+    let mut configs = cluster_configs(&dir, opts.base_port, "baton-dev", true);
+    let certs = if opts.tls {
+        let certs = DevCerts::make(dir.join("tls"))?;
+        for c in &mut configs {
+            certs.apply(c);
+        }
+        Some(certs)
+    } else {
+        tracing::warn!(
+            "INSECURE: `baton dev` runs without TLS and without authentication: anyone who \
+             reaches 127.0.0.1 can read and change everything; use `baton dev --tls` to try \
+             mutual TLS"
+        );
+        None
+    };
+    let (admin_tls, agent_tls) = match &certs {
+        Some(c) => (Some(c.client("admin")?), Some(c.client("agent")?)),
+        None => (None, None),
+    };
     for c in &configs {
         c.validate().map_err(|e| NodeError::Other(e.to_string()))?;
     }
@@ -158,13 +278,13 @@ pub async fn run(opts: DevOptions) -> Result<(), NodeError> {
     // Agents start only once the sample service is committed: an agent that asked first
     // would be told the service does not exist (it retries, but the lease could lapse once
     // before it gets in, and that shows as a needless failover on the first start).
-    if let Err(e) = wait_for_service(&configs, "payments").await {
+    if let Err(e) = wait_for_service(&configs, admin_tls, "payments").await {
         for n in nodes {
             let _ = n.stop().await;
         }
         return Err(e);
     }
-    let regions = match super::agents::start(&configs, opts.base_port).await {
+    let regions = match super::agents::start(&configs, opts.base_port, agent_tls).await {
         Ok(r) => r,
         Err(e) => {
             for n in nodes {
@@ -175,7 +295,28 @@ pub async fn run(opts: DevOptions) -> Result<(), NodeError> {
     };
     let endpoints: Vec<String> = configs.iter().map(|c| c.listen.clone()).collect();
     println!("baton dev — a local three-region cluster");
-    println!("  INSECURE: no TLS and no authentication; for trying baton on this machine only.");
+    let flags = match &certs {
+        Some(c) => {
+            let (cert, key) = c.pair("client-admin");
+            println!(
+                "  TLS on both listeners, client certificates required (CA and certificates in {})",
+                c.dir.display()
+            );
+            format!(
+                " --cacert {} --cert {} --key {}",
+                c.ca().display(),
+                cert.display(),
+                key.display()
+            )
+        }
+        None => {
+            println!(
+                "  INSECURE: no TLS and no authentication; for trying baton on this machine \
+                 only (`baton dev --tls` for mutual TLS)."
+            );
+            String::new()
+        }
+    };
     for c in &configs {
         println!(
             "  node {}  {:<9} {}  (Raft peers: {})",
@@ -208,7 +349,18 @@ pub async fn run(opts: DevOptions) -> Result<(), NodeError> {
         "Try, in another terminal (the CLI talks to {} by default):",
         endpoints.join(",")
     );
-    println!("  baton status");
+    if let Some(c) = &certs {
+        let (cert, key) = c.pair("client-admin");
+        println!("  # every command needs the TLS flags:{flags}");
+        println!("  # or once per shell:");
+        println!(
+            "  export BATON_CACERT={} BATON_CERT={} BATON_KEY={}",
+            c.ca().display(),
+            cert.display(),
+            key.display()
+        );
+    }
+    println!("  baton{flags} status");
     println!("  baton primary payments");
     println!("  baton watch payments");
     println!("  baton failover payments --to eu-west --reason \"drill\"");
@@ -228,10 +380,18 @@ pub async fn run(opts: DevOptions) -> Result<(), NodeError> {
 }
 
 /// Waits until `service` can be read linearizably from the cluster of `configs`.
-async fn wait_for_service(configs: &[NodeConfig], service: &str) -> Result<(), NodeError> {
+async fn wait_for_service(
+    configs: &[NodeConfig],
+    tls: Option<ClientTls>,
+    service: &str,
+) -> Result<(), NodeError> {
     let endpoints = configs.iter().map(|c| c.listen.clone()).collect();
-    let client =
-        crate::client::Client::new(endpoints).map_err(|e| NodeError::Other(e.to_string()))?;
+    let options = crate::client::ClientOptions {
+        tls,
+        ..Default::default()
+    };
+    let client = crate::client::Client::with_options(endpoints, options)
+        .map_err(|e| NodeError::Other(e.to_string()))?;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         match client

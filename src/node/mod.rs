@@ -11,7 +11,7 @@ pub mod conn;
 pub mod dev;
 mod peer;
 mod probes;
-mod tls;
+pub mod tls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -166,13 +166,37 @@ impl Node {
             .iter()
             .filter_map(|(k, v)| k.parse().ok().map(|id| (id, v.clone())))
             .collect();
-        let peer_tls = cfg.peer_tls.as_ref().map(tls::load).transpose()?;
+        // Both listeners' certificates (reloaded in place) and the identities this node
+        // dials peers and other nodes' client addresses with.
+        let peer_tls = cfg
+            .peer_tls
+            .as_ref()
+            .map(|c| tls::ServerTls::load(tls::TlsFiles::peer(c)))
+            .transpose()?;
+        let peer_dial = cfg.peer_tls.as_ref().map(tls::peer_dial).transpose()?;
+        let client_tls = cfg
+            .client_tls
+            .as_ref()
+            .map(|c| tls::ServerTls::load(tls::TlsFiles::client(c)))
+            .transpose()?;
+        let forward_dial = cfg
+            .client_tls
+            .as_ref()
+            .map(|c| tls::client_dial(c, cfg.peer_tls.as_ref()))
+            .transpose()?;
+        if client_tls.is_none() {
+            tracing::warn!(
+                listen = %cfg.listen,
+                "INSECURE: the client listener runs without TLS: anyone who reaches it can \
+                 read and eavesdrop on it, and no caller is authenticated; configure [client_tls]"
+            );
+        }
         let confirmed = Arc::new(crate::raft::Confirmed::default());
         let mut peers = Peers::new(cfg.cluster.clone(), cfg.id)
             .with_dial(dial.clone())
             .with_confirmed(confirmed.clone());
-        if let Some(t) = &peer_tls {
-            peers = peers.with_tls(t.client.clone());
+        if let Some(t) = peer_dial {
+            peers = peers.with_tls(t);
         }
         let config = Arc::new(raft_config(&cfg)?);
         let raft = Raft::new(cfg.id, config, peers.factory(), log, sm)
@@ -214,7 +238,8 @@ impl Node {
                 HashMap::new()
             } else {
                 dial
-            }),
+            })
+            .with_tls(forward_dial),
             shutdown_rx.clone(),
         ));
 
@@ -280,14 +305,15 @@ impl Node {
             contact,
             peer_tls.is_some(),
         );
+        tls::spawn_reloader(
+            peer_tls.iter().chain(client_tls.iter()).cloned().collect(),
+            shutdown_rx.clone(),
+        );
         let (raft_on_client, peer_server) = match peer_listener {
-            Some(l) => {
-                let tls = peer_tls.map(|t| t.server);
-                (
-                    None,
-                    Some(peer::serve(l, raft_svc, tls, shutdown_rx.clone())?),
-                )
-            }
+            Some(l) => (
+                None,
+                Some(peer::serve(l, raft_svc, peer_tls, shutdown_rx.clone())),
+            ),
             None => (Some(raft_svc), None),
         };
         // Standard probes: gRPC health (SERVING only while ready) and reflection.
@@ -336,13 +362,14 @@ impl Node {
                     conn::incoming(
                         listener,
                         conn::connection_budget(cfg.limits.max_connections),
+                        client_tls,
                     ),
                     async move {
                         let _ = stop.wait_for(|s| *s).await;
                     },
                 ),
         );
-        tracing::info!(id = cfg.id, region = %cfg.region, %addr, ?peer_addr, cluster = %cfg.cluster, "node serving");
+        tracing::info!(id = cfg.id, region = %cfg.region, %addr, ?peer_addr, cluster = %cfg.cluster, tls = cfg.client_tls.is_some(), "node serving");
 
         let node = Node {
             id: cfg.id,

@@ -3,14 +3,14 @@
 //! node serves Raft on the client address as before, and says loudly that anyone who
 //! reaches that address can then speak Raft to it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::ServerTlsConfig;
 
+use super::tls::ServerTls;
 use super::NodeError;
 use crate::config::NodeConfig;
 use crate::proto::raft_server::RaftServer;
@@ -42,30 +42,28 @@ pub(super) async fn bind(cfg: &NodeConfig) -> Result<Option<TcpListener>, NodeEr
     Ok(Some(listener))
 }
 
+/// Most connections the peer listener holds at once: peers need one or two each; the cap
+/// keeps a flood of the peer port from taking the client listener's descriptors.
+pub const PEER_CONNECTIONS: usize = 256;
+
 /// Serves the Raft service alone on `listener` until `stop` turns true; with `tls`, only to
-/// peers presenting a certificate of the cluster CA.
+/// peers presenting a certificate of the cluster CA (reloaded when its files change).
 pub(super) fn serve(
     listener: TcpListener,
     raft: RaftServer<RaftService>,
-    tls: Option<ServerTlsConfig>,
+    tls: Option<Arc<ServerTls>>,
     mut stop: watch::Receiver<bool>,
-) -> Result<JoinHandle<Result<(), tonic::transport::Error>>, NodeError> {
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        builder = builder
-            .tls_config(tls)
-            .map_err(|e| NodeError::Other(format!("peer_tls: {e}")))?;
-    }
-    Ok(tokio::spawn(
-        builder
+) -> JoinHandle<Result<(), tonic::transport::Error>> {
+    tokio::spawn(
+        tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .add_service(raft)
             .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                super::conn::incoming(listener, PEER_CONNECTIONS, tls),
                 async move {
                     let _ = stop.wait_for(|s| *s).await;
                 },
             ),
-    ))
+    )
 }

@@ -117,13 +117,13 @@ impl RaftService {
         &self,
         request: Request<RaftRequest>,
     ) -> Result<(NodeId, T), Status> {
-        let certs = request.peer_certs();
+        let leaf = crate::node::conn::ConnInfo::of(&request)
+            .and_then(|c| c.peer_certs())
+            .and_then(|c| c.first())
+            .cloned();
         let req = request.into_inner();
         if self.verify_identity {
-            let named = certs
-                .as_ref()
-                .and_then(|c| c.first())
-                .is_some_and(|c| cert_names_node(c, req.from));
+            let named = leaf.as_ref().is_some_and(|c| cert_names_node(c, req.from));
             if !named {
                 return Err(self.refuse(
                     "any",
