@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod coordinator;
 pub mod keepalive;
+pub mod shed;
 pub mod transfer;
 pub mod watch;
 

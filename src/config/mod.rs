@@ -287,6 +287,9 @@ impl NodeConfig {
             check_addr(v).map_err(|m| ConfigError::invalid(&format!("dial.{k}"), m))?;
         }
         peer::validate(self)?;
+        self.limits
+            .check()
+            .map_err(|(field, m)| ConfigError::invalid(&format!("limits.{field}"), m))?;
         for (i, s) in self.services.iter().enumerate() {
             let spec = s
                 .to_spec()

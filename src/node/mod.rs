@@ -270,6 +270,7 @@ impl Node {
             None => (Some(raft_svc), None),
         };
         let mut stop = shutdown_rx.clone();
+        let shed = crate::api::shed::Shed::new((&cfg.limits).into());
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 // One span per request, carrying the caller's request id (or a fresh one),
@@ -288,6 +289,8 @@ impl Node {
                 .http2_keepalive_interval(Some(Duration::from_secs(10)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(5)))
                 .max_concurrent_streams(cfg.limits.max_streams_per_connection.max(1))
+                // Per-caller rate and concurrency limits (RESOURCE_EXHAUSTED beyond).
+                .layer(crate::api::shed::ShedLayer::new(shed))
                 .add_service(coordinator)
                 .add_service(admin)
                 .add_optional_service(raft_on_client)
