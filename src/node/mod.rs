@@ -10,6 +10,7 @@ pub mod conn;
 pub mod dev;
 mod peer;
 mod probes;
+mod raft_rt;
 mod tls;
 
 use std::collections::{BTreeMap, HashMap};
@@ -93,6 +94,7 @@ pub struct Node {
     shutdown: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     peer_server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    raft_rt: raft_rt::RaftRuntime,
 }
 
 fn raft_config(cfg: &NodeConfig) -> Result<openraft::Config, NodeError> {
@@ -147,15 +149,19 @@ impl Node {
             .collect();
         let peer_tls = cfg.peer_tls.as_ref().map(tls::load).transpose()?;
         let confirmed = Arc::new(crate::raft::Confirmed::default());
+        let raft_rt = raft_rt::RaftRuntime::start(cfg.id)?;
         let mut peers = Peers::new(cfg.cluster.clone(), cfg.id)
             .with_dial(dial.clone())
-            .with_confirmed(confirmed.clone());
+            .with_confirmed(confirmed.clone())
+            .with_runtime(raft_rt.handle());
         if let Some(t) = &peer_tls {
             peers = peers.with_tls(t.client.clone());
         }
         let config = Arc::new(raft_config(&cfg)?);
-        let raft = Raft::new(cfg.id, config, peers.factory(), log, sm)
-            .await
+        // openraft spawns its core and replication tasks on the runtime it is created on.
+        let raft = raft_rt
+            .run(Raft::new(cfg.id, config, peers.factory(), log, sm))
+            .await?
             .map_err(|e| NodeError::Raft(e.to_string()))?;
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -262,6 +268,12 @@ impl Node {
         let (raft_on_client, peer_server) = match peer_listener {
             Some(l) => {
                 let tls = peer_tls.map(|t| t.server);
+                // Served (and its sockets polled) on the Raft runtime.
+                let _rt = raft_rt.handle().enter();
+                let l = l
+                    .into_std()
+                    .and_then(TcpListener::from_std)
+                    .map_err(|e| NodeError::Other(format!("peer listener: {e}")))?;
                 (
                     None,
                     Some(peer::serve(l, raft_svc, tls, shutdown_rx.clone())?),
@@ -316,6 +328,7 @@ impl Node {
             shutdown: shutdown_tx,
             server,
             peer_server,
+            raft_rt,
         };
         node.bootstrap(&cfg).await?;
         Ok(node)
@@ -470,6 +483,7 @@ impl Node {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
         }
+        drop(self.raft_rt);
         self.audit
             .flush()
             .await
