@@ -73,7 +73,7 @@ async fn a_flood_of_reads_and_watches_is_shed_without_a_leader_change_or_lease_l
     // the flood does not make things worse. To measure the same flood under other settings:
     // BATON_TEST_FLOOD_TIMING (a `[timing]` table), BATON_TEST_FLOOD_LIMITS (a `[limits]`
     // table; with limits nobody reaches, the test fails at "nothing was shed").
-    let timing = std::env::var("BATON_TEST_FLOOD_TIMING").unwrap_or("[timing]\nheartbeat = \"150ms\"\nelection_timeout_min = \"1500ms\"\nelection_timeout_max = \"3s\"\n".into());
+    let timing = std::env::var("BATON_TEST_FLOOD_TIMING").unwrap_or("[timing]\nheartbeat = \"100ms\"\nelection_timeout_min = \"1500ms\"\nelection_timeout_max = \"3s\"\n".into());
     let extra = std::env::var("BATON_TEST_FLOOD_LIMITS").unwrap_or_default();
     let mut c = TestCluster::prepare_timed(3, &service_toml("payments", "6s"), &extra, &timing);
     for i in 0..3 {
