@@ -9,7 +9,7 @@ use baton::proto::coordinator_client::CoordinatorClient;
 use baton::proto::{Consistency, GetPrimaryRequest, WatchRequest};
 use tonic::Code;
 
-use crate::support::{agent, client, held, lease, service_toml, TestCluster};
+use crate::support::{agent, client, eventually, held, lease, service_toml, TestCluster};
 
 /// A client connection to `addr` from the loopback address `from` (so the node counts it
 /// as a caller of its own, apart from the agent and the test's checks on 127.0.0.1).
@@ -153,4 +153,105 @@ async fn a_flood_of_reads_and_watches_is_shed_without_a_leader_change_or_lease_l
     // The lease never moved, and the holder still holds it.
     assert_eq!(lease(&cl, "payments").await.token, token);
     assert!(us.is_valid() && us.token() == Some(token));
+}
+
+/// A client connection to node `i` with small HTTP/2 windows, so that a watcher that does
+/// not read soon makes the node hold its responses (hyper's default windows would let the
+/// client absorb the whole test).
+fn small_window_client(c: &TestCluster, i: usize) -> CoordinatorClient<tonic::transport::Channel> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.nodes[i].addr))
+        .unwrap()
+        .initial_stream_window_size(Some(8 * 1024))
+        .initial_connection_window_size(Some(4 << 20))
+        .connect_lazy();
+    CoordinatorClient::new(ch)
+}
+
+/// Memory bounds of the slow-watcher test (KiB), also stated in the README's limits.
+/// Growth with 1,000 watchers that never read, each fallen the whole buffer behind.
+const WATCHERS_GROWTH_KIB: u64 = 64 * 1024;
+/// RSS after they closed, above the baseline before they opened.
+const WATCHERS_RESIDUE_KIB: u64 = 16 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_watchers_that_never_read_hold_bounded_memory_and_return_it() {
+    use baton::proto::FreezeRequest;
+    let c = TestCluster::start(3, &service_toml("payments", "5s")).await;
+    let cl = client(&c);
+    lease(&cl, "payments").await;
+    let us = agent(&c, "payments", "us-east");
+    let token = held(&us).await;
+    let leader = c.leader(Duration::from_secs(20)).await;
+    let node = (leader + 1) % 3;
+    let watch = || WatchRequest {
+        services: vec![],
+        start_revision: 0,
+        progress_interval_ms: 0,
+    };
+    let mut writer = c.coordinator(leader).await;
+    let padding = "p".repeat(300);
+    let mut flips = 0;
+    let mut write = |n: usize| {
+        let mut writer = writer.clone();
+        let padding = padding.clone();
+        let from = flips;
+        flips += n;
+        async move {
+            for i in from..from + n {
+                writer
+                    .freeze(FreezeRequest {
+                        service: "payments".into(),
+                        freeze: i % 2 == 0,
+                        reason: format!("flip {i} {padding}"),
+                    })
+                    .await
+                    .expect("a write");
+            }
+        }
+    };
+    // Warm up: the node's allocator and history hold what any run of writes needs.
+    write(300).await;
+    let rss_before = c.rss_kib(node).expect("rss");
+
+    // 1,000 watch streams on four connections, never read.
+    let mut idle = Vec::new();
+    let mut conns = Vec::new();
+    for _ in 0..4 {
+        let mut co = small_window_client(&c, node);
+        for _ in 0..250 {
+            idle.push(co.watch(watch()).await.expect("watch").into_inner());
+        }
+        conns.push(co);
+    }
+    // 300 writes of ~450-byte events: every watcher falls more than its buffer behind.
+    write(300).await;
+    let rss_full = c.rss_kib(node).expect("rss");
+    // Writes and renewals went on; the lease never moved.
+    assert_eq!(lease(&cl, "payments").await.token, token);
+    assert!(us.is_valid() && us.token() == Some(token), "the agent's lease lapsed");
+    let growth = rss_full.saturating_sub(rss_before);
+    eprintln!(
+        "node {} RSS KiB: before {rss_before}, with 1,000 lagging watchers {rss_full} (+{growth}, {} per watcher)",
+        node + 1,
+        growth / 1000
+    );
+    assert!(
+        growth < WATCHERS_GROWTH_KIB,
+        "1,000 lagging watchers grew RSS by {growth} KiB"
+    );
+
+    drop(idle);
+    drop(conns);
+    // Memory comes back once the streams are gone (and writes go on).
+    let rss_after = eventually(
+        Duration::from_secs(30),
+        "RSS to come back near the baseline",
+        || async {
+            let rss = c.rss_kib(node)?;
+            (rss < rss_before + WATCHERS_RESIDUE_KIB).then_some(rss)
+        },
+    )
+    .await;
+    write(10).await;
+    eprintln!("node {} RSS KiB after the watchers closed: {rss_after}", node + 1);
 }

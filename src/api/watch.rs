@@ -1,14 +1,15 @@
 //! `Watch`: the current state (or the history from a revision), then every change, in
 //! revision order, with no gap and no duplicate. Any node serves it from its applied state.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::Stream;
 use tokio::sync::{broadcast, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use super::Ctx;
@@ -29,11 +30,17 @@ pub const MAX_WATCHERS_PER_CONNECTION: usize = 256;
 /// Most watch streams open at once from one client address.
 pub const MAX_WATCHERS_PER_CALLER: usize = 1024;
 
-/// Counts of open watch streams, per connection and per caller address.
+/// Counts of open watch streams, per connection and per caller address; and the responses
+/// of the last revisions, shared by every watcher they go to.
 #[derive(Debug, Default, Clone)]
 pub struct Watchers {
     counts: Arc<Mutex<Counts>>,
+    recent: Arc<Mutex<VecDeque<(u64, Arc<proto::WatchResponse>)>>>,
 }
+
+/// Revisions whose unfiltered response is kept for sharing: watchers handle a revision at
+/// about the same time, so a few cover every one that is not far behind.
+const SHARED_REVISIONS: usize = 16;
 
 /// Open watches per connection and per caller address.
 type Counts = (HashMap<SocketAddr, usize>, HashMap<IpAddr, usize>);
@@ -45,6 +52,26 @@ pub struct WatchSlot {
 }
 
 impl Watchers {
+    /// The response carrying every event of `revision`, built once and shared (a lagging
+    /// watcher queues a pointer, not a copy).
+    fn shared(&self, served_by: u64, revision: u64, events: &[Event]) -> Arc<proto::WatchResponse> {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, r)) = recent.iter().find(|(rev, _)| *rev == revision) {
+            return r.clone();
+        }
+        let r = Arc::new(proto::WatchResponse {
+            revision,
+            events: events.iter().map(event_to_proto).collect(),
+            progress: false,
+            served_by,
+        });
+        if recent.len() >= SHARED_REVISIONS {
+            recent.pop_front();
+        }
+        recent.push_back((revision, r.clone()));
+        r
+    }
+
     /// Admits one more watch from `peer`, or says which limit it hit.
     pub fn admit(&self, peer: Option<SocketAddr>) -> Result<WatchSlot, Status> {
         if let Some(peer) = peer {
@@ -96,18 +123,55 @@ impl Drop for WatchSlot {
     }
 }
 
+/// What a watch stream's buffer holds: small, so a full buffer of a lagging watcher is a
+/// few KiB of pointers to responses shared with the other watchers.
+enum Out {
+    Response(Arc<proto::WatchResponse>),
+    End(Box<Status>),
+}
+
 /// Queues `r` unless the client has fallen [`WATCH_BUFFER`] responses behind; then queues
 /// the error that ends the stream (the last slot is kept for it) and returns false.
-fn offer(tx: &mpsc::Sender<Result<proto::WatchResponse, Status>>, r: proto::WatchResponse) -> bool {
+fn offer(tx: &mpsc::Sender<Out>, r: Arc<proto::WatchResponse>) -> bool {
     if tx.capacity() > 1 {
-        return tx.try_send(Ok(r)).is_ok();
+        return tx.try_send(Out::Response(r)).is_ok();
     }
-    let _ = tx.try_send(Err(Status::resource_exhausted(format!(
+    let _ = tx.try_send(Out::End(Box::new(Status::resource_exhausted(format!(
         "this watch fell more than {WATCH_BUFFER} responses behind and was ended; resume it \
          from your last received revision + 1 (revision {} was not delivered)",
         r.revision
-    ))));
+    )))));
     false
+}
+
+/// The stream tonic sends: one response per poll, then `Pending` (waking at once). tonic
+/// otherwise encodes every queued response into one chunk of up to 32 KiB, which HTTP/2
+/// then holds for a client that does not read; this way it holds one response, and the
+/// rest stay shared in the buffer until the client makes room.
+struct Paced {
+    rx: mpsc::Receiver<Out>,
+    yielded: bool,
+}
+
+impl Stream for Paced {
+    type Item = Result<proto::WatchResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.yielded {
+            self.yielded = false;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(Out::Response(r))) => {
+                self.yielded = true;
+                Poll::Ready(Some(Ok(Arc::unwrap_or_clone(r))))
+            }
+            Poll::Ready(Some(Out::End(s))) => Poll::Ready(Some(Err(*s))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 /// How far past this node's applied revision a watch may start: a client resuming on a
@@ -127,6 +191,17 @@ struct Filter(Option<BTreeSet<String>>);
 impl Filter {
     fn wants(&self, service: &str) -> bool {
         self.0.as_ref().is_none_or(|s| s.contains(service))
+    }
+
+    /// The response for a live revision: the shared one when this watch wants all of it.
+    fn live(&self, ctx: &Ctx, revision: u64, events: &[Event]) -> Option<Arc<proto::WatchResponse>> {
+        if events.is_empty() {
+            return None;
+        }
+        if events.iter().all(|e| self.wants(&e.service)) {
+            return Some(ctx.watchers.shared(ctx.id, revision, events));
+        }
+        self.response(ctx, revision, events).map(Arc::new)
     }
 
     fn response(&self, ctx: &Ctx, revision: u64, events: &[Event]) -> Option<proto::WatchResponse> {
@@ -211,7 +286,7 @@ pub fn open(
     // Revisions below this were not asked for (a start ahead of this node).
     let floor = req.start_revision;
     // One more than the buffer: the last slot carries the error that ends a slow watch.
-    let (tx, out) = mpsc::channel::<Result<proto::WatchResponse, Status>>(WATCH_BUFFER + 1);
+    let (tx, out) = mpsc::channel::<Out>(WATCH_BUFFER + 1);
     let progress = (req.progress_interval_ms > 0)
         .then(|| Duration::from_millis(req.progress_interval_ms.max(10)));
     let mut shutdown = ctx.shutdown.clone();
@@ -219,7 +294,7 @@ pub fn open(
         let _slot = slot;
         // The first answer may be large (every service): it is sent whatever the buffer.
         for r in first {
-            if tx.send(Ok(r)).await.is_err() {
+            if tx.send(Out::Response(Arc::new(r))).await.is_err() {
                 return;
             }
         }
@@ -246,7 +321,7 @@ pub fn open(
                     // this node is current.
                     if !sent_since_tick && ctx.is_current() {
                         let p = proto::WatchResponse { revision: cursor, events: vec![], progress: true, served_by: ctx.id };
-                        if !offer(&tx, p) {
+                        if !offer(&tx, Arc::new(p)) {
                             return;
                         }
                     }
@@ -255,7 +330,7 @@ pub fn open(
                 }
                 m = rx.recv() => m,
             };
-            let batch: Result<Vec<proto::WatchResponse>, Status> = match msg {
+            let batch: Result<Vec<Arc<proto::WatchResponse>>, Status> = match msg {
                 Ok(Change::Events { revision, events }) => {
                     if revision <= cursor {
                         continue;
@@ -264,17 +339,14 @@ pub fn open(
                     if revision < floor {
                         continue;
                     }
-                    Ok(filter
-                        .response(&ctx, revision, &events)
-                        .into_iter()
-                        .collect())
+                    Ok(filter.live(&ctx, revision, &events).into_iter().collect())
                 }
                 // Missed broadcasts, or the state was replaced by a snapshot: re-read.
                 Ok(Change::Reset { .. }) | Err(broadcast::error::RecvError::Lagged(_)) => {
                     let view = ctx.shared.read().unwrap_or_else(|e| e.into_inner());
                     replay(&ctx, &view.state, &filter, (cursor + 1).max(floor)).map(|(out, c)| {
                         cursor = c;
-                        out
+                        out.into_iter().map(Arc::new).collect()
                     })
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
@@ -289,11 +361,14 @@ pub fn open(
                     }
                 }
                 Err(status) => {
-                    let _ = tx.send(Err(status)).await;
+                    let _ = tx.send(Out::End(Box::new(status))).await;
                     return;
                 }
             }
         }
     });
-    Ok(ReceiverStream::new(out))
+    Ok(Paced {
+        rx: out,
+        yielded: false,
+    })
 }
