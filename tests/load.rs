@@ -9,7 +9,7 @@ use baton::proto::coordinator_client::CoordinatorClient;
 use baton::proto::{Consistency, GetPrimaryRequest, WatchRequest};
 use tonic::Code;
 
-use crate::support::{agent, client, eventually, held, lease, service_toml, TestCluster};
+use crate::support::{agent, client, held, lease, service_toml, TestCluster};
 
 /// A client connection to `addr` from the loopback address `from` (so the node counts it
 /// as a caller of its own, apart from the agent and the test's checks on 127.0.0.1).
@@ -243,15 +243,18 @@ async fn a_thousand_watchers_that_never_read_hold_bounded_memory_and_return_it()
     drop(idle);
     drop(conns);
     // Memory comes back once the streams are gone (and writes go on).
-    let rss_after = eventually(
-        Duration::from_secs(30),
-        "RSS to come back near the baseline",
-        || async {
-            let rss = c.rss_kib(node)?;
-            (rss < rss_before + WATCHERS_RESIDUE_KIB).then_some(rss)
-        },
-    )
-    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let rss_after = loop {
+        let rss = c.rss_kib(node).expect("rss");
+        if rss < rss_before + WATCHERS_RESIDUE_KIB {
+            break rss;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "RSS stayed at {rss} KiB after the watchers closed (baseline {rss_before} KiB)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     write(10).await;
     eprintln!("node {} RSS KiB after the watchers closed: {rss_after}", node + 1);
 }

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod coordinator;
 pub mod keepalive;
 pub mod shed;
+pub mod trim;
 pub mod transfer;
 pub mod watch;
 

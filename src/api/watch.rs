@@ -35,6 +35,7 @@ pub const MAX_WATCHERS_PER_CALLER: usize = 1024;
 #[derive(Debug, Default, Clone)]
 pub struct Watchers {
     counts: Arc<Mutex<Counts>>,
+    trimmer: super::trim::Trimmer,
     recent: Arc<Mutex<VecDeque<(u64, Arc<proto::WatchResponse>)>>>,
 }
 
@@ -42,8 +43,14 @@ pub struct Watchers {
 /// about the same time, so a few cover every one that is not far behind.
 const SHARED_REVISIONS: usize = 16;
 
-/// Open watches per connection and per caller address.
-type Counts = (HashMap<SocketAddr, usize>, HashMap<IpAddr, usize>);
+/// Open watches per connection, per caller address and in all.
+#[derive(Debug, Default)]
+struct Counts {
+    per_conn: HashMap<SocketAddr, usize>,
+    per_caller: HashMap<IpAddr, usize>,
+    open: usize,
+    trim: super::trim::TrimCore,
+}
 
 /// A watch stream's place in [`Watchers`]; released when dropped.
 pub struct WatchSlot {
@@ -74,10 +81,10 @@ impl Watchers {
 
     /// Admits one more watch from `peer`, or says which limit it hit.
     pub fn admit(&self, peer: Option<SocketAddr>) -> Result<WatchSlot, Status> {
+        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(peer) = peer {
-            let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-            let on_conn = c.0.get(&peer).copied().unwrap_or(0);
-            let from_caller = c.1.get(&peer.ip()).copied().unwrap_or(0);
+            let on_conn = c.per_conn.get(&peer).copied().unwrap_or(0);
+            let from_caller = c.per_caller.get(&peer.ip()).copied().unwrap_or(0);
             if on_conn >= MAX_WATCHERS_PER_CONNECTION {
                 return Err(Status::resource_exhausted(format!(
                     "this connection has {on_conn} open watches; the limit is \
@@ -92,9 +99,12 @@ impl Watchers {
                     peer.ip()
                 )));
             }
-            *c.0.entry(peer).or_default() += 1;
-            *c.1.entry(peer.ip()).or_default() += 1;
+            *c.per_conn.entry(peer).or_default() += 1;
+            *c.per_caller.entry(peer.ip()).or_default() += 1;
         }
+        c.open += 1;
+        let open = c.open;
+        c.trim.opened(open);
         Ok(WatchSlot {
             watchers: self.clone(),
             peer,
@@ -104,21 +114,27 @@ impl Watchers {
 
 impl Drop for WatchSlot {
     fn drop(&mut self) {
-        let Some(peer) = self.peer else { return };
         let mut c = self
             .watchers
             .counts
             .lock()
             .unwrap_or_else(|e| e.into_inner());
+        c.open = c.open.saturating_sub(1);
+        let open = c.open;
+        // After a burst of watchers closes, give their memory back to the OS.
+        if c.trim.closed(open) {
+            self.watchers.trimmer.poke();
+        }
+        let Some(peer) = self.peer else { return };
         let dec = |n: &mut usize| {
             *n = n.saturating_sub(1);
             *n == 0
         };
-        if c.0.get_mut(&peer).is_some_and(dec) {
-            c.0.remove(&peer);
+        if c.per_conn.get_mut(&peer).is_some_and(dec) {
+            c.per_conn.remove(&peer);
         }
-        if c.1.get_mut(&peer.ip()).is_some_and(dec) {
-            c.1.remove(&peer.ip());
+        if c.per_caller.get_mut(&peer.ip()).is_some_and(dec) {
+            c.per_caller.remove(&peer.ip());
         }
     }
 }
@@ -151,6 +167,9 @@ fn offer(tx: &mpsc::Sender<Out>, r: Arc<proto::WatchResponse>) -> bool {
 struct Paced {
     rx: mpsc::Receiver<Out>,
     yielded: bool,
+    /// Held as long as tonic holds the stream: a watcher that was cut off still counts,
+    /// and still holds memory, until its client reads the error or goes away.
+    _slot: WatchSlot,
 }
 
 impl Stream for Paced {
@@ -291,7 +310,6 @@ pub fn open(
         .then(|| Duration::from_millis(req.progress_interval_ms.max(10)));
     let mut shutdown = ctx.shutdown.clone();
     tokio::spawn(async move {
-        let _slot = slot;
         // The first answer may be large (every service): it is sent whatever the buffer.
         for r in first {
             if tx.send(Out::Response(Arc::new(r))).await.is_err() {
@@ -370,5 +388,6 @@ pub fn open(
     Ok(Paced {
         rx: out,
         yielded: false,
+        _slot: slot,
     })
 }
