@@ -149,7 +149,11 @@ async fn a_flood_of_reads_and_watches_is_shed_without_a_leader_change_or_lease_l
 
     // No election: the same leader, every node still in the term it had.
     assert_eq!(c.leader(Duration::from_secs(20)).await, leader);
-    assert_eq!(terms(&c).await, before, "an election happened during the flood");
+    assert_eq!(
+        terms(&c).await,
+        before,
+        "an election happened during the flood"
+    );
     // The lease never moved, and the holder still holds it.
     assert_eq!(lease(&cl, "payments").await.token, token);
     assert!(us.is_valid() && us.token() == Some(token));
@@ -188,7 +192,7 @@ async fn a_thousand_watchers_that_never_read_hold_bounded_memory_and_return_it()
         start_revision: 0,
         progress_interval_ms: 0,
     };
-    let mut writer = c.coordinator(leader).await;
+    let writer = c.coordinator(leader).await;
     let padding = "p".repeat(300);
     let mut flips = 0;
     let mut write = |n: usize| {
@@ -228,7 +232,10 @@ async fn a_thousand_watchers_that_never_read_hold_bounded_memory_and_return_it()
     let rss_full = c.rss_kib(node).expect("rss");
     // Writes and renewals went on; the lease never moved.
     assert_eq!(lease(&cl, "payments").await.token, token);
-    assert!(us.is_valid() && us.token() == Some(token), "the agent's lease lapsed");
+    assert!(
+        us.is_valid() && us.token() == Some(token),
+        "the agent's lease lapsed"
+    );
     let growth = rss_full.saturating_sub(rss_before);
     eprintln!(
         "node {} RSS KiB: before {rss_before}, with 1,000 lagging watchers {rss_full} (+{growth}, {} per watcher)",
@@ -256,5 +263,101 @@ async fn a_thousand_watchers_that_never_read_hold_bounded_memory_and_return_it()
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     write(10).await;
-    eprintln!("node {} RSS KiB after the watchers closed: {rss_after}", node + 1);
+    eprintln!(
+        "node {} RSS KiB after the watchers closed: {rss_after}",
+        node + 1
+    );
+}
+
+/// CPU time (user + system) of process `pid` in clock ticks, from `/proc/<pid>/stat`.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc stat");
+    // Fields after the command name (which may hold spaces) start at state (field 3);
+    // utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_few_descriptors_survives_a_connection_flood_without_spinning() {
+    // Node 1 runs with `ulimit -n 512`: room for 256 connections next to the 256
+    // descriptors kept for storage, peers and logs.
+    let mut c = TestCluster::prepare(3, &service_toml("payments", "5s"), "");
+    c.spawn_with_nofile(0, 512);
+    c.spawn(1);
+    c.spawn(2);
+    let cl = client(&c);
+    lease(&cl, "payments").await;
+    let us = agent(&c, "payments", "us-east");
+    let token = held(&us).await;
+    let read = GetPrimaryRequest {
+        service: "payments".into(),
+        consistency: Consistency::Linearizable as i32,
+    };
+    // A client of node 1 connected before the flood.
+    let mut co = c.coordinator(0).await;
+    co.get_primary(read.clone()).await.expect("read before");
+    let pid = c.pid(0).expect("node 1 runs");
+
+    // 1,000 raw TCP connections that never speak to each of its listeners (client and
+    // peer): more than the node has descriptors for.
+    let mut flood = Vec::new();
+    let mut refused = 0;
+    for addr in [&c.nodes[0].addr, &c.nodes[0].peer_addr] {
+        for _ in 0..1000 {
+            match tokio::net::TcpStream::connect(addr).await {
+                Ok(s) => flood.push(s),
+                Err(_) => refused += 1,
+            }
+        }
+    }
+    // The node neither spins nor stops: its CPU over 2 s stays under half a core.
+    let t0 = cpu_ticks(pid);
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ticks = cpu_ticks(pid) - t0;
+    // SAFETY: sysconf only reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let cpu = ticks as f64 / hz / started.elapsed().as_secs_f64();
+    eprintln!(
+        "node 1 under a flood of {} connections ({refused} refused by the kernel): {:.0}% of a core",
+        flood.len(),
+        cpu * 100.0
+    );
+    assert!(
+        cpu < 0.5,
+        "node 1 used {:.0}% of a core while flooded",
+        cpu * 100.0
+    );
+    // The existing client and the agent carry on; the node still runs.
+    for _ in 0..5 {
+        co.get_primary(read.clone())
+            .await
+            .expect("read during the flood");
+    }
+    assert!(us.is_valid() && us.token() == Some(token));
+    assert_eq!(c.wait_exit(0, Duration::ZERO), None, "node 1 exited");
+
+    // Once the flood is gone, new clients connect again.
+    drop(flood);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut fresh = c.coordinator(0).await;
+        if fresh.get_primary(read.clone()).await.is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new client could connect after the flood"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(c.status(0).await.is_some(), "node 1 stopped answering");
+    assert_eq!(lease(&cl, "payments").await.token, token);
+    assert!(us.is_valid() && us.token() == Some(token));
+    assert!(
+        c.log(0).contains("connection limit reached"),
+        "the node did not say it refused connections"
+    );
 }

@@ -10,8 +10,8 @@ pub mod admin;
 pub mod coordinator;
 pub mod keepalive;
 pub mod shed;
-pub mod trim;
 pub mod transfer;
+pub mod trim;
 pub mod watch;
 
 use std::collections::HashMap;

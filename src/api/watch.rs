@@ -36,8 +36,11 @@ pub const MAX_WATCHERS_PER_CALLER: usize = 1024;
 pub struct Watchers {
     counts: Arc<Mutex<Counts>>,
     trimmer: super::trim::Trimmer,
-    recent: Arc<Mutex<VecDeque<(u64, Arc<proto::WatchResponse>)>>>,
+    recent: Arc<Mutex<Recent>>,
 }
+
+/// The unfiltered responses of the last revisions, by revision.
+type Recent = VecDeque<(u64, Arc<proto::WatchResponse>)>;
 
 /// Revisions whose unfiltered response is kept for sharing: watchers handle a revision at
 /// about the same time, so a few cover every one that is not far behind.
@@ -213,7 +216,12 @@ impl Filter {
     }
 
     /// The response for a live revision: the shared one when this watch wants all of it.
-    fn live(&self, ctx: &Ctx, revision: u64, events: &[Event]) -> Option<Arc<proto::WatchResponse>> {
+    fn live(
+        &self,
+        ctx: &Ctx,
+        revision: u64,
+        events: &[Event],
+    ) -> Option<Arc<proto::WatchResponse>> {
         if events.is_empty() {
             return None;
         }

@@ -55,7 +55,10 @@ impl LimitsConfig {
                 "max_requests_in_flight_per_caller",
                 self.max_requests_in_flight_per_caller as usize,
             ),
-            ("max_requests_in_flight", self.max_requests_in_flight as usize),
+            (
+                "max_requests_in_flight",
+                self.max_requests_in_flight as usize,
+            ),
             ("max_tracked_callers", self.max_tracked_callers),
         ];
         for (field, v) in positive {

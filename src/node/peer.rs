@@ -8,13 +8,17 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::ServerTlsConfig;
 
 use super::NodeError;
 use crate::config::NodeConfig;
 use crate::proto::raft_server::RaftServer;
 use crate::raft::service::RaftService;
+
+/// Most connections the peer listener holds at once: peers need one each (a few more while
+/// they reconnect). Within the descriptors `conn::FD_RESERVE` keeps apart from client
+/// connections, so a flood of the peer port cannot exhaust them either.
+pub const MAX_PEER_CONNECTIONS: usize = 64;
 
 /// The bound peer listener, or `None` when Raft shares the client listener.
 pub(super) async fn bind(cfg: &NodeConfig) -> Result<Option<TcpListener>, NodeError> {
@@ -61,8 +65,10 @@ pub(super) fn serve(
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .add_service(raft)
+            // Capped, with a backoff on accept errors: tonic's own incoming retries a failed
+            // accept at once, which spun a core when descriptors ran out.
             .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                super::conn::incoming(listener, MAX_PEER_CONNECTIONS),
                 async move {
                     let _ = stop.wait_for(|s| *s).await;
                 },
