@@ -10,6 +10,7 @@ mod disk;
 mod lease_safety;
 mod lifecycle;
 mod limits;
+mod load;
 mod membership;
 mod ops;
 mod security;

@@ -9,7 +9,9 @@
 pub mod admin;
 pub mod coordinator;
 pub mod keepalive;
+pub mod shed;
 pub mod transfer;
+pub mod trim;
 pub mod watch;
 
 use std::collections::HashMap;

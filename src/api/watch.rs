@@ -1,14 +1,15 @@
 //! `Watch`: the current state (or the history from a revision), then every change, in
 //! revision order, with no gap and no duplicate. Any node serves it from its applied state.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::Stream;
 use tokio::sync::{broadcast, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use super::Ctx;
@@ -29,14 +30,30 @@ pub const MAX_WATCHERS_PER_CONNECTION: usize = 256;
 /// Most watch streams open at once from one client address.
 pub const MAX_WATCHERS_PER_CALLER: usize = 1024;
 
-/// Counts of open watch streams, per connection and per caller address.
+/// Counts of open watch streams, per connection and per caller address; and the responses
+/// of the last revisions, shared by every watcher they go to.
 #[derive(Debug, Default, Clone)]
 pub struct Watchers {
     counts: Arc<Mutex<Counts>>,
+    trimmer: super::trim::Trimmer,
+    recent: Arc<Mutex<Recent>>,
 }
 
-/// Open watches per connection and per caller address.
-type Counts = (HashMap<SocketAddr, usize>, HashMap<IpAddr, usize>);
+/// The unfiltered responses of the last revisions, by revision.
+type Recent = VecDeque<(u64, Arc<proto::WatchResponse>)>;
+
+/// Revisions whose unfiltered response is kept for sharing: watchers handle a revision at
+/// about the same time, so a few cover every one that is not far behind.
+const SHARED_REVISIONS: usize = 16;
+
+/// Open watches per connection, per caller address and in all.
+#[derive(Debug, Default)]
+struct Counts {
+    per_conn: HashMap<SocketAddr, usize>,
+    per_caller: HashMap<IpAddr, usize>,
+    open: usize,
+    trim: super::trim::TrimCore,
+}
 
 /// A watch stream's place in [`Watchers`]; released when dropped.
 pub struct WatchSlot {
@@ -48,15 +65,35 @@ impl Watchers {
     /// Watch streams open now (from callers with an address).
     pub fn open(&self) -> usize {
         let c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        c.1.values().sum()
+        c.per_conn.values().sum()
+    }
+
+    /// The response carrying every event of `revision`, built once and shared (a lagging
+    /// watcher queues a pointer, not a copy).
+    fn shared(&self, served_by: u64, revision: u64, events: &[Event]) -> Arc<proto::WatchResponse> {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, r)) = recent.iter().find(|(rev, _)| *rev == revision) {
+            return r.clone();
+        }
+        let r = Arc::new(proto::WatchResponse {
+            revision,
+            events: events.iter().map(event_to_proto).collect(),
+            progress: false,
+            served_by,
+        });
+        if recent.len() >= SHARED_REVISIONS {
+            recent.pop_front();
+        }
+        recent.push_back((revision, r.clone()));
+        r
     }
 
     /// Admits one more watch from `peer`, or says which limit it hit.
     pub fn admit(&self, peer: Option<SocketAddr>) -> Result<WatchSlot, Status> {
+        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(peer) = peer {
-            let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-            let on_conn = c.0.get(&peer).copied().unwrap_or(0);
-            let from_caller = c.1.get(&peer.ip()).copied().unwrap_or(0);
+            let on_conn = c.per_conn.get(&peer).copied().unwrap_or(0);
+            let from_caller = c.per_caller.get(&peer.ip()).copied().unwrap_or(0);
             if on_conn >= MAX_WATCHERS_PER_CONNECTION {
                 return Err(Status::resource_exhausted(format!(
                     "this connection has {on_conn} open watches; the limit is \
@@ -71,9 +108,12 @@ impl Watchers {
                     peer.ip()
                 )));
             }
-            *c.0.entry(peer).or_default() += 1;
-            *c.1.entry(peer.ip()).or_default() += 1;
+            *c.per_conn.entry(peer).or_default() += 1;
+            *c.per_caller.entry(peer.ip()).or_default() += 1;
         }
+        c.open += 1;
+        let open = c.open;
+        c.trim.opened(open);
         Ok(WatchSlot {
             watchers: self.clone(),
             peer,
@@ -83,37 +123,83 @@ impl Watchers {
 
 impl Drop for WatchSlot {
     fn drop(&mut self) {
-        let Some(peer) = self.peer else { return };
         let mut c = self
             .watchers
             .counts
             .lock()
             .unwrap_or_else(|e| e.into_inner());
+        c.open = c.open.saturating_sub(1);
+        let open = c.open;
+        // After a burst of watchers closes, give their memory back to the OS.
+        if c.trim.closed(open) {
+            self.watchers.trimmer.poke();
+        }
+        let Some(peer) = self.peer else { return };
         let dec = |n: &mut usize| {
             *n = n.saturating_sub(1);
             *n == 0
         };
-        if c.0.get_mut(&peer).is_some_and(dec) {
-            c.0.remove(&peer);
+        if c.per_conn.get_mut(&peer).is_some_and(dec) {
+            c.per_conn.remove(&peer);
         }
-        if c.1.get_mut(&peer.ip()).is_some_and(dec) {
-            c.1.remove(&peer.ip());
+        if c.per_caller.get_mut(&peer.ip()).is_some_and(dec) {
+            c.per_caller.remove(&peer.ip());
         }
     }
 }
 
+/// What a watch stream's buffer holds: small, so a full buffer of a lagging watcher is a
+/// few KiB of pointers to responses shared with the other watchers.
+enum Out {
+    Response(Arc<proto::WatchResponse>),
+    End(Box<Status>),
+}
+
 /// Queues `r` unless the client has fallen [`WATCH_BUFFER`] responses behind; then queues
 /// the error that ends the stream (the last slot is kept for it) and returns false.
-fn offer(tx: &mpsc::Sender<Result<proto::WatchResponse, Status>>, r: proto::WatchResponse) -> bool {
+fn offer(tx: &mpsc::Sender<Out>, r: Arc<proto::WatchResponse>) -> bool {
     if tx.capacity() > 1 {
-        return tx.try_send(Ok(r)).is_ok();
+        return tx.try_send(Out::Response(r)).is_ok();
     }
-    let _ = tx.try_send(Err(Status::resource_exhausted(format!(
+    let _ = tx.try_send(Out::End(Box::new(Status::resource_exhausted(format!(
         "this watch fell more than {WATCH_BUFFER} responses behind and was ended; resume it \
          from your last received revision + 1 (revision {} was not delivered)",
         r.revision
-    ))));
+    )))));
     false
+}
+
+/// The stream tonic sends: one response per poll, then `Pending` (waking at once). tonic
+/// otherwise encodes every queued response into one chunk of up to 32 KiB, which HTTP/2
+/// then holds for a client that does not read; this way it holds one response, and the
+/// rest stay shared in the buffer until the client makes room.
+struct Paced {
+    rx: mpsc::Receiver<Out>,
+    yielded: bool,
+    /// Held as long as tonic holds the stream: a watcher that was cut off still counts,
+    /// and still holds memory, until its client reads the error or goes away.
+    _slot: WatchSlot,
+}
+
+impl Stream for Paced {
+    type Item = Result<proto::WatchResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.yielded {
+            self.yielded = false;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(Out::Response(r))) => {
+                self.yielded = true;
+                Poll::Ready(Some(Ok(Arc::unwrap_or_clone(r))))
+            }
+            Poll::Ready(Some(Out::End(s))) => Poll::Ready(Some(Err(*s))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 /// How far past this node's applied revision a watch may start: a client resuming on a
@@ -133,6 +219,22 @@ struct Filter(Option<BTreeSet<String>>);
 impl Filter {
     fn wants(&self, service: &str) -> bool {
         self.0.as_ref().is_none_or(|s| s.contains(service))
+    }
+
+    /// The response for a live revision: the shared one when this watch wants all of it.
+    fn live(
+        &self,
+        ctx: &Ctx,
+        revision: u64,
+        events: &[Event],
+    ) -> Option<Arc<proto::WatchResponse>> {
+        if events.is_empty() {
+            return None;
+        }
+        if events.iter().all(|e| self.wants(&e.service)) {
+            return Some(ctx.watchers.shared(ctx.id, revision, events));
+        }
+        self.response(ctx, revision, events).map(Arc::new)
     }
 
     fn response(&self, ctx: &Ctx, revision: u64, events: &[Event]) -> Option<proto::WatchResponse> {
@@ -217,15 +319,14 @@ pub fn open(
     // Revisions below this were not asked for (a start ahead of this node).
     let floor = req.start_revision;
     // One more than the buffer: the last slot carries the error that ends a slow watch.
-    let (tx, out) = mpsc::channel::<Result<proto::WatchResponse, Status>>(WATCH_BUFFER + 1);
+    let (tx, out) = mpsc::channel::<Out>(WATCH_BUFFER + 1);
     let progress = (req.progress_interval_ms > 0)
         .then(|| Duration::from_millis(req.progress_interval_ms.max(10)));
     let mut shutdown = ctx.shutdown.clone();
     tokio::spawn(async move {
-        let _slot = slot;
         // The first answer may be large (every service): it is sent whatever the buffer.
         for r in first {
-            if tx.send(Ok(r)).await.is_err() {
+            if tx.send(Out::Response(Arc::new(r))).await.is_err() {
                 return;
             }
         }
@@ -252,7 +353,7 @@ pub fn open(
                     // this node is current.
                     if !sent_since_tick && ctx.is_current() {
                         let p = proto::WatchResponse { revision: cursor, events: vec![], progress: true, served_by: ctx.id };
-                        if !offer(&tx, p) {
+                        if !offer(&tx, Arc::new(p)) {
                             return;
                         }
                     }
@@ -261,7 +362,7 @@ pub fn open(
                 }
                 m = rx.recv() => m,
             };
-            let batch: Result<Vec<proto::WatchResponse>, Status> = match msg {
+            let batch: Result<Vec<Arc<proto::WatchResponse>>, Status> = match msg {
                 Ok(Change::Events { revision, events }) => {
                     if revision <= cursor {
                         continue;
@@ -270,17 +371,14 @@ pub fn open(
                     if revision < floor {
                         continue;
                     }
-                    Ok(filter
-                        .response(&ctx, revision, &events)
-                        .into_iter()
-                        .collect())
+                    Ok(filter.live(&ctx, revision, &events).into_iter().collect())
                 }
                 // Missed broadcasts, or the state was replaced by a snapshot: re-read.
                 Ok(Change::Reset { .. }) | Err(broadcast::error::RecvError::Lagged(_)) => {
                     let view = ctx.shared.read().unwrap_or_else(|e| e.into_inner());
                     replay(&ctx, &view.state, &filter, (cursor + 1).max(floor)).map(|(out, c)| {
                         cursor = c;
-                        out
+                        out.into_iter().map(Arc::new).collect()
                     })
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
@@ -295,11 +393,15 @@ pub fn open(
                     }
                 }
                 Err(status) => {
-                    let _ = tx.send(Err(status)).await;
+                    let _ = tx.send(Out::End(Box::new(status))).await;
                     return;
                 }
             }
         }
     });
-    Ok(ReceiverStream::new(out))
+    Ok(Paced {
+        rx: out,
+        yielded: false,
+        _slot: slot,
+    })
 }

@@ -297,6 +297,9 @@ impl NodeConfig {
         }
         peer::validate(self)?;
         client_tls::validate(self)?;
+        self.limits
+            .check()
+            .map_err(|(field, m)| ConfigError::invalid(&format!("limits.{field}"), m))?;
         for (i, s) in self.services.iter().enumerate() {
             let spec = s
                 .to_spec()

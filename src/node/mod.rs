@@ -12,6 +12,7 @@ pub mod dev;
 mod peer;
 mod probes;
 pub mod tls;
+mod raft_rt;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -96,6 +97,7 @@ pub struct Node {
     shutdown: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     peer_server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    raft_rt: raft_rt::RaftRuntime,
 }
 
 fn raft_config(cfg: &NodeConfig) -> Result<openraft::Config, NodeError> {
@@ -192,15 +194,19 @@ impl Node {
             );
         }
         let confirmed = Arc::new(crate::raft::Confirmed::default());
+        let raft_rt = raft_rt::RaftRuntime::start(cfg.id)?;
         let mut peers = Peers::new(cfg.cluster.clone(), cfg.id)
             .with_dial(dial.clone())
-            .with_confirmed(confirmed.clone());
+            .with_confirmed(confirmed.clone())
+            .with_runtime(raft_rt.handle());
         if let Some(t) = peer_dial {
             peers = peers.with_tls(t);
         }
         let config = Arc::new(raft_config(&cfg)?);
-        let raft = Raft::new(cfg.id, config, peers.factory(), log, sm)
-            .await
+        // openraft spawns its core and replication tasks on the runtime it is created on.
+        let raft = raft_rt
+            .run(Raft::new(cfg.id, config, peers.factory(), log, sm))
+            .await?
             .map_err(|e| NodeError::Raft(e.to_string()))?;
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -310,10 +316,18 @@ impl Node {
             shutdown_rx.clone(),
         );
         let (raft_on_client, peer_server) = match peer_listener {
-            Some(l) => (
-                None,
-                Some(peer::serve(l, raft_svc, peer_tls, shutdown_rx.clone())),
-            ),
+            Some(l) => {
+                // Served (and its sockets polled) on the Raft runtime.
+                let _rt = raft_rt.handle().enter();
+                let l = l
+                    .into_std()
+                    .and_then(TcpListener::from_std)
+                    .map_err(|e| NodeError::Other(format!("peer listener: {e}")))?;
+                (
+                    None,
+                    Some(peer::serve(l, raft_svc, peer_tls, shutdown_rx.clone())),
+                )
+            }
             None => (Some(raft_svc), None),
         };
         // Standard probes: gRPC health (SERVING only while ready) and reflection.
@@ -333,6 +347,7 @@ impl Node {
             admin_http::serve(l, ctx.clone(), metrics.clone(), shutdown_rx.clone());
         }
         let mut stop = shutdown_rx.clone();
+        let shed = crate::api::shed::Shed::new((&cfg.limits).into());
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 // One span per request, carrying the caller's request id (or a fresh one),
@@ -352,6 +367,8 @@ impl Node {
                 .http2_keepalive_timeout(Some(Duration::from_secs(5)))
                 .max_concurrent_streams(cfg.limits.max_streams_per_connection.max(1))
                 .layer(crate::telemetry::rpc::RpcMetricsLayer::new(metrics))
+                // Per-caller rate and concurrency limits (RESOURCE_EXHAUSTED beyond).
+                .layer(crate::api::shed::ShedLayer::new(shed))
                 .add_service(coordinator)
                 .add_service(admin)
                 .add_service(health_svc)
@@ -382,6 +399,7 @@ impl Node {
             shutdown: shutdown_tx,
             server,
             peer_server,
+            raft_rt,
         };
         node.bootstrap(&cfg).await?;
         Ok(node)
@@ -536,6 +554,7 @@ impl Node {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
         }
+        drop(self.raft_rt);
         self.audit
             .flush()
             .await

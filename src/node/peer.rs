@@ -16,6 +16,11 @@ use crate::config::NodeConfig;
 use crate::proto::raft_server::RaftServer;
 use crate::raft::service::RaftService;
 
+/// Most connections the peer listener holds at once: peers need one each (a few more while
+/// they reconnect). Within the descriptors `conn::FD_RESERVE` keeps apart from client
+/// connections, so a flood of the peer port cannot exhaust them either.
+pub const PEER_CONNECTIONS: usize = 64;
+
 /// The bound peer listener, or `None` when Raft shares the client listener.
 pub(super) async fn bind(cfg: &NodeConfig) -> Result<Option<TcpListener>, NodeError> {
     let Some(addr) = &cfg.peer_listen else {
@@ -42,10 +47,6 @@ pub(super) async fn bind(cfg: &NodeConfig) -> Result<Option<TcpListener>, NodeEr
     Ok(Some(listener))
 }
 
-/// Most connections the peer listener holds at once: peers need one or two each; the cap
-/// keeps a flood of the peer port from taking the client listener's descriptors.
-pub const PEER_CONNECTIONS: usize = 256;
-
 /// Serves the Raft service alone on `listener` until `stop` turns true; with `tls`, only to
 /// peers presenting a certificate of the cluster CA (reloaded when its files change).
 pub(super) fn serve(
@@ -59,6 +60,8 @@ pub(super) fn serve(
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .add_service(raft)
+            // Capped, with a backoff on accept errors: tonic's own incoming retries a failed
+            // accept at once, which spun a core when descriptors ran out.
             .serve_with_incoming_shutdown(
                 super::conn::incoming(listener, PEER_CONNECTIONS, tls),
                 async move {

@@ -118,6 +118,8 @@ struct PeersInner {
     /// Last AppendEntries round trip per peer (added to that age: a bound on the one-way
     /// delay; also checked against the heartbeat interval).
     rtts: Arc<Mutex<HashMap<NodeId, Duration>>>,
+    /// The runtime peer connections run on (the caller's when `None`).
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Peers {
@@ -133,6 +135,7 @@ impl Peers {
                 channels: Mutex::new(HashMap::new()),
                 confirmed: Arc::default(),
                 rtts: Arc::default(),
+                runtime: None,
             }),
         }
     }
@@ -153,6 +156,7 @@ impl Peers {
             channels: Mutex::new(channels),
             confirmed: old.confirmed.clone(),
             rtts: old.rtts.clone(),
+            runtime: old.runtime.clone(),
         };
         f(&mut inner);
         Self {
@@ -170,6 +174,12 @@ impl Peers {
     /// leader) with every AppendEntries.
     pub fn with_confirmed(self, confirmed: Arc<super::Confirmed>) -> Self {
         self.rebuild(|i| i.confirmed = confirmed)
+    }
+
+    /// Runs peer connections on `runtime` (Raft's own threads, so that a flood of client
+    /// calls on the node's main runtime cannot delay heartbeats).
+    pub fn with_runtime(self, runtime: tokio::runtime::Handle) -> Self {
+        self.rebuild(|i| i.runtime = Some(runtime))
     }
 
     /// The last AppendEntries round trip to each peer that answered one.
@@ -244,6 +254,8 @@ impl Peers {
         if let Some(tls) = &self.inner.tls {
             endpoint = endpoint.tls_config(tls.clone())?;
         }
+        // tonic spawns the channel's tasks (and so opens its socket) on the entered runtime.
+        let _rt = self.inner.runtime.as_ref().map(|h| h.enter());
         let ch = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)

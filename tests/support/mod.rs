@@ -241,6 +241,21 @@ impl TestCluster {
 
     /// Starts node `i` (index, not id).
     pub fn spawn(&mut self, i: usize) {
+        self.spawn_inner(i, None);
+    }
+
+    /// Starts node `i` with a descriptor limit (`ulimit -n`, soft and hard) of `nofile`.
+    pub fn spawn_with_nofile(&mut self, i: usize, nofile: u64) {
+        self.spawn_inner(i, Some(nofile));
+    }
+
+    /// Process id of node `i`, if it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].child.as_ref().map(Child::id)
+    }
+
+    fn spawn_inner(&mut self, i: usize, nofile: Option<u64>) {
+        use std::os::unix::process::CommandExt;
         let node = &mut self.nodes[i];
         assert!(node.child.is_none(), "node {} already running", node.id);
         let log = std::fs::OpenOptions::new()
@@ -248,16 +263,30 @@ impl TestCluster {
             .append(true)
             .open(node.dir.join("node.log"))
             .unwrap();
-        let child = Command::new(baton_bin())
-            .arg("server")
+        let mut cmd = Command::new(baton_bin());
+        cmd.arg("server")
             .arg("--config")
             .arg(&node.config)
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+            .stderr(log);
+        if let Some(n) = nofile {
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child yet.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd.spawn().unwrap();
         node.child = Some(child);
     }
 
