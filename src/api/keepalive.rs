@@ -18,21 +18,9 @@ use crate::control::keeper::MAX_AGENTS_PER_SERVICE;
 use crate::control::{ControlError, Renewal, RenewalMsg};
 use crate::convert::lease_to_proto;
 use crate::proto::{self, KeepAliveStatus};
-use crate::state::names::check_name;
 
 /// Longest agent id accepted.
 pub const MAX_AGENT_ID: usize = 128;
-
-fn check(req: &proto::KeepAliveRequest) -> Result<(), Status> {
-    check_name("service", &req.service).map_err(Status::invalid_argument)?;
-    check_name("region", &req.region).map_err(Status::invalid_argument)?;
-    if req.agent_id.is_empty() || req.agent_id.len() > MAX_AGENT_ID {
-        return Err(Status::invalid_argument(format!(
-            "agent_id must be 1-{MAX_AGENT_ID} bytes (for example the host name)"
-        )));
-    }
-    Ok(())
-}
 
 /// Numbers KeepAlive streams: a demotion ack counts only on the stream that holds the
 /// agent's session.
@@ -58,7 +46,7 @@ pub fn open(
             };
             let received = Instant::now();
             let answer = async {
-                check(&req)?;
+                super::validate::keep_alive(&req)?;
                 ctx.reads
                     .linearize()
                     .await

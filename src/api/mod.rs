@@ -10,6 +10,7 @@ pub mod admin;
 pub mod coordinator;
 pub mod keepalive;
 pub mod transfer;
+pub mod validate;
 pub mod watch;
 
 use std::collections::HashMap;
