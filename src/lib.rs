@@ -42,6 +42,9 @@ pub mod state;
 
 #[cfg(test)]
 mod fuzz_tests;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 
 /// Generated protobuf types and gRPC stubs of `proto/baton/v1`.
 pub mod proto {
