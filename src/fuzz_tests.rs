@@ -1,14 +1,15 @@
-//! Property-test twins of fuzz targets: config parsing, service-spec validation, and
-//! decoding and applying Raft commands. Hostile input must give an error, never a panic,
-//! and whatever is accepted must be within the limits.
+//! Property-test twins of the fuzz targets in `fuzz/`: config parsing, service-spec
+//! validation, decoding and applying Raft commands, and request validation of every RPC.
+//! Each runs the target's body (`crate::fuzzing`) on generated input; hostile input must
+//! give an error, never a panic, and whatever is accepted must be within the limits.
 
 use proptest::prelude::*;
+use prost::Message;
 
-use crate::config::{NodeConfig, ServiceFile};
-use crate::convert::spec_from_proto;
+use crate::config::NodeConfig;
+use crate::fuzzing;
 use crate::proto;
-use crate::state::limits::{MAX_SPEC_BYTES, MAX_TARGET_LEN, MAX_URL_LEN};
-use crate::state::{Command, Request, State};
+use crate::state::{Request, State};
 
 fn config() -> ProptestConfig {
     ProptestConfig {
@@ -122,8 +123,173 @@ fn node_toml() -> impl Strategy<Value = String> {
             s.push_str(t);
             s
         }),
+        valid_node_toml(),
         ".{0,200}",
     ]
+}
+
+/// A duration as a person might write it, or a hostile one.
+fn duration() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("100ms".to_string()),
+        Just("0s".to_string()),
+        Just("5s".to_string()),
+        Just("soon".to_string()),
+        (1u64..u64::MAX).prop_map(|n| format!("{n}s")),
+        (1u64..u64::MAX).prop_map(|n| format!("{n}ms")),
+        (1u64..u64::MAX).prop_map(|n| format!("{n}y")),
+    ]
+}
+
+/// A node config that parses, with hostile timing and a service: validation runs deep.
+fn valid_node_toml() -> impl Strategy<Value = String> {
+    (
+        prop::collection::vec(
+            (
+                prop_oneof![
+                    Just("heartbeat"),
+                    Just("election_timeout_min"),
+                    Just("election_timeout_max"),
+                    Just("margin"),
+                ],
+                duration(),
+            ),
+            0..4,
+        ),
+        prop::option::of(duration()),
+    )
+        .prop_map(|(timing, ttl)| {
+            let mut s = "id = 1\nregion = \"us-east\"\nlisten = \"127.0.0.1:7101\"\n\
+                         data_dir = \"/tmp/x\"\n[timing]\n"
+                .to_string();
+            for (k, v) in timing {
+                s.push_str(&format!("{k} = {v:?}\n"));
+            }
+            if let Some(ttl) = ttl {
+                s.push_str(&format!(
+                    "[[services]]\nname = \"payments\"\nregions = [\"us-east\"]\nlease_ttl = {ttl:?}\n"
+                ));
+            }
+            s
+        })
+}
+
+/// One request message of every RPC, encoded, after the byte that picks its kind in
+/// [`fuzzing::requests`].
+fn request_bytes() -> impl Strategy<Value = Vec<u8>> {
+    (
+        0..fuzzing::REQUEST_KINDS,
+        (text(), text(), text()),
+        (number(), any::<u32>(), any::<bool>(), -2i32..5),
+        prop::collection::vec(text(), 0..4),
+        spec(),
+    )
+        .prop_map(|(kind, (a, b, c), (n, m, flag, e), list, spec)| {
+            let body = match kind {
+                0 => proto::GetPrimaryRequest {
+                    service: a,
+                    consistency: e,
+                }
+                .encode_to_vec(),
+                1 => proto::ListServicesRequest { consistency: e }.encode_to_vec(),
+                2 => proto::WatchRequest {
+                    services: list,
+                    start_revision: n,
+                    progress_interval_ms: u64::from(m),
+                }
+                .encode_to_vec(),
+                3 => proto::KeepAliveRequest {
+                    service: a,
+                    region: b,
+                    agent_id: c,
+                    seq: n,
+                    demoted: flag,
+                    token: n,
+                }
+                .encode_to_vec(),
+                4 => proto::ValidateTokenRequest {
+                    service: a,
+                    token: n,
+                    consistency: e,
+                }
+                .encode_to_vec(),
+                5 => proto::FailoverRequest {
+                    service: a,
+                    to_region: b,
+                    reason: c,
+                    expected_token: n,
+                    dry_run: flag,
+                }
+                .encode_to_vec(),
+                6 => proto::FailbackRequest {
+                    service: a,
+                    reason: c,
+                    expected_token: n,
+                    dry_run: flag,
+                }
+                .encode_to_vec(),
+                7 => proto::ListAuditRequest {
+                    from_seq: n,
+                    limit: m,
+                    service: a,
+                }
+                .encode_to_vec(),
+                8 => proto::SetModeRequest {
+                    service: a,
+                    mode: e,
+                    reason: c,
+                }
+                .encode_to_vec(),
+                9 => proto::FreezeRequest {
+                    service: a,
+                    freeze: flag,
+                    reason: c,
+                }
+                .encode_to_vec(),
+                10 => proto::AckRequest {
+                    service: a,
+                    reason: c,
+                }
+                .encode_to_vec(),
+                11 => proto::ApproveRequest {
+                    run_id: n,
+                    approve: flag,
+                    reason: c,
+                }
+                .encode_to_vec(),
+                12 => proto::ListWorkflowsRequest {
+                    service: a,
+                    limit: m,
+                }
+                .encode_to_vec(),
+                13 => proto::PlanRequest { service: a }.encode_to_vec(),
+                14 => proto::AddNodeRequest {
+                    id: n,
+                    addr: b,
+                    region: a,
+                    learner_only: flag,
+                }
+                .encode_to_vec(),
+                15 => proto::PutServiceRequest {
+                    spec: flag.then_some(spec),
+                    reason: c,
+                }
+                .encode_to_vec(),
+                16 => proto::DeleteServiceRequest { name: a, reason: c }.encode_to_vec(),
+                17 => proto::GetServiceRequest { name: a }.encode_to_vec(),
+                18 => proto::GetWorkflowRequest { run_id: n }.encode_to_vec(),
+                20 => proto::RemoveNodeRequest { id: n }.encode_to_vec(),
+                21 => proto::TransferLeadershipRequest {
+                    to: n,
+                    campaign: flag,
+                }
+                .encode_to_vec(),
+                _ => Vec::new(),
+            };
+            let mut out = vec![kind];
+            out.extend(body);
+            out
+        })
 }
 
 proptest! {
@@ -131,30 +297,14 @@ proptest! {
 
     #[test]
     fn any_spec_is_refused_or_within_the_limits(p in spec()) {
-        if let Ok(s) = spec_from_proto(&p) {
-            if s.validate().is_ok() {
-                let size = bincode::serialized_size(&s).unwrap() as usize;
-                prop_assert!(size <= MAX_SPEC_BYTES);
-                for c in s.health.values() {
-                    prop_assert!(c.target.len() <= MAX_TARGET_LEN);
-                }
-                for steps in s.plans.values() {
-                    for step in steps {
-                        if let crate::state::StepKind::Webhook(url) = &step.kind {
-                            prop_assert!(url.len() <= MAX_URL_LEN);
-                        }
-                    }
-                }
-                // The state machine takes what validation passed.
-                let mut st = State::default();
-                let req = Request {
-                    at_ms: 1,
-                    actor: "fuzz".into(),
-                    command: Command::PutService { spec: s, reason: "fuzz".into() },
-                };
-                st.apply(1, &req);
-            }
-        }
+        fuzzing::spec_message(&p);
+    }
+
+    #[test]
+    fn any_spec_bytes_are_refused_or_within_the_limits(
+        bytes in prop::collection::vec(any::<u8>(), 0..512),
+    ) {
+        fuzzing::spec(&bytes);
     }
 
     #[test]
@@ -172,10 +322,98 @@ proptest! {
     }
 
     #[test]
+    fn any_command_sequence_keeps_every_state_invariant(
+        bytes in prop::collection::vec(any::<u8>(), 0..2048),
+    ) {
+        fuzzing::apply(&bytes);
+    }
+
+    #[test]
     fn any_config_text_parses_to_an_error_or_a_valid_config(t in node_toml()) {
-        if let Ok(cfg) = toml::from_str::<NodeConfig>(&t) {
-            let _ = cfg.validate();
+        fuzzing::config(t.as_bytes());
+    }
+
+    #[test]
+    fn any_request_is_refused_with_invalid_argument_or_within_the_limits(
+        bytes in request_bytes(),
+    ) {
+        fuzzing::requests(&bytes);
+    }
+
+    #[test]
+    fn any_request_bytes_are_refused_or_within_the_limits(
+        bytes in prop::collection::vec(any::<u8>(), 0..256),
+    ) {
+        fuzzing::requests(&bytes);
+    }
+}
+
+/// The committed seed corpora (`fuzz/seeds/<target>/`) run clean through their targets, and
+/// the seeds are valid input (so fuzzing starts from accepted messages).
+#[test]
+fn the_fuzz_seeds_run_clean_and_are_accepted() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+    let mut n = 0;
+    for (target, body) in [
+        ("config", fuzzing::config as fn(&[u8])),
+        ("spec", fuzzing::spec),
+        ("requests", fuzzing::requests),
+    ] {
+        for entry in std::fs::read_dir(root.join(target)).unwrap() {
+            let path = entry.unwrap().path();
+            let data = std::fs::read(&path).unwrap();
+            body(&data);
+            let text = std::str::from_utf8(&data);
+            let accepted = match target {
+                "config" => match toml::from_str::<NodeConfig>(text.unwrap()) {
+                    Ok(cfg) => cfg.validate().map_err(|e| e.to_string()),
+                    Err(_) => toml::from_str::<crate::config::ServiceFile>(text.unwrap())
+                        .map_err(|e| e.to_string())
+                        .and_then(|f| f.services[0].to_spec().map(drop)),
+                },
+                "spec" => proto::ServiceSpec::decode(data.as_slice())
+                    .map_err(|e| e.to_string())
+                    .and_then(|p| crate::convert::spec_from_proto(&p).map(drop)),
+                _ => request_accepted(&data),
+            };
+            assert_eq!(accepted, Ok(()), "{}", path.display());
+            n += 1;
         }
-        let _ = toml::from_str::<ServiceFile>(&t);
+    }
+    assert_eq!(n, 3 + 2 + 18);
+}
+
+/// Whether the request seed `data` passes its RPC's validation.
+fn request_accepted(data: &[u8]) -> Result<(), String> {
+    use crate::api::validate as v;
+    fn run<M: Message + Default, T>(
+        body: &[u8],
+        f: impl Fn(&M) -> Result<T, tonic::Status>,
+    ) -> Result<(), String> {
+        let m = M::decode(body).map_err(|e| e.to_string())?;
+        f(&m).map(drop).map_err(|s| s.message().to_string())
+    }
+    let timing = crate::config::TimingConfig::default();
+    let body = &data[1..];
+    match data[0] {
+        0 => run(body, v::get_primary),
+        1 => run(body, v::list_services),
+        2 => run(body, v::watch),
+        3 => run(body, v::keep_alive),
+        4 => run(body, v::validate_token),
+        5 => run(body, v::failover),
+        6 => run(body, v::failback),
+        7 => run(body, v::list_audit),
+        8 => run(body, v::set_mode),
+        9 => run(body, v::freeze),
+        10 => run(body, v::ack),
+        11 => run(body, v::approve),
+        12 => run(body, v::list_workflows),
+        13 => run(body, v::plan),
+        14 => run(body, v::add_node),
+        15 => run(body, |r| v::put_service(r, &timing)),
+        16 => run(body, v::delete_service),
+        17 => run(body, v::get_service),
+        k => Err(format!("no seed kind {k}")),
     }
 }

@@ -46,6 +46,9 @@ pub mod telemetry;
 
 #[cfg(test)]
 mod fuzz_tests;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 
 /// Generated protobuf types and gRPC stubs of `proto/baton/v1`.
 pub mod proto {

@@ -7,14 +7,11 @@ use std::time::Duration;
 use openraft::ChangeMembers;
 use tonic::{Request, Response, Status};
 
-use super::{actor, forwarded, rejection_status, Ctx};
-use crate::config::check_ttl;
+use super::{actor, forwarded, rejection_status, validate, Ctx};
 use crate::control::propose;
-use crate::convert::{record_to_proto, spec_from_proto};
+use crate::convert::record_to_proto;
 use crate::proto::{self, admin_client::AdminClient, admin_server::Admin};
 use crate::raft::{NodeId, NodeInfo};
-use crate::state::limits::{check_len, MAX_ADDR_LEN};
-use crate::state::names::{check_name, check_reason};
 use crate::state::{Command, Response as StateResponse};
 
 /// The Admin service of one node.
@@ -133,24 +130,7 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::AddNodeRequest>,
     ) -> Result<Response<proto::AddNodeResponse>, Status> {
-        let req = request.get_ref();
-        if req.id == 0 {
-            return Err(Status::invalid_argument(
-                "node id must be a positive integer",
-            ));
-        }
-        check_name("region", &req.region).map_err(Status::invalid_argument)?;
-        check_len("addr", &req.addr, MAX_ADDR_LEN).map_err(Status::invalid_argument)?;
-        if req
-            .addr
-            .rsplit_once(':')
-            .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
-        {
-            return Err(Status::invalid_argument(format!(
-                "{:?} is not host:port",
-                req.addr
-            )));
-        }
+        validate::add_node(request.get_ref())?;
         self.on_leader(
             request,
             |r| async move {
@@ -246,16 +226,7 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::PutServiceRequest>,
     ) -> Result<Response<proto::PutServiceResponse>, Status> {
-        let req = request.get_ref();
-        let spec_proto = req
-            .spec
-            .as_ref()
-            .ok_or_else(|| Status::invalid_argument("spec is required"))?;
-        let spec = spec_from_proto(spec_proto).map_err(Status::invalid_argument)?;
-        check_ttl(&spec, &self.ctx.timing).map_err(Status::invalid_argument)?;
-        if !req.reason.is_empty() {
-            check_reason(&req.reason).map_err(Status::invalid_argument)?;
-        }
+        let spec = validate::put_service(request.get_ref(), &self.ctx.timing)?;
         let who = actor(&request);
         self.on_leader(
             request,
@@ -287,9 +258,7 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::DeleteServiceRequest>,
     ) -> Result<Response<proto::DeleteServiceResponse>, Status> {
-        let req = request.get_ref();
-        check_name("service", &req.name).map_err(Status::invalid_argument)?;
-        check_reason(&req.reason).map_err(Status::invalid_argument)?;
+        validate::delete_service(request.get_ref())?;
         let who = actor(&request);
         self.on_leader(
             request,
@@ -329,7 +298,7 @@ impl Admin for AdminService {
         request: Request<proto::GetServiceRequest>,
     ) -> Result<Response<proto::GetServiceResponse>, Status> {
         let req = request.into_inner();
-        check_name("service", &req.name).map_err(Status::invalid_argument)?;
+        validate::get_service(&req)?;
         let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
         let rec = view
             .state

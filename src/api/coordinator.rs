@@ -8,20 +8,16 @@ use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use super::{actor, forwarded, rejection_status, Ctx};
+use super::{actor, forwarded, rejection_status, validate, Ctx};
 use crate::control::controller::voters;
 use crate::control::{policy, propose, wall_clock_ms};
 use crate::convert::{
     audit_to_proto, lease_to_proto, record_to_proto, run_to_proto, validity_to_proto,
 };
-use crate::proto::{
-    self, coordinator_client::CoordinatorClient, coordinator_server::Coordinator, Consistency,
-};
-use crate::state::limits::check_len;
-use crate::state::names::{check_name, check_reason, MAX_REASON_LEN};
+use crate::proto::{self, coordinator_client::CoordinatorClient, coordinator_server::Coordinator};
 use crate::state::{
-    self, plan_for, Command, FailbackMode, LeaseMode, LeaseState, Response as StateResponse,
-    RunKind, RunState, StepKind, Trigger,
+    self, plan_for, Command, FailbackMode, LeaseState, Response as StateResponse, RunKind,
+    RunState, StepKind, Trigger,
 };
 
 /// Returns the leader's answer to `request` when this node does not lead (forwarding once:
@@ -48,21 +44,6 @@ impl CoordinatorService {
     /// A service over a node's parts.
     pub fn new(ctx: Arc<Ctx>) -> Self {
         Self { ctx }
-    }
-}
-
-fn invalid(m: String) -> Status {
-    Status::invalid_argument(m)
-}
-
-/// Whether a read must be linearizable; an unknown consistency value is refused rather
-/// than guessed.
-fn linearizable(c: i32) -> Result<bool, Status> {
-    match Consistency::try_from(c) {
-        Ok(c) => Ok(c != Consistency::Local),
-        Err(_) => Err(Status::invalid_argument(format!(
-            "consistency {c} is not a known value: use 0 (unspecified: linearizable), 1 (LINEARIZABLE) or 2 (LOCAL)"
-        ))),
     }
 }
 
@@ -153,16 +134,7 @@ impl CoordinatorService {
         who: &str,
     ) -> Result<proto::FailoverResponse, Status> {
         let started = Instant::now();
-        check_name("service", service).map_err(invalid)?;
-        if let Some(to) = to {
-            check_name("region", to).map_err(invalid)?;
-        }
-        if dry_run {
-            // A dry run needs no reason, but one given is still bounded.
-            check_len("reason", reason, MAX_REASON_LEN).map_err(invalid)?;
-        } else {
-            check_reason(reason).map_err(invalid)?;
-        }
+        validate::operator_move(service, to, reason, dry_run)?;
         self.barrier().await?;
         let rec = {
             let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
@@ -421,8 +393,7 @@ impl Coordinator for CoordinatorService {
         let span = tracing::debug_span!("get_primary", request_id = %rid);
         async {
             let req = request.get_ref();
-            check_name("service", &req.service).map_err(invalid)?;
-            let lin = linearizable(req.consistency)?;
+            let lin = validate::get_primary(req)?;
             match self.read_primary(&req.service, lin).await {
                 Err(s)
                     if lin
@@ -449,7 +420,7 @@ impl Coordinator for CoordinatorService {
         request: Request<proto::ListServicesRequest>,
     ) -> Result<Response<proto::ListServicesResponse>, Status> {
         let req = request.get_ref();
-        let lin = linearizable(req.consistency)?;
+        let lin = validate::list_services(req)?;
         if lin {
             if let Err(s) = self.barrier().await {
                 if Ctx::was_forwarded(&request) || s.code() != tonic::Code::Unavailable {
@@ -502,8 +473,7 @@ impl Coordinator for CoordinatorService {
         request: Request<proto::ValidateTokenRequest>,
     ) -> Result<Response<proto::ValidateTokenResponse>, Status> {
         let req = request.get_ref();
-        check_name("service", &req.service).map_err(invalid)?;
-        let lin = linearizable(req.consistency)?;
+        let lin = validate::validate_token(req)?;
         if lin {
             if let Err(s) = self.barrier().await {
                 if Ctx::was_forwarded(&request) || s.code() != tonic::Code::Unavailable {
@@ -567,13 +537,7 @@ impl Coordinator for CoordinatorService {
         request: Request<proto::ListAuditRequest>,
     ) -> Result<Response<proto::ListAuditResponse>, Status> {
         let req = request.into_inner();
-        if !req.service.is_empty() {
-            check_name("service", &req.service).map_err(invalid)?;
-        }
-        let limit = match req.limit {
-            0 => 100,
-            n => n.min(1000) as usize,
-        };
+        let limit = validate::list_audit(&req)?;
         let service = (!req.service.is_empty()).then_some(req.service.as_str());
         let entries = self
             .ctx
@@ -629,13 +593,7 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<proto::SetModeResponse>, Status> {
         let who = actor(&request);
         let req = request.get_ref();
-        check_name("service", &req.service).map_err(invalid)?;
-        check_reason(&req.reason).map_err(invalid)?;
-        let mode = match proto::LeaseMode::try_from(req.mode) {
-            Ok(proto::LeaseMode::ReadWrite) => LeaseMode::ReadWrite,
-            Ok(proto::LeaseMode::ReadOnly) => LeaseMode::ReadOnly,
-            _ => return Err(invalid("mode must be READ_WRITE or READ_ONLY".into())),
-        };
+        let mode = validate::set_mode(req)?;
         forward_unless_leading!(self, request, set_mode);
         let resp = self
             .simple_write(
@@ -660,8 +618,7 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<proto::FreezeResponse>, Status> {
         let who = actor(&request);
         let req = request.get_ref();
-        check_name("service", &req.service).map_err(invalid)?;
-        check_reason(&req.reason).map_err(invalid)?;
+        validate::freeze(req)?;
         forward_unless_leading!(self, request, freeze);
         self.simple_write(
             &who,
@@ -681,8 +638,7 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<proto::AckResponse>, Status> {
         let who = actor(&request);
         let req = request.get_ref();
-        check_name("service", &req.service).map_err(invalid)?;
-        check_reason(&req.reason).map_err(invalid)?;
+        validate::ack(req)?;
         forward_unless_leading!(self, request, ack);
         self.simple_write(
             &who,
@@ -701,7 +657,7 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<proto::ApproveResponse>, Status> {
         let who = actor(&request);
         let req = request.get_ref();
-        check_reason(&req.reason).map_err(invalid)?;
+        validate::approve(req)?;
         forward_unless_leading!(self, request, approve);
         let service = {
             let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
@@ -748,13 +704,7 @@ impl Coordinator for CoordinatorService {
         request: Request<proto::ListWorkflowsRequest>,
     ) -> Result<Response<proto::ListWorkflowsResponse>, Status> {
         let req = request.into_inner();
-        if !req.service.is_empty() {
-            check_name("service", &req.service).map_err(invalid)?;
-        }
-        let limit = match req.limit {
-            0 => 50,
-            n => n.min(1000) as usize,
-        };
+        let limit = validate::list_workflows(&req)?;
         let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
         let workflows = view
             .state
@@ -772,7 +722,7 @@ impl Coordinator for CoordinatorService {
         request: Request<proto::PlanRequest>,
     ) -> Result<Response<proto::PlanResponse>, Status> {
         let req = request.into_inner();
-        check_name("service", &req.service).map_err(invalid)?;
+        validate::plan(&req)?;
         let rec = {
             let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
             view.state.service(&req.service).cloned().ok_or_else(|| {

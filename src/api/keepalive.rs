@@ -27,22 +27,10 @@ use crate::control::{ControlError, Renewal, RenewalMsg};
 use crate::convert::lease_to_proto;
 use crate::proto::{self, KeepAliveStatus};
 use crate::raft::Change;
-use crate::state::names::check_name;
 use crate::state::{EventKind, LeaseState};
 
 /// Longest agent id accepted.
 pub const MAX_AGENT_ID: usize = 128;
-
-fn check(req: &proto::KeepAliveRequest) -> Result<(), Status> {
-    check_name("service", &req.service).map_err(Status::invalid_argument)?;
-    check_name("region", &req.region).map_err(Status::invalid_argument)?;
-    if req.agent_id.is_empty() || req.agent_id.len() > MAX_AGENT_ID {
-        return Err(Status::invalid_argument(format!(
-            "agent_id must be 1-{MAX_AGENT_ID} bytes (for example the host name)"
-        )));
-    }
-    Ok(())
-}
 
 /// KeepAlive streams open now (for metrics).
 pub static OPEN_STREAMS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -125,7 +113,7 @@ pub fn open(
             };
             let received = Instant::now();
             let answer = async {
-                check(&req)?;
+                super::validate::keep_alive(&req)?;
                 ctx.reads
                     .linearize()
                     .await

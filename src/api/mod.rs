@@ -12,6 +12,7 @@ pub mod keepalive;
 pub mod shed;
 pub mod transfer;
 pub mod trim;
+pub mod validate;
 pub mod watch;
 
 use std::collections::HashMap;

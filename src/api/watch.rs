@@ -16,7 +16,6 @@ use super::Ctx;
 use crate::convert::{event_to_proto, snapshot_event};
 use crate::proto;
 use crate::raft::Change;
-use crate::state::names::check_name;
 use crate::state::{Compacted, Event, State};
 
 /// Most services one watch may name.
@@ -275,15 +274,7 @@ pub fn open(
     req: proto::WatchRequest,
     slot: WatchSlot,
 ) -> Result<impl Stream<Item = Result<proto::WatchResponse, Status>>, Status> {
-    if req.services.len() > MAX_WATCHED {
-        return Err(Status::invalid_argument(format!(
-            "a watch may name at most {MAX_WATCHED} services (got {}); watch all by naming none",
-            req.services.len()
-        )));
-    }
-    for s in &req.services {
-        check_name("service", s).map_err(Status::invalid_argument)?;
-    }
+    super::validate::watch(&req)?;
     let filter = Filter((!req.services.is_empty()).then(|| req.services.iter().cloned().collect()));
     // Subscribe before reading the state so no change falls between the two.
     let mut rx = ctx.changes.subscribe();

@@ -71,6 +71,9 @@ pub struct PeerConfig {
     pub region: String,
 }
 
+/// Longest duration any `[timing]` value may be.
+pub const MAX_TIMING: Duration = Duration::from_secs(3600);
+
 /// Raft and lease timing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -222,6 +225,29 @@ impl NodeConfig {
             check_addr(a).map_err(|m| ConfigError::invalid("advertise", m))?;
         }
         let t = &self.timing;
+        // Bounded first: the checks below multiply these, and the node adds them to
+        // instants, which panics past the clock's range (a config must never crash a node).
+        for (field, d) in [
+            ("timing.heartbeat", t.heartbeat),
+            ("timing.election_timeout_min", t.election_timeout_min),
+            ("timing.election_timeout_max", t.election_timeout_max),
+            (
+                "timing.install_snapshot_timeout",
+                t.install_snapshot_timeout,
+            ),
+            ("timing.margin", t.margin),
+        ] {
+            if d > MAX_TIMING {
+                return Err(ConfigError::invalid(
+                    field,
+                    format!(
+                        "{} is too long; the limit is {}",
+                        humantime::format_duration(d),
+                        humantime::format_duration(MAX_TIMING)
+                    ),
+                ));
+            }
+        }
         if t.heartbeat.is_zero() {
             return Err(ConfigError::invalid(
                 "timing.heartbeat",
@@ -316,7 +342,7 @@ impl NodeConfig {
 /// new leader, so with a shorter TTL every leader failure would expire every lease. (Above
 /// `election_timeout_max` a lease survives every leader change; in between, most.)
 pub fn check_ttl(spec: &crate::state::ServiceSpec, timing: &TimingConfig) -> Result<(), String> {
-    let beats = (timing.heartbeat * 3).as_millis() as u64;
+    let beats = timing.heartbeat.saturating_mul(3).as_millis() as u64;
     if spec.lease_ttl_ms < beats {
         return Err(format!(
             "lease TTL {} ms is shorter than three heartbeats ({beats} ms): raise the TTL",
@@ -370,6 +396,34 @@ mod tests {
         let cfg = parse(BASE).unwrap();
         assert_eq!(cfg.cluster, "baton");
         assert_eq!(cfg.timing, TimingConfig::default());
+    }
+
+    /// Found by the `config` fuzz target: `heartbeat * 3` overflowed and validation panicked.
+    #[test]
+    fn a_huge_timing_value_is_refused_not_a_panic() {
+        let e = parse(&format!(
+            "{BASE}\n[timing]\nheartbeat = \"6148914691236517206s\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("timing.heartbeat") && e.contains("limit is 1h"),
+            "{e}"
+        );
+        for field in ["election_timeout_max", "install_snapshot_timeout", "margin"] {
+            let e = parse(&format!(
+                "{BASE}\n[timing]\n{field} = \"18446744073709551615s\"\n"
+            ))
+            .unwrap_err();
+            assert!(e.contains(field) && e.contains("limit is 1h"), "{e}");
+        }
+        let timing = TimingConfig {
+            heartbeat: Duration::MAX,
+            ..TimingConfig::default()
+        };
+        let spec = crate::state::ServiceSpec::new("payments", &["us-east"]);
+        assert!(check_ttl(&spec, &timing)
+            .unwrap_err()
+            .contains("three heartbeats"));
     }
 
     #[test]

@@ -18,6 +18,9 @@
 pub mod audit;
 pub mod command;
 pub mod history;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod invariants;
 pub mod lease;
 pub mod limits;
 pub mod names;
