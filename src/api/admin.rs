@@ -7,7 +7,7 @@ use std::time::Duration;
 use openraft::ChangeMembers;
 use tonic::{Request, Response, Status};
 
-use super::{actor, forwarded, rejection_status, Ctx};
+use super::{actor, forwarded, principal, redact_service, rejection_status, Caller, Ctx};
 use crate::config::check_ttl;
 use crate::control::propose;
 use crate::convert::{record_to_proto, spec_from_proto};
@@ -15,7 +15,7 @@ use crate::proto::{self, admin_client::AdminClient, admin_server::Admin};
 use crate::raft::{NodeId, NodeInfo};
 use crate::state::limits::{check_len, MAX_ADDR_LEN};
 use crate::state::names::{check_name, check_reason};
-use crate::state::{Command, Response as StateResponse};
+use crate::state::{ClusterAction, Command, Response as StateResponse};
 
 /// The Admin service of one node.
 #[derive(Clone)]
@@ -150,29 +150,21 @@ impl Admin for AdminService {
                 req.addr
             )));
         }
+        let who = actor(&request);
         self.on_leader(
             request,
             |r| async move {
                 let r = r.into_inner();
-                let node = NodeInfo {
-                    addr: r.addr.clone(),
-                    region: r.region.clone(),
-                };
-                tracing::info!(id = r.id, addr = %r.addr, "adding node as learner; waiting for it to catch up");
-                self.ctx
-                    .raft
-                    .add_learner(r.id, node, true)
-                    .await
-                    .map_err(|e| Status::unavailable(format!("adding node {} as learner failed: {e}", r.id)))?;
-                if !r.learner_only {
-                    tracing::info!(id = r.id, "node caught up; promoting to voter");
-                    self.ctx
-                        .raft
-                        .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([r.id])), false)
-                        .await
-                        .map_err(|e| Status::unavailable(format!("promoting node {} failed: {e}", r.id)))?;
-                }
-                Ok(proto::AddNodeResponse { members: self.members() })
+                let what = format!(
+                    "node {} ({}) at {}{}",
+                    r.id,
+                    r.region,
+                    r.addr,
+                    if r.learner_only { " as a learner" } else { "" }
+                );
+                let done = self.add(&r).await;
+                self.record(&who, ClusterAction::AddNode, what, &done);
+                done
             },
             async |mut c, r| c.add_node(r).await,
         )
@@ -183,45 +175,19 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::RemoveNodeRequest>,
     ) -> Result<Response<proto::RemoveNodeResponse>, Status> {
+        let who = actor(&request);
         self.on_leader(
             request,
             |r| async move {
                 let id = r.get_ref().id;
-                let m = self.ctx.raft.metrics().borrow().clone();
-                let membership = m.membership_config.membership();
-                if membership.get_node(&id).is_none() {
-                    return Err(Status::not_found(format!("node {id} is not a member")));
-                }
-                let is_voter = membership.voter_ids().any(|v| v == id);
-                let change = if is_voter {
-                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
-                } else {
-                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
-                };
-                self.ctx
-                    .raft
-                    .change_membership(change, false)
-                    .await
-                    .map_err(|e| {
-                        Status::failed_precondition(format!("removing node {id} failed: {e}"))
-                    })?;
-                if is_voter {
-                    // Now a learner; drop it entirely.
-                    let _ = self
-                        .ctx
-                        .raft
-                        .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-                        .await;
-                }
-                Ok(proto::RemoveNodeResponse {
-                    members: self.members(),
-                })
+                let done = self.remove(id).await;
+                self.record(&who, ClusterAction::RemoveNode, format!("node {id}"), &done);
+                done
             },
             async |mut c, r| c.remove_node(r).await,
         )
         .await
     }
-
     async fn transfer_leadership(
         &self,
         request: Request<proto::TransferLeadershipRequest>,
@@ -254,6 +220,7 @@ impl Admin for AdminService {
             check_reason(&req.reason).map_err(Status::invalid_argument)?;
         }
         let who = actor(&request);
+        who.check_scope(&spec.name, None)?;
         self.on_leader(
             request,
             |r| async move {
@@ -262,7 +229,7 @@ impl Admin for AdminService {
                     s => s.to_string(),
                 };
                 let (index, resp) =
-                    propose(&self.ctx.raft, &who, Command::PutService { spec, reason })
+                    propose(&self.ctx.raft, who.name(), who.stamp(Command::PutService { spec, reason }))
                         .await
                         .map_err(|e| self.ctx.control_status(e))?;
                 if let StateResponse::Rejected(rej) = resp {
@@ -288,6 +255,7 @@ impl Admin for AdminService {
         check_name("service", &req.name).map_err(Status::invalid_argument)?;
         check_reason(&req.reason).map_err(Status::invalid_argument)?;
         let who = actor(&request);
+        who.check_scope(&req.name, None)?;
         self.on_leader(
             request,
             |r| async move {
@@ -296,11 +264,11 @@ impl Admin for AdminService {
                 // holder is fenced, so nothing waits here and no half-done delete is left.
                 let (index, resp) = propose(
                     &self.ctx.raft,
-                    &who,
-                    Command::DeleteService {
+                    who.name(),
+                    who.stamp(Command::DeleteService {
                         name: r.name.clone(),
                         reason: r.reason,
-                    },
+                    }),
                 )
                 .await
                 .map_err(|e| self.ctx.control_status(e))?;
@@ -325,6 +293,7 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::GetServiceRequest>,
     ) -> Result<Response<proto::GetServiceResponse>, Status> {
+        let internals = principal(&request).sees_internals();
         let req = request.into_inner();
         check_name("service", &req.name).map_err(Status::invalid_argument)?;
         let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
@@ -333,7 +302,7 @@ impl Admin for AdminService {
             .service(&req.name)
             .ok_or_else(|| Status::not_found(format!("service {:?} does not exist", req.name)))?;
         Ok(Response::new(proto::GetServiceResponse {
-            service: Some(record_to_proto(rec)),
+            service: Some(redact_service(record_to_proto(rec), internals)),
         }))
     }
 
@@ -381,5 +350,78 @@ impl AdminService {
         super::transfer::campaign(&self.ctx)
             .await
             .map(|leader_id| proto::TransferLeadershipResponse { leader_id })
+    }
+}
+
+
+impl AdminService {
+    /// Writes an audit-only entry for a cluster operation (from any node).
+    fn record<T>(&self, who: &Caller, action: ClusterAction, what: String, done: &Result<T, Status>) {
+        let outcome = match done {
+            Ok(_) => "ok".to_string(),
+            Err(e) => format!("failed: {}", e.message()),
+        };
+        self.ctx.recorder.record(
+            who.name(),
+            who.stamp(Command::Cluster {
+                action,
+                reason: what,
+                outcome,
+            }),
+        );
+    }
+
+    async fn add(&self, r: &proto::AddNodeRequest) -> Result<proto::AddNodeResponse, Status> {
+                let node = NodeInfo {
+                    addr: r.addr.clone(),
+                    region: r.region.clone(),
+                };
+                tracing::info!(id = r.id, addr = %r.addr, "adding node as learner; waiting for it to catch up");
+                self.ctx
+                    .raft
+                    .add_learner(r.id, node, true)
+                    .await
+                    .map_err(|e| Status::unavailable(format!("adding node {} as learner failed: {e}", r.id)))?;
+                if !r.learner_only {
+                    tracing::info!(id = r.id, "node caught up; promoting to voter");
+                    self.ctx
+                        .raft
+                        .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([r.id])), false)
+                        .await
+                        .map_err(|e| Status::unavailable(format!("promoting node {} failed: {e}", r.id)))?;
+                }
+                Ok(proto::AddNodeResponse { members: self.members() })
+    }
+
+    async fn remove(&self, id: NodeId) -> Result<proto::RemoveNodeResponse, Status> {
+                let m = self.ctx.raft.metrics().borrow().clone();
+                let membership = m.membership_config.membership();
+                if membership.get_node(&id).is_none() {
+                    return Err(Status::not_found(format!("node {id} is not a member")));
+                }
+                let is_voter = membership.voter_ids().any(|v| v == id);
+                let change = if is_voter {
+                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+                } else {
+                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+                };
+                self.ctx
+                    .raft
+                    .change_membership(change, false)
+                    .await
+                    .map_err(|e| {
+                        Status::failed_precondition(format!("removing node {id} failed: {e}"))
+                    })?;
+                if is_voter {
+                    // Now a learner; drop it entirely.
+                    let _ = self
+                        .ctx
+                        .raft
+                        .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                        .await;
+                }
+                Ok(proto::RemoveNodeResponse {
+                    members: self.members(),
+                })
     }
 }

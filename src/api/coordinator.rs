@@ -8,7 +8,7 @@ use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use super::{actor, forwarded, rejection_status, Ctx};
+use super::{actor, forwarded, principal, redact_service, rejection_status, Caller, Ctx};
 use crate::control::controller::voters;
 use crate::control::{policy, propose, wall_clock_ms};
 use crate::convert::{
@@ -148,13 +148,14 @@ impl CoordinatorService {
         expected_token: u64,
         dry_run: bool,
         kind: RunKind,
-        who: &str,
+        who: &Caller,
     ) -> Result<proto::FailoverResponse, Status> {
         let started = Instant::now();
         check_name("service", service).map_err(invalid)?;
         if let Some(to) = to {
             check_name("region", to).map_err(invalid)?;
         }
+        who.check_scope(service, to)?;
         if dry_run {
             // A dry run needs no reason, but one given is still bounded.
             check_len("reason", reason, MAX_REASON_LEN).map_err(invalid)?;
@@ -322,8 +323,8 @@ impl CoordinatorService {
         let mut changes = self.ctx.changes.subscribe();
         let (run_id, resp) = propose(
             &self.ctx.raft,
-            who,
-            Command::StartRun {
+            who.name(),
+            who.stamp(Command::StartRun {
                 service: service.to_string(),
                 kind,
                 trigger: Trigger::Operator,
@@ -333,7 +334,7 @@ impl CoordinatorService {
                 detected_ms: wall_clock_ms(),
                 // The check above read the state before this entry: repeat it atomically.
                 expected_token: (expected_token != 0).then_some(expected_token),
-            },
+            }),
         )
         .await
         .map_err(|e| self.ctx.control_status(e))?;
@@ -396,8 +397,9 @@ impl CoordinatorService {
     }
 
     /// Proposes a simple command on the leader (forwarding once when this node does not lead).
-    async fn simple_write(&self, who: &str, command: Command) -> Result<StateResponse, Status> {
-        let (_, resp) = propose(&self.ctx.raft, who, command)
+    async fn simple_write(&self, who: &Caller, command: Command) -> Result<StateResponse, Status> {
+        who.check_scope(command.service(), None)?;
+        let (_, resp) = propose(&self.ctx.raft, who.name(), who.stamp(command))
             .await
             .map_err(|e| self.ctx.control_status(e))?;
         match resp {
@@ -458,9 +460,14 @@ impl Coordinator for CoordinatorService {
                     .await;
             }
         }
+        let internals = principal(&request).sees_internals();
         let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
         Ok(Response::new(proto::ListServicesResponse {
-            services: view.state.services().map(record_to_proto).collect(),
+            services: view
+                .state
+                .services()
+                .map(|r| redact_service(record_to_proto(r), internals))
+                .collect(),
             revision: view.state.revision(),
         }))
     }
@@ -485,7 +492,8 @@ impl Coordinator for CoordinatorService {
         if !self.ctx.keeper.is_leading() {
             return Err(self.ctx.not_leader(self.ctx.leader()));
         }
-        let stream = super::keepalive::open(self.ctx.clone(), request.into_inner());
+        let who = principal(&request);
+        let stream = super::keepalive::open(self.ctx.clone(), who, request.into_inner());
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -761,6 +769,7 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<proto::PlanRequest>,
     ) -> Result<Response<proto::PlanResponse>, Status> {
+        let internals = principal(&request).sees_internals();
         let req = request.into_inner();
         check_name("service", &req.service).map_err(invalid)?;
         let rec = {
@@ -790,7 +799,11 @@ impl Coordinator for CoordinatorService {
                     region: c.region,
                     eligible: c.eligible,
                     reasons: c.reasons,
-                    health: c.health.explanation,
+                    health: if internals {
+                        c.health.explanation
+                    } else {
+                        super::REDACTED.to_string()
+                    },
                 })
                 .collect(),
             blockers: policy::blockers(&rec, now),

@@ -3,6 +3,7 @@
 //! Every duration accepts humantime strings (`750ms`, `2s`, `1m 30s`). Unknown keys are
 //! refused so a typo does not silently fall back to a default; errors name the field.
 
+mod auth;
 mod limits;
 mod peer;
 mod service;
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use auth::{check_principal, AuthConfig, CertConfig, TokenConfig};
 pub use limits::LimitsConfig;
 pub use peer::PeerTlsConfig;
 pub use service::{HealthConfig, ServiceConfig, ServiceFile};
@@ -167,6 +169,9 @@ pub struct NodeConfig {
     /// Connection and stream limits.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Who may call the client API (see `config::auth`).
+    #[serde(default)]
+    pub auth: AuthConfig,
     /// Services created when the cluster is first initialised.
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
@@ -287,6 +292,7 @@ impl NodeConfig {
             check_addr(v).map_err(|m| ConfigError::invalid(&format!("dial.{k}"), m))?;
         }
         peer::validate(self)?;
+        self.auth.validate(self.peer_listen.is_some())?;
         for (i, s) in self.services.iter().enumerate() {
             let spec = s
                 .to_spec()

@@ -99,6 +99,7 @@ pub fn cluster_configs(
             advertise: None,
             peer_listen: Some(peer_addr(base_port, p.id)),
             peer_tls: None,
+            auth: Default::default(),
             data_dir: dir.join(format!("node{}", p.id)),
             peers: peers.clone(),
             dial: peers

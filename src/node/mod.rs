@@ -175,6 +175,8 @@ impl Node {
             },
             shutdown_rx.clone(),
         );
+        let recorder = crate::auth::Recorder::start(raft.clone(), peers.clone());
+        let auth = crate::auth::Authority::new(&cfg.auth, raft.clone(), recorder.clone());
         let ctx = Arc::new(Ctx::new(
             cfg.id,
             cfg.region.clone(),
@@ -195,6 +197,7 @@ impl Node {
                 dial
             }),
             shutdown_rx.clone(),
+            recorder,
         ));
 
         crate::control::controller::Controller::start(
@@ -288,6 +291,8 @@ impl Node {
                 .http2_keepalive_interval(Some(Duration::from_secs(10)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(5)))
                 .max_concurrent_streams(cfg.limits.max_streams_per_connection.max(1))
+                // Every client call is authenticated and checked against its role here.
+                .layer(crate::auth::AuthLayer::new(auth))
                 .add_service(coordinator)
                 .add_service(admin)
                 .add_optional_service(raft_on_client)
