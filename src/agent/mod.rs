@@ -92,6 +92,9 @@ pub struct AgentOptions {
     /// How the lease session renews. `auto_ack_demotion` must be false: the agent
     /// acknowledges after `on_demote`.
     pub lease: LeaseOptions,
+    /// Bearer token of a principal with the `agent` role bound to this service and region
+    /// (clusters with `[auth]` on).
+    pub token: Option<String>,
 }
 
 impl AgentOptions {
@@ -110,6 +113,7 @@ impl AgentOptions {
             state_file: None,
             http_listen: None,
             lease: LeaseOptions::default(),
+            token: None,
         }
     }
 
@@ -205,7 +209,13 @@ pub fn default_agent_id() -> String {
 /// its TTL (another agent of the region may still renew it).
 pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
     opts.validate()?;
-    let client = Client::new(opts.endpoints.clone())?;
+    let client = Client::with_options(
+        opts.endpoints.clone(),
+        crate::client::ClientOptions {
+            token: opts.token.clone(),
+            ..Default::default()
+        },
+    )?;
     let initial = AgentState::replica(&opts.service, &opts.region, &opts.agent_id);
     let (publish, _) = watch::channel(initial.clone());
 

@@ -8,6 +8,7 @@ use openraft::ChangeMembers;
 use tonic::{Request, Response, Status};
 
 use super::{actor, forwarded, principal, redact_service, rejection_status, Caller, Ctx};
+use crate::auth::policy::Need;
 use crate::config::check_ttl;
 use crate::control::propose;
 use crate::convert::{record_to_proto, spec_from_proto};
@@ -192,17 +193,31 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::TransferLeadershipRequest>,
     ) -> Result<Response<proto::TransferLeadershipResponse>, Status> {
-        let req = request.into_inner();
-        if req.campaign {
+        if request.get_ref().campaign {
             return self.campaign().await.map(Response::new);
+        }
+        let who = actor(&request);
+        // A request marked as a campaign passes the auth layer without credentials (see
+        // `auth::policy::CAMPAIGN_HEADER`); it may only campaign.
+        if !who.principal.may(Need::Admin) {
+            return Err(Status::permission_denied(format!(
+                "{who} may not transfer leadership: it needs the admin role"
+            )));
         }
         if !self.ctx.keeper.is_leading() {
             let ch = self.ctx.leader_channel()?;
-            return AdminClient::new(ch).transfer_leadership(req).await;
+            let fwd = forwarded(&request, request.get_ref().clone());
+            return AdminClient::new(ch).transfer_leadership(fwd).await;
         }
-        super::transfer::transfer(&self.ctx, req.to)
-            .await
-            .map(|leader_id| Response::new(proto::TransferLeadershipResponse { leader_id }))
+        let to = request.get_ref().to;
+        let done = super::transfer::transfer(&self.ctx, to).await;
+        let what = match (&done, to) {
+            (Ok(l), _) => format!("from node {} to node {l}", self.ctx.id),
+            (Err(_), 0) => format!("from node {} to the most up-to-date voter", self.ctx.id),
+            (Err(_), t) => format!("from node {} to node {t}", self.ctx.id),
+        };
+        self.record(&who, ClusterAction::TransferLeadership, what, &done);
+        done.map(|leader_id| Response::new(proto::TransferLeadershipResponse { leader_id }))
     }
 
     async fn put_service(
@@ -308,8 +323,21 @@ impl Admin for AdminService {
 
     async fn trigger_snapshot(
         &self,
-        _request: Request<proto::TriggerSnapshotRequest>,
+        request: Request<proto::TriggerSnapshotRequest>,
     ) -> Result<Response<proto::TriggerSnapshotResponse>, Status> {
+        let who = actor(&request);
+        let done = self.snapshot().await;
+        let what = match &done {
+            Ok(r) => format!("on node {} at index {}", self.ctx.id, r.snapshot_index),
+            Err(_) => format!("on node {}", self.ctx.id),
+        };
+        self.record(&who, ClusterAction::TriggerSnapshot, what, &done);
+        done.map(Response::new)
+    }
+}
+
+impl AdminService {
+    async fn snapshot(&self) -> Result<proto::TriggerSnapshotResponse, Status> {
         let applied = self
             .ctx
             .raft
@@ -333,9 +361,9 @@ impl Admin for AdminService {
             )
             .await
             .map_err(|e| Status::deadline_exceeded(format!("snapshot not built in time: {e}")))?;
-        Ok(Response::new(proto::TriggerSnapshotResponse {
+        Ok(proto::TriggerSnapshotResponse {
             snapshot_index: m.snapshot.map_or(0, |s| s.index),
-        }))
+        })
     }
 }
 

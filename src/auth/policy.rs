@@ -119,6 +119,29 @@ pub const METHODS: &[(&str, Need)] = &[
     ("/baton.v1.Admin/TriggerSnapshot", Need::Admin),
 ];
 
+/// Header marking a `TransferLeadership` with `campaign = true`, which a leader handing
+/// over sends to the target. Such a request passes without credentials (the leader may be
+/// stopping and act for nobody) and its handler serves nothing but the campaign, which
+/// starts an election only once the node has heard no leader for an election timeout: no
+/// more than it would do by itself.
+pub const CAMPAIGN_HEADER: &str = "x-baton-campaign";
+/// The method a campaign is sent to.
+pub const TRANSFER_PATH: &str = "/baton.v1.Admin/TransferLeadership";
+
+/// The principal of a campaign request: no role at all.
+pub fn campaigner(addr: Option<SocketAddr>) -> Principal {
+    Principal {
+        name: match addr {
+            Some(a) => format!("anonymous@{a}"),
+            None => "anonymous".into(),
+        },
+        roles: BTreeSet::new(),
+        services: Vec::new(),
+        regions: Vec::new(),
+        source: Source::Anonymous,
+    }
+}
+
 /// What `path` needs, or `None` when it is not a method of the client API.
 pub fn need(path: &str) -> Option<Need> {
     METHODS.iter().find(|(p, _)| *p == path).map(|(_, n)| *n)

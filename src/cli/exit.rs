@@ -132,7 +132,9 @@ impl CliError {
     pub fn exit(&self) -> Exit {
         if let Some(e) = self.client_error() {
             return match e {
-                ClientError::InvalidEndpoint { .. } | ClientError::InvalidActor { .. } => {
+                ClientError::InvalidEndpoint { .. }
+            | ClientError::InvalidActor { .. }
+            | ClientError::InvalidToken => {
                     Exit::Usage
                 }
                 ClientError::OutcomeUnknown { .. } => Exit::Unavailable,

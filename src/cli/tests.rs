@@ -156,7 +156,7 @@ fn audit_lists_or_verifies() {
         other => panic!("{other:?}"),
     }
     match ok(&["audit", "verify"]).command {
-        Command::Audit(a) => assert!(matches!(a.command, Some(audit::AuditCommand::Verify))),
+        Command::Audit(a) => assert!(matches!(a.command, Some(audit::AuditCommand::Verify(_)))),
         other => panic!("{other:?}"),
     }
     assert!(parse(&["audit", "--limit", "0"]).is_err());

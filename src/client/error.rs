@@ -33,6 +33,9 @@ pub enum ClientError {
         /// As given.
         actor: String,
     },
+    /// The token cannot be sent as gRPC metadata.
+    #[error("invalid token: use the printable token `baton auth token` printed (at most 512 characters, no spaces)")]
+    InvalidToken,
     /// A node answered the request with an error: the request reached the cluster and was
     /// refused or failed there (unknown service, bad argument, token mismatch, ...).
     #[error("{endpoint} answered {}: {}", code_name(.status.code()), .status.message())]
@@ -85,7 +88,9 @@ impl ClientError {
     /// The gRPC code that best describes the error (for exit codes and retry decisions).
     pub fn code(&self) -> Code {
         match self {
-            ClientError::InvalidEndpoint { .. } | ClientError::InvalidActor { .. } => {
+            ClientError::InvalidEndpoint { .. }
+            | ClientError::InvalidActor { .. }
+            | ClientError::InvalidToken => {
                 Code::InvalidArgument
             }
             ClientError::Rpc { status, .. } => status.code(),

@@ -74,6 +74,9 @@ pub struct ClientOptions {
     /// Who is calling, recorded as the actor of audited changes (`x-baton-actor`); printable
     /// ASCII, at most 128 bytes. `None`: the cluster records `anonymous`.
     pub actor: Option<String>,
+    /// Bearer token sent as `authorization: Bearer <token>` on every call, streams
+    /// included (clusters with `[auth]` on require credentials).
+    pub token: Option<String>,
 }
 
 impl Default for ClientOptions {
@@ -86,6 +89,7 @@ impl Default for ClientOptions {
             keepalive_timeout: Duration::from_secs(2),
             max_message_size: 64 * 1024 * 1024,
             actor: None,
+            token: None,
         }
     }
 }
