@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use futures::future::{ready, Either, Ready};
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
-use super::policy::{authorize, campaigner, CAMPAIGN_HEADER, TRANSFER_PATH, Credentials, Denial, Directory, ForwardedClaim, Need, Principal};
+use super::policy::{campaigner, CAMPAIGN_HEADER, TRANSFER_PATH, Credentials, Denial, Directory, ForwardedClaim, Need, Principal};
 use super::record::Recorder;
 use super::CertIdentity;
 use crate::config::AuthConfig;
@@ -102,10 +102,7 @@ impl Authority {
         } else {
             BTreeSet::new()
         };
-        let decided = self
-            .dir
-            .authenticate(&creds, &members)
-            .and_then(|p| authorize(&p, &path).map(|_| p));
+        let decided = self.dir.decide(&creds, &members, &path);
         match decided {
             Ok(p) => Ok(p),
             Err(denial) => {
@@ -113,19 +110,22 @@ impl Authority {
                     super::policy::need(&path),
                     Some(Need::Operator | Need::Admin)
                 );
-                let anonymous = Principal::anonymous(addr).name;
-                let who = match &denial {
+                let known = match &denial {
                     // A principal that authenticated: recorded by its name.
                     Denial::PermissionDenied {
                         principal: Some(p), ..
-                    } if self.principal_known(p) => p.clone(),
-                    _ => anonymous,
+                    } if self.principal_known(p) => Some(p.clone()),
+                    _ => None,
                 };
+                let who = known
+                    .clone()
+                    .unwrap_or_else(|| Principal::anonymous(addr).name);
                 let status = denial.status();
                 tracing::info!(method = %path, caller = %who, code = ?status.code(), "refused: {}", status.message());
                 if audited {
                     self.recorder.refused(
                         &who,
+                        known.is_some(),
                         &path,
                         &format!("{:?}: {}", status.code(), status.message()),
                     );

@@ -374,6 +374,22 @@ impl Directory {
         self.tokens.iter().any(|(_, g)| g.name == name) || self.certs.iter().any(|g| g.name == name)
     }
 
+    /// The whole decision for a request to `path`: its principal, or why it is refused.
+    /// With `[auth]` off nothing is refused, whatever the path (the Raft service is served
+    /// on the client port when there is no `peer_listen`, as before authentication).
+    pub fn decide(
+        &self,
+        creds: &Credentials<'_>,
+        members: &BTreeSet<u64>,
+        path: &str,
+    ) -> Result<Principal, Denial> {
+        let p = self.authenticate(creds, members)?;
+        if self.enabled {
+            authorize(&p, path)?;
+        }
+        Ok(p)
+    }
+
     /// Who the credentials name. `members` are the node ids of the current membership:
     /// only their certificates may vouch for a forwarded principal.
     pub fn authenticate(
@@ -665,6 +681,12 @@ mod tests {
         let p = d.authenticate(&Credentials { addr: Some(addr), ..Default::default() }, &BTreeSet::new()).unwrap();
         assert_eq!(p.name, "anonymous@127.0.0.1:4000");
         assert!(METHODS.iter().all(|(m, _)| authorize(&p, m).is_ok()));
+        let raft = d.decide(&Credentials::default(), &BTreeSet::new(), "/baton.v1.Raft/AppendEntries");
+        assert!(raft.is_ok(), "auth off keeps serving what it served");
+        let on = dir();
+        let c = Credentials { authorization: Some("Bearer x-tok"), ..Default::default() };
+        assert!(on.decide(&c, &BTreeSet::new(), "/baton.v1.Raft/AppendEntries").is_err());
+        assert!(on.decide(&c, &BTreeSet::new(), "/baton.v1.Admin/AddNode").is_ok());
         // A follower's forwarded anonymous caller keeps its address; no other name is taken.
         let fwd = |name: &str| ForwardedClaim { name: name.into(), ..Default::default() };
         let p = d.authenticate(&Credentials { addr: Some(addr), forwarded: Some(fwd("anonymous@10.0.0.1:5")), ..Default::default() }, &BTreeSet::new()).unwrap();

@@ -67,11 +67,17 @@ impl RefusalBudget {
     }
 }
 
+/// Attempts to write one record before it is given up (about 10 s).
+const WRITE_ATTEMPTS: u64 = 25;
+
 /// Writes audit-only commands from any node, in the background.
 #[derive(Clone)]
 pub struct Recorder {
     tx: mpsc::Sender<(String, Command)>,
-    budget: Arc<Mutex<RefusalBudget>>,
+    /// Refusals of callers that proved no identity, and of authenticated principals, have
+    /// separate budgets: an anonymous flood cannot hide a known principal's attempts.
+    anonymous: Arc<Mutex<RefusalBudget>>,
+    known: Arc<Mutex<RefusalBudget>>,
 }
 
 impl Recorder {
@@ -80,26 +86,41 @@ impl Recorder {
         let (tx, mut rx) = mpsc::channel::<(String, Command)>(256);
         tokio::spawn(async move {
             while let Some((actor, command)) = rx.recv().await {
-                if let Err(e) = write(&raft, &peers, &actor, command).await {
-                    tracing::warn!("audit record not written: {e}");
+                // A record written right after a leadership change finds no leader for a
+                // moment: retry for a few election timeouts before giving up.
+                let mut last = String::new();
+                let mut written = false;
+                for attempt in 0..WRITE_ATTEMPTS {
+                    match write(&raft, &peers, &actor, command.clone()).await {
+                        Ok(()) => {
+                            written = true;
+                            break;
+                        }
+                        Err(e) => last = e,
+                    }
+                    tokio::time::sleep(Duration::from_millis(100 * (attempt + 1).min(5))).await;
+                }
+                if !written {
+                    tracing::warn!(actor, action = command.action(), "audit record not written: {last}");
                 }
             }
         });
+        let budget = || Arc::new(Mutex::new(RefusalBudget::new(REFUSAL_BURST, REFUSALS_PER_SECOND)));
         Recorder {
             tx,
-            budget: Arc::new(Mutex::new(RefusalBudget::new(
-                REFUSAL_BURST,
-                REFUSALS_PER_SECOND,
-            ))),
+            anonymous: budget(),
+            known: budget(),
         }
     }
 
     /// A recorder that writes nothing (for in-process tests of the API).
     pub fn disabled() -> Recorder {
         let (tx, _) = mpsc::channel(1);
+        let budget = || Arc::new(Mutex::new(RefusalBudget::new(0, 0)));
         Recorder {
             tx,
-            budget: Arc::new(Mutex::new(RefusalBudget::new(0, 0))),
+            anonymous: budget(),
+            known: budget(),
         }
     }
 
@@ -110,15 +131,19 @@ impl Recorder {
         }
     }
 
-    /// Records a refused call, within the rate limit.
-    pub fn refused(&self, actor: &str, method: &str, reason: &str) {
-        let mut budget = self.budget.lock().unwrap_or_else(|e| e.into_inner());
+    /// Records a refused call, within the rate limit. `known`: the actor is a principal
+    /// that authenticated (else an `anonymous@addr` caller).
+    pub fn refused(&self, actor: &str, known: bool, method: &str, reason: &str) {
+        let budget = if known { &self.known } else { &self.anonymous };
+        let mut budget = budget.lock().unwrap_or_else(|e| e.into_inner());
         let Some(dropped) = budget.admit(Instant::now()) else {
             return;
         };
+        let method: String = method.chars().take(200).collect();
+        // The audit entry's reason names the method: the trail shows what was attempted.
         let command = Command::Refused {
-            method: method.chars().take(200).collect(),
-            reason: reason.chars().take(500).collect(),
+            reason: format!("{method}: {}", reason.chars().take(500).collect::<String>()),
+            method,
             dropped,
         };
         if self.tx.try_send((actor.to_string(), command)).is_err() {
