@@ -163,7 +163,11 @@ async fn every_rpc_needs_credentials_and_the_right_role() {
         assert_eq!(s.code(), Code::Unauthenticated, "{path}: {s:?}");
         assert!(s.message().contains("--token"), "{path}: {}", s.message());
         let s = raw_call(&addr, path, Some("not-a-token")).await;
-        assert_eq!(s.code(), Code::Unauthenticated, "{path} with a bad token: {s:?}");
+        assert_eq!(
+            s.code(),
+            Code::Unauthenticated,
+            "{path} with a bad token: {s:?}"
+        );
     }
     // The streams through their real clients too.
     let s = co(&c, l)
@@ -268,7 +272,9 @@ async fn every_rpc_needs_credentials_and_the_right_role() {
                 .await
                 .unwrap()
                 .into_inner();
-            r.service.unwrap().spec.unwrap().health["us-east"].target.clone()
+            r.service.unwrap().spec.unwrap().health["us-east"]
+                .target
+                .clone()
         }
     };
     assert_eq!(target(ROOT).await, SECRET_TARGET);
@@ -302,7 +308,10 @@ async fn the_audit_names_the_authenticated_principal() {
     req.metadata_mut()
         .insert("x-baton-actor", "automation".parse().unwrap());
     co(&c, follower).freeze(req).await.unwrap();
-    let e = audited(&c, "the freeze in the audit trail", |e| e.action == "set-frozen").await;
+    let e = audited(&c, "the freeze in the audit trail", |e| {
+        e.action == "set-frozen"
+    })
+    .await;
     assert_eq!(e.actor, "ops");
     assert!(e.reason.contains("[on behalf of automation]"), "{e:?}");
 
@@ -313,20 +322,24 @@ async fn the_audit_names_the_authenticated_principal() {
             .failover(crate::support::switchover("orders", "eu-west", 0))
             .await
     });
-    let waiting = eventually(Duration::from_secs(20), "the run waiting for approval", || async {
-        let r = co(&c, l)
-            .list_workflows(with(
-                proto::ListWorkflowsRequest {
-                    service: "orders".into(),
-                    limit: 10,
-                },
-                Some(READER),
-            ))
-            .await
-            .ok()?
-            .into_inner();
-        r.workflows.into_iter().find(|w| w.state == "running")
-    })
+    let waiting = eventually(
+        Duration::from_secs(20),
+        "the run waiting for approval",
+        || async {
+            let r = co(&c, l)
+                .list_workflows(with(
+                    proto::ListWorkflowsRequest {
+                        service: "orders".into(),
+                        limit: 10,
+                    },
+                    Some(READER),
+                ))
+                .await
+                .ok()?
+                .into_inner();
+            r.workflows.into_iter().find(|w| w.state == "running")
+        },
+    )
     .await;
     assert_eq!(waiting.actor, "ops");
     let approve = |token: &'static str| {
@@ -360,7 +373,10 @@ async fn the_audit_names_the_authenticated_principal() {
         .trigger_snapshot(with(proto::TriggerSnapshotRequest {}, Some(ROOT)))
         .await
         .unwrap();
-    audited(&c, "the snapshot", |e| e.action == "snapshot" && e.actor == "root").await;
+    audited(&c, "the snapshot", |e| {
+        e.action == "snapshot" && e.actor == "root"
+    })
+    .await;
 
     let j = c.prepare_joiner("eu-west", "");
     c.spawn(j);
@@ -388,17 +404,26 @@ async fn the_audit_names_the_authenticated_principal() {
     })
     .await;
     admin(&c, l)
-        .remove_node(with(proto::RemoveNodeRequest { id: c.nodes[j].id }, Some(ROOT)))
+        .remove_node(with(
+            proto::RemoveNodeRequest { id: c.nodes[j].id },
+            Some(ROOT),
+        ))
         .await
         .unwrap();
-    audited(&c, "the removed node", |e| e.action == "node.remove" && e.actor == "root").await;
+    audited(&c, "the removed node", |e| {
+        e.action == "node.remove" && e.actor == "root"
+    })
+    .await;
     c.kill(j);
 
     let l = leader(&c).await;
     let to = c.nodes[(l + 1) % 3].id;
     admin(&c, (l + 2) % 3)
         .transfer_leadership(with(
-            proto::TransferLeadershipRequest { to, campaign: false },
+            proto::TransferLeadershipRequest {
+                to,
+                campaign: false,
+            },
             Some(ROOT),
         ))
         .await
@@ -410,7 +435,9 @@ async fn the_audit_names_the_authenticated_principal() {
 
     // No entry names a principal the caller merely claimed, and the chain verifies.
     let all = audit(&c).await;
-    assert!(all.iter().all(|e| e.actor != "automation" || e.action != "set-frozen"));
+    assert!(all
+        .iter()
+        .all(|e| e.actor != "automation" || e.action != "set-frozen"));
     let entries: Vec<_> = all.iter().map(baton::convert::audit_from_proto).collect();
     baton::state::audit::verify(&entries, None).unwrap();
 }

@@ -206,7 +206,7 @@ impl Admin for AdminService {
         }
         if !self.ctx.keeper.is_leading() {
             let ch = self.ctx.leader_channel()?;
-            let fwd = forwarded(&request, request.get_ref().clone());
+            let fwd = forwarded(&request, *request.get_ref());
             return AdminClient::new(ch).transfer_leadership(fwd).await;
         }
         let to = request.get_ref().to;
@@ -243,10 +243,13 @@ impl Admin for AdminService {
                     "" => "service definition applied".to_string(),
                     s => s.to_string(),
                 };
-                let (index, resp) =
-                    propose(&self.ctx.raft, who.name(), who.stamp(Command::PutService { spec, reason }))
-                        .await
-                        .map_err(|e| self.ctx.control_status(e))?;
+                let (index, resp) = propose(
+                    &self.ctx.raft,
+                    who.name(),
+                    who.stamp(Command::PutService { spec, reason }),
+                )
+                .await
+                .map_err(|e| self.ctx.control_status(e))?;
                 if let StateResponse::Rejected(rej) = resp {
                     return Err(rejection_status(&rej));
                 }
@@ -381,10 +384,15 @@ impl AdminService {
     }
 }
 
-
 impl AdminService {
     /// Writes an audit-only entry for a cluster operation (from any node).
-    fn record<T>(&self, who: &Caller, action: ClusterAction, what: String, done: &Result<T, Status>) {
+    fn record<T>(
+        &self,
+        who: &Caller,
+        action: ClusterAction,
+        what: String,
+        done: &Result<T, Status>,
+    ) {
         let outcome = match done {
             Ok(_) => "ok".to_string(),
             Err(e) => format!("failed: {}", e.message()),
@@ -400,56 +408,58 @@ impl AdminService {
     }
 
     async fn add(&self, r: &proto::AddNodeRequest) -> Result<proto::AddNodeResponse, Status> {
-                let node = NodeInfo {
-                    addr: r.addr.clone(),
-                    region: r.region.clone(),
-                };
-                tracing::info!(id = r.id, addr = %r.addr, "adding node as learner; waiting for it to catch up");
-                self.ctx
-                    .raft
-                    .add_learner(r.id, node, true)
-                    .await
-                    .map_err(|e| Status::unavailable(format!("adding node {} as learner failed: {e}", r.id)))?;
-                if !r.learner_only {
-                    tracing::info!(id = r.id, "node caught up; promoting to voter");
-                    self.ctx
-                        .raft
-                        .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([r.id])), false)
-                        .await
-                        .map_err(|e| Status::unavailable(format!("promoting node {} failed: {e}", r.id)))?;
-                }
-                Ok(proto::AddNodeResponse { members: self.members() })
+        let node = NodeInfo {
+            addr: r.addr.clone(),
+            region: r.region.clone(),
+        };
+        tracing::info!(id = r.id, addr = %r.addr, "adding node as learner; waiting for it to catch up");
+        self.ctx
+            .raft
+            .add_learner(r.id, node, true)
+            .await
+            .map_err(|e| {
+                Status::unavailable(format!("adding node {} as learner failed: {e}", r.id))
+            })?;
+        if !r.learner_only {
+            tracing::info!(id = r.id, "node caught up; promoting to voter");
+            self.ctx
+                .raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([r.id])), false)
+                .await
+                .map_err(|e| Status::unavailable(format!("promoting node {} failed: {e}", r.id)))?;
+        }
+        Ok(proto::AddNodeResponse {
+            members: self.members(),
+        })
     }
 
     async fn remove(&self, id: NodeId) -> Result<proto::RemoveNodeResponse, Status> {
-                let m = self.ctx.raft.metrics().borrow().clone();
-                let membership = m.membership_config.membership();
-                if membership.get_node(&id).is_none() {
-                    return Err(Status::not_found(format!("node {id} is not a member")));
-                }
-                let is_voter = membership.voter_ids().any(|v| v == id);
-                let change = if is_voter {
-                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
-                } else {
-                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
-                };
-                self.ctx
-                    .raft
-                    .change_membership(change, false)
-                    .await
-                    .map_err(|e| {
-                        Status::failed_precondition(format!("removing node {id} failed: {e}"))
-                    })?;
-                if is_voter {
-                    // Now a learner; drop it entirely.
-                    let _ = self
-                        .ctx
-                        .raft
-                        .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-                        .await;
-                }
-                Ok(proto::RemoveNodeResponse {
-                    members: self.members(),
-                })
+        let m = self.ctx.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        if membership.get_node(&id).is_none() {
+            return Err(Status::not_found(format!("node {id} is not a member")));
+        }
+        let is_voter = membership.voter_ids().any(|v| v == id);
+        let change = if is_voter {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        self.ctx
+            .raft
+            .change_membership(change, false)
+            .await
+            .map_err(|e| Status::failed_precondition(format!("removing node {id} failed: {e}")))?;
+        if is_voter {
+            // Now a learner; drop it entirely.
+            let _ = self
+                .ctx
+                .raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await;
+        }
+        Ok(proto::RemoveNodeResponse {
+            members: self.members(),
+        })
     }
 }

@@ -259,7 +259,9 @@ impl Caller {
     /// `command` with the "on behalf of" note added to its reason.
     pub fn stamp(&self, mut command: Command) -> Command {
         if let Some(n) = &self.on_behalf {
-            command.reason_mut().push_str(&format!(" [on behalf of {n}]"));
+            command
+                .reason_mut()
+                .push_str(&format!(" [on behalf of {n}]"));
         }
         command
     }
@@ -343,7 +345,10 @@ pub const REDACTED: &str = "<redacted: needs the operator role>";
 
 /// A service as a principal may see it: health targets, webhook URLs and probe details
 /// only for operators and admins.
-pub fn redact_service(mut s: crate::proto::ServiceStatus, internals: bool) -> crate::proto::ServiceStatus {
+pub fn redact_service(
+    mut s: crate::proto::ServiceStatus,
+    internals: bool,
+) -> crate::proto::ServiceStatus {
     if internals {
         return s;
     }

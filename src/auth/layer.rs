@@ -10,7 +10,10 @@ use std::task::{Context, Poll};
 use futures::future::{ready, Either, Ready};
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
-use super::policy::{campaigner, CAMPAIGN_HEADER, TRANSFER_PATH, Credentials, Denial, Directory, ForwardedClaim, Need, Principal};
+use super::policy::{
+    campaigner, Credentials, Denial, Directory, ForwardedClaim, Need, Principal, CAMPAIGN_HEADER,
+    TRANSFER_PATH,
+};
 use super::record::Recorder;
 use super::CertIdentity;
 use crate::config::AuthConfig;
@@ -59,7 +62,11 @@ impl Authority {
 
     fn members(&self) -> BTreeSet<u64> {
         let m = self.raft.metrics().borrow().clone();
-        m.membership_config.membership().nodes().map(|(id, _)| *id).collect()
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// Authenticates and authorizes a request: its principal, or the status to answer.

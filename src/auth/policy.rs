@@ -15,9 +15,7 @@ use super::CertIdentity;
 use crate::config::{check_principal, AuthConfig};
 
 /// A role a principal holds.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Reads: primaries, services (health targets redacted), workflows, plans, status.
@@ -159,7 +157,10 @@ pub fn is_reserved(name: &str) -> bool {
 
 /// The node id a certificate name `node-<id>` names.
 pub fn node_id(name: &str) -> Option<u64> {
-    name.strip_prefix("node-")?.parse().ok().filter(|id| *id > 0)
+    name.strip_prefix("node-")?
+        .parse()
+        .ok()
+        .filter(|id| *id > 0)
 }
 
 /// Where a principal's identity came from.
@@ -493,7 +494,10 @@ fn split(list: &str) -> Vec<String> {
 
 fn claim_principal(claim: &ForwardedClaim, node: u64) -> Result<Principal, Denial> {
     check_principal(&claim.name).map_err(|m| {
-        Denial::denied(None, format!("node {node} forwarded an invalid principal: {m}"))
+        Denial::denied(
+            None,
+            format!("node {node} forwarded an invalid principal: {m}"),
+        )
     })?;
     let mut roles = BTreeSet::new();
     for r in split(&claim.roles) {
@@ -530,7 +534,11 @@ pub fn authorize(principal: &Principal, path: &str) -> Result<Need, Denial> {
         format!(
             "{} (roles: {}) may not call {}: it needs the {} role; ask an administrator",
             principal.name,
-            if held.is_empty() { "none".into() } else { held.join(", ") },
+            if held.is_empty() {
+                "none".into()
+            } else {
+                held.join(", ")
+            },
             path.rsplit('/').next().unwrap_or(path),
             need.role()
         ),
@@ -582,27 +590,66 @@ mod tests {
             assert!(seen.insert(*p), "{p} listed twice");
         }
         assert_eq!(METHODS.len(), 15 + 8, "every Coordinator and Admin method");
-        let root = auth(&dir(), Credentials { authorization: Some(&bearer("x-tok")), ..Default::default() }).unwrap();
+        let root = auth(
+            &dir(),
+            Credentials {
+                authorization: Some(&bearer("x-tok")),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert!(authorize(&root, "/baton.v1.Coordinator/Failover").is_ok());
-        for p in ["/baton.v1.Raft/Vote", "/baton.v1.Coordinator/Nope", "/grpc.health.v1.Health/Check", ""] {
-            assert!(matches!(authorize(&root, p), Err(Denial::PermissionDenied { .. })), "{p}");
+        for p in [
+            "/baton.v1.Raft/Vote",
+            "/baton.v1.Coordinator/Nope",
+            "/grpc.health.v1.Health/Check",
+            "",
+        ] {
+            assert!(
+                matches!(authorize(&root, p), Err(Denial::PermissionDenied { .. })),
+                "{p}"
+            );
         }
     }
 
     #[test]
     fn roles_grant_what_the_table_says() {
         let d = dir();
-        let p = |t: &str| auth(&d, Credentials { authorization: Some(&bearer(t)), ..Default::default() }).unwrap();
+        let p = |t: &str| {
+            auth(
+                &d,
+                Credentials {
+                    authorization: Some(&bearer(t)),
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+        };
         let (reader, agent, ops, root) = (p("r-tok"), p("a-tok"), p("o-tok"), p("x-tok"));
         for (path, need) in METHODS {
-            assert_eq!(authorize(&root, path).is_ok(), true, "{path}");
-            assert_eq!(authorize(&reader, path).is_ok(), *need == Need::Read, "{path}");
-            assert_eq!(authorize(&agent, path).is_ok(), matches!(need, Need::Read | Need::Agent), "{path}");
-            assert_eq!(authorize(&ops, path).is_ok(), matches!(need, Need::Read | Need::Operator), "{path}");
+            assert!(authorize(&root, path).is_ok(), "{path}");
+            assert_eq!(
+                authorize(&reader, path).is_ok(),
+                *need == Need::Read,
+                "{path}"
+            );
+            assert_eq!(
+                authorize(&agent, path).is_ok(),
+                matches!(need, Need::Read | Need::Agent),
+                "{path}"
+            );
+            assert_eq!(
+                authorize(&ops, path).is_ok(),
+                matches!(need, Need::Read | Need::Operator),
+                "{path}"
+            );
         }
         let e = authorize(&reader, "/baton.v1.Coordinator/Failover").unwrap_err();
         assert_eq!(e.status().code(), tonic::Code::PermissionDenied);
-        assert!(e.status().message().contains("needs the operator role"), "{e:?}");
+        assert!(
+            e.status().message().contains("needs the operator role"),
+            "{e:?}"
+        );
         assert!(!reader.sees_internals() && !agent.sees_internals());
         assert!(ops.sees_internals() && root.sees_internals());
     }
@@ -612,32 +659,84 @@ mod tests {
         let d = dir();
         let code = |c: Credentials<'_>| auth(&d, c).unwrap_err().status().code();
         assert_eq!(code(Credentials::default()), tonic::Code::Unauthenticated);
-        assert_eq!(code(Credentials { authorization: Some("Bearer nope"), ..Default::default() }), tonic::Code::Unauthenticated);
-        assert_eq!(code(Credentials { authorization: Some("r-tok"), ..Default::default() }), tonic::Code::Unauthenticated);
-        assert_eq!(code(Credentials { authorization: Some("Bearer "), ..Default::default() }), tonic::Code::Unauthenticated);
+        assert_eq!(
+            code(Credentials {
+                authorization: Some("Bearer nope"),
+                ..Default::default()
+            }),
+            tonic::Code::Unauthenticated
+        );
+        assert_eq!(
+            code(Credentials {
+                authorization: Some("r-tok"),
+                ..Default::default()
+            }),
+            tonic::Code::Unauthenticated
+        );
+        assert_eq!(
+            code(Credentials {
+                authorization: Some("Bearer "),
+                ..Default::default()
+            }),
+            tonic::Code::Unauthenticated
+        );
         // The hash itself is not a token.
         let h = format!("Bearer {}", hex::encode(token_hash("r-tok")));
-        assert_eq!(code(Credentials { authorization: Some(&h), ..Default::default() }), tonic::Code::Unauthenticated);
+        assert_eq!(
+            code(Credentials {
+                authorization: Some(&h),
+                ..Default::default()
+            }),
+            tonic::Code::Unauthenticated
+        );
     }
 
     #[test]
     fn certificates_map_to_their_principal() {
         let d = dir();
-        let id = CertIdentity { names: vec!["ops.example".into()] };
-        let p = auth(&d, Credentials { cert: Some(&id), ..Default::default() }).unwrap();
+        let id = CertIdentity {
+            names: vec!["ops.example".into()],
+        };
+        let p = auth(
+            &d,
+            Credentials {
+                cert: Some(&id),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_eq!((p.name.as_str(), &p.source), ("ops.example", &Source::Cert));
         assert!(p.check_scope("payments", Some("eu-west")).is_ok());
-        assert_eq!(p.check_scope("orders", None).unwrap_err().code(), tonic::Code::PermissionDenied);
+        assert_eq!(
+            p.check_scope("orders", None).unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
         // A certificate of the CA naming nobody configured (e.g. a node's, used as a client).
-        let node = CertIdentity { names: vec!["node-2".into()] };
-        let e = auth(&d, Credentials { cert: Some(&node), ..Default::default() }).unwrap_err();
+        let node = CertIdentity {
+            names: vec!["node-2".into()],
+        };
+        let e = auth(
+            &d,
+            Credentials {
+                cert: Some(&node),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
         assert_eq!(e.status().code(), tonic::Code::PermissionDenied);
     }
 
     #[test]
     fn agents_are_bound_to_their_regions() {
         let d = dir();
-        let a = auth(&d, Credentials { authorization: Some(&bearer("a-tok")), ..Default::default() }).unwrap();
+        let a = auth(
+            &d,
+            Credentials {
+                authorization: Some(&bearer("a-tok")),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert!(a.check_scope("payments", Some("eu-west")).is_ok());
         let e = a.check_scope("payments", Some("us-east")).unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied);
@@ -653,51 +752,151 @@ mod tests {
             services: "payments".into(),
             regions: String::new(),
         };
-        let with = |names: &[&str]| CertIdentity { names: names.iter().map(|s| s.to_string()).collect() };
+        let with = |names: &[&str]| CertIdentity {
+            names: names.iter().map(|s| s.to_string()).collect(),
+        };
         let node2 = with(&["node-2"]);
-        let p = auth(&d, Credentials { cert: Some(&node2), forwarded: Some(claim.clone()), ..Default::default() }).unwrap();
+        let p = auth(
+            &d,
+            Credentials {
+                cert: Some(&node2),
+                forwarded: Some(claim.clone()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_eq!(p.source, Source::Forwarded { node: 2 });
         assert_eq!(p.roles, BTreeSet::from([Role::Operator]));
         assert_eq!(p.services, vec!["payments".to_string()]);
         // Not a member, a client certificate, no certificate, a token: all refused.
-        for cert in [Some(with(&["node-9"])), Some(with(&["ops.example"])), Some(with(&["xnode-2"])), None] {
-            let e = auth(&d, Credentials { cert: cert.as_ref(), forwarded: Some(claim.clone()), ..Default::default() }).unwrap_err();
+        for cert in [
+            Some(with(&["node-9"])),
+            Some(with(&["ops.example"])),
+            Some(with(&["xnode-2"])),
+            None,
+        ] {
+            let e = auth(
+                &d,
+                Credentials {
+                    cert: cert.as_ref(),
+                    forwarded: Some(claim.clone()),
+                    ..Default::default()
+                },
+            )
+            .unwrap_err();
             assert_eq!(e.status().code(), tonic::Code::PermissionDenied, "{cert:?}");
         }
-        let e = auth(&d, Credentials { authorization: Some(&bearer("x-tok")), forwarded: Some(claim.clone()), ..Default::default() }).unwrap_err();
+        let e = auth(
+            &d,
+            Credentials {
+                authorization: Some(&bearer("x-tok")),
+                forwarded: Some(claim.clone()),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
         assert_eq!(e.status().code(), tonic::Code::PermissionDenied);
         // Even a node may not claim a reserved name or an unknown role.
-        for bad in [ForwardedClaim { name: "automation".into(), ..claim.clone() }, ForwardedClaim { roles: "root".into(), ..claim.clone() }] {
-            assert!(auth(&d, Credentials { cert: Some(&node2), forwarded: Some(bad), ..Default::default() }).is_err());
+        for bad in [
+            ForwardedClaim {
+                name: "automation".into(),
+                ..claim.clone()
+            },
+            ForwardedClaim {
+                roles: "root".into(),
+                ..claim.clone()
+            },
+        ] {
+            assert!(auth(
+                &d,
+                Credentials {
+                    cert: Some(&node2),
+                    forwarded: Some(bad),
+                    ..Default::default()
+                }
+            )
+            .is_err());
         }
-        assert_eq!(trusted_forwarder(Some(&with(&["a", "node-3"])), &BTreeSet::from([3])), Some(3));
-        assert_eq!(trusted_forwarder(Some(&with(&["node-0"])), &BTreeSet::from([0])), None);
+        assert_eq!(
+            trusted_forwarder(Some(&with(&["a", "node-3"])), &BTreeSet::from([3])),
+            Some(3)
+        );
+        assert_eq!(
+            trusted_forwarder(Some(&with(&["node-0"])), &BTreeSet::from([0])),
+            None
+        );
     }
 
     #[test]
     fn auth_off_lets_everyone_in_as_anonymous_at_their_address() {
         let d = Directory::default();
         let addr: SocketAddr = "127.0.0.1:4000".parse().unwrap();
-        let p = d.authenticate(&Credentials { addr: Some(addr), ..Default::default() }, &BTreeSet::new()).unwrap();
+        let p = d
+            .authenticate(
+                &Credentials {
+                    addr: Some(addr),
+                    ..Default::default()
+                },
+                &BTreeSet::new(),
+            )
+            .unwrap();
         assert_eq!(p.name, "anonymous@127.0.0.1:4000");
         assert!(METHODS.iter().all(|(m, _)| authorize(&p, m).is_ok()));
-        let raft = d.decide(&Credentials::default(), &BTreeSet::new(), "/baton.v1.Raft/AppendEntries");
+        let raft = d.decide(
+            &Credentials::default(),
+            &BTreeSet::new(),
+            "/baton.v1.Raft/AppendEntries",
+        );
         assert!(raft.is_ok(), "auth off keeps serving what it served");
         let on = dir();
-        let c = Credentials { authorization: Some("Bearer x-tok"), ..Default::default() };
-        assert!(on.decide(&c, &BTreeSet::new(), "/baton.v1.Raft/AppendEntries").is_err());
-        assert!(on.decide(&c, &BTreeSet::new(), "/baton.v1.Admin/AddNode").is_ok());
+        let c = Credentials {
+            authorization: Some("Bearer x-tok"),
+            ..Default::default()
+        };
+        assert!(on
+            .decide(&c, &BTreeSet::new(), "/baton.v1.Raft/AppendEntries")
+            .is_err());
+        assert!(on
+            .decide(&c, &BTreeSet::new(), "/baton.v1.Admin/AddNode")
+            .is_ok());
         // A follower's forwarded anonymous caller keeps its address; no other name is taken.
-        let fwd = |name: &str| ForwardedClaim { name: name.into(), ..Default::default() };
-        let p = d.authenticate(&Credentials { addr: Some(addr), forwarded: Some(fwd("anonymous@10.0.0.1:5")), ..Default::default() }, &BTreeSet::new()).unwrap();
+        let fwd = |name: &str| ForwardedClaim {
+            name: name.into(),
+            ..Default::default()
+        };
+        let p = d
+            .authenticate(
+                &Credentials {
+                    addr: Some(addr),
+                    forwarded: Some(fwd("anonymous@10.0.0.1:5")),
+                    ..Default::default()
+                },
+                &BTreeSet::new(),
+            )
+            .unwrap();
         assert_eq!(p.name, "anonymous@10.0.0.1:5");
-        let p = d.authenticate(&Credentials { addr: Some(addr), forwarded: Some(fwd("automation")), ..Default::default() }, &BTreeSet::new()).unwrap();
+        let p = d
+            .authenticate(
+                &Credentials {
+                    addr: Some(addr),
+                    forwarded: Some(fwd("automation")),
+                    ..Default::default()
+                },
+                &BTreeSet::new(),
+            )
+            .unwrap();
         assert_eq!(p.name, "anonymous@127.0.0.1:4000");
     }
 
     #[test]
     fn reserved_names() {
-        for n in ["automation", "Automation", "anonymous", "anonymous@1.2.3.4:5", "node-1"] {
+        for n in [
+            "automation",
+            "Automation",
+            "anonymous",
+            "anonymous@1.2.3.4:5",
+            "node-1",
+        ] {
             assert!(is_reserved(n), "{n}");
         }
         for n in ["ops", "node", "node-x", "automation-bot"] {

@@ -101,11 +101,20 @@ impl Recorder {
                     tokio::time::sleep(Duration::from_millis(100 * (attempt + 1).min(5))).await;
                 }
                 if !written {
-                    tracing::warn!(actor, action = command.action(), "audit record not written: {last}");
+                    tracing::warn!(
+                        actor,
+                        action = command.action(),
+                        "audit record not written: {last}"
+                    );
                 }
             }
         });
-        let budget = || Arc::new(Mutex::new(RefusalBudget::new(REFUSAL_BURST, REFUSALS_PER_SECOND)));
+        let budget = || {
+            Arc::new(Mutex::new(RefusalBudget::new(
+                REFUSAL_BURST,
+                REFUSALS_PER_SECOND,
+            )))
+        };
         Recorder {
             tx,
             anonymous: budget(),

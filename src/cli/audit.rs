@@ -319,7 +319,10 @@ mod tests {
         let tampered = text.replacen("\"actor\":\"ops\"", "\"actor\":\"automation\"", 3);
         let tampered = tampered.replacen("\"actor\":\"automation\"", "\"actor\":\"ops\"", 2);
         let err = verify(&parse_export(&tampered).unwrap(), None).unwrap_err();
-        assert_eq!(err.to_string(), "audit entry 2 was altered: its hash does not match its contents");
+        assert_eq!(
+            err.to_string(),
+            "audit entry 2 was altered: its hash does not match its contents"
+        );
         assert!(parse_export("{\n").unwrap_err().contains("line 1"));
     }
 }

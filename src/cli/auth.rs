@@ -1,7 +1,6 @@
 //! `baton auth token NAME`: a fresh random bearer token and the `[[auth.tokens]]` entry
 //! holding its SHA-256 (the config file never holds the token itself).
 
-
 use clap::{Args, Subcommand};
 use ring::rand::{SecureRandom, SystemRandom};
 

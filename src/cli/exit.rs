@@ -133,10 +133,8 @@ impl CliError {
         if let Some(e) = self.client_error() {
             return match e {
                 ClientError::InvalidEndpoint { .. }
-            | ClientError::InvalidActor { .. }
-            | ClientError::InvalidToken => {
-                    Exit::Usage
-                }
+                | ClientError::InvalidActor { .. }
+                | ClientError::InvalidToken => Exit::Usage,
                 ClientError::OutcomeUnknown { .. } => Exit::Unavailable,
                 ClientError::Closed => Exit::Error,
                 other => exit_for_code(other.code()),

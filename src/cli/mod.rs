@@ -106,7 +106,13 @@ pub struct GlobalArgs {
 
     /// Bearer token sent on every call (clusters with `[auth]` on); `baton auth token`
     /// makes one.
-    #[arg(long, global = true, env = "BATON_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "BATON_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
     pub token: Option<String>,
 
     /// Log as JSON lines (logs go to stderr; the level is set by RUST_LOG).

@@ -90,9 +90,7 @@ impl ClientError {
         match self {
             ClientError::InvalidEndpoint { .. }
             | ClientError::InvalidActor { .. }
-            | ClientError::InvalidToken => {
-                Code::InvalidArgument
-            }
+            | ClientError::InvalidToken => Code::InvalidArgument,
             ClientError::Rpc { status, .. } => status.code(),
             ClientError::Unavailable { .. } => Code::Unavailable,
             ClientError::OutcomeUnknown { .. } => Code::Unknown,

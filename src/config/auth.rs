@@ -102,7 +102,12 @@ pub fn check_principal(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_scope(field: &str, roles: &[Role], services: &[String], regions: &[String]) -> Result<(), ConfigError> {
+fn check_scope(
+    field: &str,
+    roles: &[Role],
+    services: &[String],
+    regions: &[String],
+) -> Result<(), ConfigError> {
     if roles.is_empty() {
         return Err(ConfigError::invalid(
             &format!("{field}.roles"),
@@ -110,10 +115,12 @@ fn check_scope(field: &str, roles: &[Role], services: &[String], regions: &[Stri
         ));
     }
     for s in services {
-        check_name("service", s).map_err(|m| ConfigError::invalid(&format!("{field}.services"), m))?;
+        check_name("service", s)
+            .map_err(|m| ConfigError::invalid(&format!("{field}.services"), m))?;
     }
     for r in regions {
-        check_name("region", r).map_err(|m| ConfigError::invalid(&format!("{field}.regions"), m))?;
+        check_name("region", r)
+            .map_err(|m| ConfigError::invalid(&format!("{field}.regions"), m))?;
     }
     Ok(())
 }
@@ -125,9 +132,12 @@ impl AuthConfig {
         let mut hashes = BTreeSet::new();
         for (i, t) in self.tokens.iter().enumerate() {
             let field = format!("auth.tokens[{i}]");
-            check_principal(&t.name).map_err(|m| ConfigError::invalid(&format!("{field}.name"), m))?;
+            check_principal(&t.name)
+                .map_err(|m| ConfigError::invalid(&format!("{field}.name"), m))?;
             let hex_ok = t.sha256.len() == 64
-                && t.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+                && t.sha256
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
             if !hex_ok {
                 return Err(ConfigError::invalid(
                     &format!("{field}.sha256"),
@@ -151,7 +161,8 @@ impl AuthConfig {
         }
         for (i, c) in self.certs.iter().enumerate() {
             let field = format!("auth.certs[{i}]");
-            check_principal(&c.name).map_err(|m| ConfigError::invalid(&format!("{field}.name"), m))?;
+            check_principal(&c.name)
+                .map_err(|m| ConfigError::invalid(&format!("{field}.name"), m))?;
             if !names.insert(c.name.as_str()) {
                 return Err(ConfigError::invalid(
                     &format!("{field}.name"),
@@ -205,7 +216,11 @@ mod tests {
         };
         assert!(ok.validate(true).is_ok());
         let err = |c: &AuthConfig| c.validate(true).unwrap_err().to_string();
-        assert!(ok.validate(false).unwrap_err().to_string().contains("peer_listen"));
+        assert!(ok
+            .validate(false)
+            .unwrap_err()
+            .to_string()
+            .contains("peer_listen"));
         let mut bad = ok.clone();
         bad.tokens[0].sha256 = "secret".into();
         assert!(err(&bad).contains("auth.tokens[0].sha256"));
@@ -242,7 +257,8 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(c.tokens[0].roles, vec![Role::Agent]);
-        let bad: Result<AuthConfig, _> = toml::from_str("[[tokens]]\nname = \"a\"\nsha256 = \"\"\nroles = [\"root\"]\n");
+        let bad: Result<AuthConfig, _> =
+            toml::from_str("[[tokens]]\nname = \"a\"\nsha256 = \"\"\nroles = [\"root\"]\n");
         assert!(bad.unwrap_err().to_string().contains("root"));
     }
 }

@@ -725,8 +725,7 @@ impl State {
                 }
                 // Separation of duties: decided here, from the replicated run, so every
                 // replica refuses the same approvals and the refusal is in the audit trail.
-                if *approve && step == Some(StepKind::ApprovalByAnother) && r.actor == req.actor
-                {
+                if *approve && step == Some(StepKind::ApprovalByAnother) && r.actor == req.actor {
                     return Err(Rejection::Forbidden(format!(
                         "run {run} was requested by {}; its plan requires approval by another \
                          principal: ask a different operator to approve it",

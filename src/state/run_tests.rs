@@ -606,11 +606,16 @@ fn an_approval_by_another_refuses_the_requester_and_records_it() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(own.audit.outcome.starts_with("rejected: run 2 was requested by alice"));
+    assert!(own
+        .audit
+        .outcome
+        .starts_with("rejected: run 2 was requested by alice"));
     assert_eq!(own.audit.actor, "alice");
     assert_eq!(s.run(2).unwrap().current, 0, "still waiting");
     // The requester may still reject their own run; another principal may approve.
-    assert!(!rejected(&s.apply(4, &req(T, "bob", decide(true))).response));
+    assert!(!rejected(
+        &s.apply(4, &req(T, "bob", decide(true))).response
+    ));
     assert_eq!(s.run(2).unwrap().state, RunState::Succeeded);
 }
 
@@ -632,7 +637,11 @@ fn audit_only_commands_change_nothing_but_the_trail() {
     );
     assert_eq!(refused.audit.action, "refused");
     assert_eq!(refused.audit.actor, "reader");
-    assert!(refused.audit.outcome.contains("3 earlier refusals"), "{}", refused.audit.outcome);
+    assert!(
+        refused.audit.outcome.contains("3 earlier refusals"),
+        "{}",
+        refused.audit.outcome
+    );
     let added = s.apply(
         3,
         &req(
@@ -645,7 +654,10 @@ fn audit_only_commands_change_nothing_but_the_trail() {
             },
         ),
     );
-    assert_eq!((added.audit.action.as_str(), added.audit.outcome.as_str()), ("node.add", "ok"));
+    assert_eq!(
+        (added.audit.action.as_str(), added.audit.outcome.as_str()),
+        ("node.add", "ok")
+    );
     assert_eq!(s.service("payments").cloned(), before);
     assert!(refused.events.is_empty() && added.events.is_empty());
     assert!(crate::state::audit::verify(&[refused.audit, added.audit], None).is_ok());
@@ -659,9 +671,15 @@ fn new_variants_keep_old_log_entries_decodable() {
         service: "p".into(),
         reason: "r".into(),
     };
-    assert_eq!(&bincode::serialize(&ack).unwrap()[..4], &11u32.to_le_bytes());
+    assert_eq!(
+        &bincode::serialize(&ack).unwrap()[..4],
+        &11u32.to_le_bytes()
+    );
     let invalid = Rejection::Invalid("x".into());
-    assert_eq!(&bincode::serialize(&invalid).unwrap()[..4], &5u32.to_le_bytes());
+    assert_eq!(
+        &bincode::serialize(&invalid).unwrap()[..4],
+        &5u32.to_le_bytes()
+    );
     assert_eq!(
         &bincode::serialize(&StepKind::Verify).unwrap()[..4],
         &6u32.to_le_bytes()
