@@ -106,8 +106,10 @@ pub struct GlobalArgs {
 
     /// Bearer token sent on every call (clusters with `[auth]` on); `baton auth token`
     /// makes one.
+    // Its own id: `validate` has a positional `token` (a fencing token).
     #[arg(
-        long,
+        long = "token",
+        id = "bearer_token",
         global = true,
         env = "BATON_TOKEN",
         value_name = "TOKEN",
