@@ -124,6 +124,44 @@ async fn raw_call(addr: &str, path: &'static str, token: Option<&str>) -> tonic:
     }
 }
 
+/// The answer of `f`, retried while the cluster is busy electing or confirming a leader
+/// (UNAVAILABLE, DEADLINE_EXCEEDED); any other error fails the test.
+async fn retry<T, Fut>(what: &str, mut f: impl FnMut() -> Fut) -> T
+where
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match f().await {
+            Ok(r) => return r.into_inner(),
+            Err(s)
+                if matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded)
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(s) => panic!("{what}: {s:?}"),
+        }
+    }
+}
+
+/// The refusal `f` answers, retried while the cluster is busy (UNAVAILABLE).
+async fn refusal<T, Fut>(what: &str, mut f: impl FnMut() -> Fut) -> tonic::Status
+where
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match f().await {
+            Ok(_) => panic!("{what}: accepted"),
+            Err(s) if s.code() == Code::Unavailable && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(s) => return s,
+        }
+    }
+}
+
 /// All audit entries, read with the operator token.
 async fn audit(c: &TestCluster) -> Vec<proto::AuditEntry> {
     let cl = client(c, OPS);
@@ -145,7 +183,7 @@ async fn audited(
     what: &str,
     f: impl Fn(&proto::AuditEntry) -> bool,
 ) -> proto::AuditEntry {
-    eventually(Duration::from_secs(20), what, || async {
+    eventually(Duration::from_secs(60), what, || async {
         audit(c).await.into_iter().find(|e| f(e))
     })
     .await
@@ -191,16 +229,18 @@ async fn every_rpc_needs_credentials_and_the_right_role() {
     assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
 
     // A reader reads, but may not fail over; the refusal is audited under its name.
-    co(&c, l)
-        .get_primary(with(
-            proto::GetPrimaryRequest {
-                service: "payments".into(),
-                ..Default::default()
-            },
-            Some(READER),
-        ))
-        .await
-        .unwrap();
+    retry("a reader's GetPrimary", || async {
+        co(&c, l)
+            .get_primary(with(
+                proto::GetPrimaryRequest {
+                    service: "payments".into(),
+                    ..Default::default()
+                },
+                Some(READER),
+            ))
+            .await
+    })
+    .await;
     let s = co(&c, l)
         .failover(with(
             crate::support::switchover("payments", "eu-west", 0),
@@ -217,18 +257,29 @@ async fn every_rpc_needs_credentials_and_the_right_role() {
     assert!(e.reason.contains("/baton.v1.Coordinator/Failover"), "{e:?}");
 
     // An agent of eu-west may renew eu-west's lease of payments, not us-east's.
-    let mut stream = co(&c, l)
-        .keep_alive(with(
-            tokio_stream::iter(vec![proto::KeepAliveRequest {
-                region: "eu-west".into(),
-                ..ka.clone()
-            }]),
-            Some(AGENT_EU),
-        ))
+    let answer = retry("eu-west's renewal", || async {
+        let mut co = co(&c, l);
+        let ka = ka.clone();
+        async move {
+            let mut stream = co
+                .keep_alive(with(
+                    tokio_stream::iter(vec![proto::KeepAliveRequest {
+                        region: "eu-west".into(),
+                        ..ka
+                    }]),
+                    Some(AGENT_EU),
+                ))
+                .await?
+                .into_inner();
+            stream
+                .message()
+                .await?
+                .map(tonic::Response::new)
+                .ok_or_else(|| tonic::Status::unavailable("stream ended"))
+        }
         .await
-        .unwrap()
-        .into_inner();
-    let answer = stream.message().await.unwrap().unwrap();
+    })
+    .await;
     assert_eq!(answer.status, proto::KeepAliveStatus::NotHolder as i32);
     for demoted in [false, true] {
         let mut stream = co(&c, l)
@@ -281,11 +332,12 @@ async fn every_rpc_needs_credentials_and_the_right_role() {
     assert_eq!(target(OPS).await, SECRET_TARGET);
     let hidden = target(READER).await;
     assert!(hidden.contains("redacted"), "{hidden}");
-    let listed = co(&c, l)
-        .list_services(with(proto::ListServicesRequest::default(), Some(READER)))
-        .await
-        .unwrap()
-        .into_inner();
+    let listed = retry("a reader's ListServices", || async {
+        co(&c, l)
+            .list_services(with(proto::ListServicesRequest::default(), Some(READER)))
+            .await
+    })
+    .await;
     assert!(!format!("{listed:?}").contains("secret-path"));
 }
 
@@ -297,17 +349,20 @@ async fn the_audit_names_the_authenticated_principal() {
 
     // `x-baton-actor: automation` is only a note; the principal is the token's name. Sent
     // to a follower, which forwards to the leader with the caller's credentials.
-    let mut req = with(
-        proto::FreezeRequest {
-            service: "payments".into(),
-            freeze: true,
-            reason: "maintenance".into(),
-        },
-        Some(OPS),
-    );
-    req.metadata_mut()
-        .insert("x-baton-actor", "automation".parse().unwrap());
-    co(&c, follower).freeze(req).await.unwrap();
+    retry("the freeze", || async {
+        let mut req = with(
+            proto::FreezeRequest {
+                service: "payments".into(),
+                freeze: true,
+                reason: "maintenance".into(),
+            },
+            Some(OPS),
+        );
+        req.metadata_mut()
+            .insert("x-baton-actor", "automation".parse().unwrap());
+        co(&c, follower).freeze(req).await
+    })
+    .await;
     let e = audited(&c, "the freeze in the audit trail", |e| {
         e.action == "set-frozen"
     })
@@ -316,7 +371,16 @@ async fn the_audit_names_the_authenticated_principal() {
     assert!(e.reason.contains("[on behalf of automation]"), "{e:?}");
 
     // Separation of duties: ops requests the switchover, ops may not approve it, ops2 may.
-    let requester = client(&c, OPS);
+    let requester = Client::with_options(
+        c.endpoints(),
+        ClientOptions {
+            token: Some(OPS.into()),
+            // The run waits for the approvals below, then for the holder's TTL.
+            timeout: Duration::from_secs(180),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let run = tokio::spawn(async move {
         requester
             .failover(crate::support::switchover("orders", "eu-west", 0))
@@ -357,22 +421,24 @@ async fn the_audit_names_the_authenticated_principal() {
             .await
         }
     };
-    let s = approve(OPS).await.unwrap_err();
+    let s = refusal("ops approving its own run", || approve(OPS)).await;
     assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
     assert!(s.message().contains("another"), "{}", s.message());
     audited(&c, "the refused approval", |e| {
         e.action == "run.approve" && e.actor == "ops" && e.outcome.starts_with("rejected")
     })
     .await;
-    approve(OPS2).await.unwrap();
+    retry("ops2's approval", || approve(OPS2)).await;
     let moved = run.await.unwrap().unwrap();
     assert_eq!(moved.after.unwrap().holder_region, "eu-west");
 
     // Cluster operations: a snapshot, a learner added and removed, a leadership transfer.
-    admin(&c, follower)
-        .trigger_snapshot(with(proto::TriggerSnapshotRequest {}, Some(ROOT)))
-        .await
-        .unwrap();
+    retry("the snapshot", || async {
+        admin(&c, follower)
+            .trigger_snapshot(with(proto::TriggerSnapshotRequest {}, Some(ROOT)))
+            .await
+    })
+    .await;
     audited(&c, "the snapshot", |e| {
         e.action == "snapshot" && e.actor == "root"
     })
@@ -391,10 +457,12 @@ async fn the_audit_names_the_authenticated_principal() {
         .await
         .unwrap_err();
     assert_eq!(s.code(), Code::PermissionDenied);
-    admin(&c, follower)
-        .add_node(with(add, Some(ROOT)))
-        .await
-        .unwrap();
+    retry("adding the learner", || async {
+        admin(&c, follower)
+            .add_node(with(add.clone(), Some(ROOT)))
+            .await
+    })
+    .await;
     audited(&c, "the added node", |e| {
         e.action == "node.add" && e.actor == "root" && e.outcome == "ok"
     })
@@ -403,13 +471,13 @@ async fn the_audit_names_the_authenticated_principal() {
         e.action == "refused" && e.actor == "ops" && e.reason.contains("AddNode")
     })
     .await;
-    admin(&c, l)
-        .remove_node(with(
-            proto::RemoveNodeRequest { id: c.nodes[j].id },
-            Some(ROOT),
-        ))
-        .await
-        .unwrap();
+    let id = c.nodes[j].id;
+    retry("removing the learner", || async {
+        admin(&c, l)
+            .remove_node(with(proto::RemoveNodeRequest { id }, Some(ROOT)))
+            .await
+    })
+    .await;
     audited(&c, "the removed node", |e| {
         e.action == "node.remove" && e.actor == "root"
     })
@@ -418,16 +486,18 @@ async fn the_audit_names_the_authenticated_principal() {
 
     let l = leader(&c).await;
     let to = c.nodes[(l + 1) % 3].id;
-    admin(&c, (l + 2) % 3)
-        .transfer_leadership(with(
-            proto::TransferLeadershipRequest {
-                to,
-                campaign: false,
-            },
-            Some(ROOT),
-        ))
-        .await
-        .unwrap();
+    retry("the leadership transfer", || async {
+        admin(&c, (l + 2) % 3)
+            .transfer_leadership(with(
+                proto::TransferLeadershipRequest {
+                    to,
+                    campaign: false,
+                },
+                Some(ROOT),
+            ))
+            .await
+    })
+    .await;
     audited(&c, "the leadership transfer", |e| {
         e.action == "leader.transfer" && e.actor == "root" && e.outcome == "ok"
     })
