@@ -33,7 +33,7 @@ pub const PRINCIPAL_REGIONS_HEADER: &str = "x-baton-principal-regions";
 /// What a node authenticates against.
 pub struct Authority {
     dir: Directory,
-    raft: Raft,
+    members: Box<dyn Fn() -> BTreeSet<u64> + Send + Sync>,
     recorder: Recorder,
 }
 
@@ -41,6 +41,23 @@ impl Authority {
     /// From `[auth]`; `raft` tells the current members (whose node certificates may vouch
     /// for forwarded principals), `recorder` audits refusals.
     pub fn new(cfg: &AuthConfig, raft: Raft, recorder: Recorder) -> Arc<Authority> {
+        let members = move || {
+            let m = raft.metrics().borrow().clone();
+            m.membership_config
+                .membership()
+                .nodes()
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        Self::with_members(cfg, Box::new(members), recorder)
+    }
+
+    /// Like [`Authority::new`], with the current members told by `members`.
+    pub fn with_members(
+        cfg: &AuthConfig,
+        members: Box<dyn Fn() -> BTreeSet<u64> + Send + Sync>,
+        recorder: Recorder,
+    ) -> Arc<Authority> {
         if cfg.enabled {
             tracing::info!(
                 tokens = cfg.tokens.len(),
@@ -55,18 +72,9 @@ impl Authority {
         }
         Arc::new(Authority {
             dir: Directory::new(cfg),
-            raft,
+            members,
             recorder,
         })
-    }
-
-    fn members(&self) -> BTreeSet<u64> {
-        let m = self.raft.metrics().borrow().clone();
-        m.membership_config
-            .membership()
-            .nodes()
-            .map(|(id, _)| *id)
-            .collect()
     }
 
     /// Authenticates and authorizes a request: its principal, or the status to answer.
@@ -105,7 +113,7 @@ impl Authority {
             addr,
         };
         let members = if creds.forwarded.is_some() && self.dir.enabled() {
-            self.members()
+            (self.members)()
         } else {
             BTreeSet::new()
         };
@@ -211,5 +219,110 @@ where
             }
             Err(status) => Either::Left(ready(Ok(status.into_http()))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::policy::{token_hash, Role, Source};
+    use crate::config::{CertConfig, TokenConfig};
+
+    fn authority() -> Arc<Authority> {
+        let cfg = AuthConfig {
+            enabled: true,
+            tokens: vec![TokenConfig {
+                name: "ci".into(),
+                sha256: hex::encode(token_hash("tok")),
+                roles: vec![Role::Operator],
+                services: vec![],
+                regions: vec![],
+            }],
+            certs: vec![CertConfig {
+                name: "ops.example".into(),
+                roles: vec![Role::Admin],
+                services: vec![],
+                regions: vec![],
+            }],
+        };
+        Authority::with_members(
+            &cfg,
+            Box::new(|| BTreeSet::from([1, 2, 3])),
+            Recorder::disabled(),
+        )
+    }
+
+    fn request(path: &str, headers: &[(&str, &str)], cert: Option<&[&str]>) -> http::Request<()> {
+        let mut b = http::Request::builder().uri(format!("http://x{path}"));
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let mut r = b.body(()).unwrap();
+        if let Some(names) = cert {
+            r.extensions_mut().insert(CertIdentity {
+                names: names.iter().map(|s| s.to_string()).collect(),
+            });
+        }
+        r
+    }
+
+    #[test]
+    fn the_layer_reads_tokens_certificates_and_forwarded_principals() {
+        let a = authority();
+        let add = "/baton.v1.Admin/AddNode";
+        // A token; the request keeps its extensions (the certificate identity stays).
+        let mut r = request(
+            "/baton.v1.Coordinator/Freeze",
+            &[("authorization", "Bearer tok")],
+            Some(&["x"]),
+        );
+        let p = a.check(&mut r).unwrap();
+        assert_eq!((p.name.as_str(), &p.source), ("ci", &Source::Token));
+        assert!(r.extensions().get::<CertIdentity>().is_some());
+        assert_eq!(
+            a.check(&mut request(add, &[("authorization", "Bearer tok")], None))
+                .unwrap_err()
+                .code(),
+            tonic::Code::PermissionDenied
+        );
+        // A client certificate, as the TLS listener would set it.
+        let p = a
+            .check(&mut request(add, &[], Some(&["ops.example"])))
+            .unwrap();
+        assert_eq!((p.name.as_str(), &p.source), ("ops.example", &Source::Cert));
+        // A principal forwarded by node 2 (its certificate), and the same headers from a client.
+        let fwd = [
+            ("x-baton-principal", "ops.example"),
+            ("x-baton-principal-roles", "admin"),
+        ];
+        let p = a.check(&mut request(add, &fwd, Some(&["node-2"]))).unwrap();
+        assert_eq!(p.source, Source::Forwarded { node: 2 });
+        let e = a
+            .check(&mut request(add, &fwd, Some(&["ops.example"])))
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        let e = a
+            .check(&mut request(add, &fwd, Some(&["node-7"])))
+            .unwrap_err();
+        assert_eq!(
+            e.code(),
+            tonic::Code::PermissionDenied,
+            "node 7 is not a member"
+        );
+        assert_eq!(
+            a.check(&mut request(add, &[], None)).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        // A campaign passes with no role; nothing else does without credentials.
+        let campaign = [(crate::auth::policy::CAMPAIGN_HEADER, "1")];
+        let p = a
+            .check(&mut request(
+                crate::auth::policy::TRANSFER_PATH,
+                &campaign,
+                None,
+            ))
+            .unwrap();
+        assert!(p.roles.is_empty());
+        assert!(a.check(&mut request(add, &campaign, None)).is_err());
     }
 }
