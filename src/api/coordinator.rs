@@ -8,7 +8,9 @@ use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use super::{actor, forwarded, principal, redact_service, rejection_status, Caller, Ctx};
+use super::{
+    actor, forwarded, principal, redact_run, redact_service, rejection_status, Caller, Ctx,
+};
 use crate::control::controller::voters;
 use crate::control::{policy, propose, wall_clock_ms};
 use crate::convert::{
@@ -733,11 +735,12 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<proto::GetWorkflowRequest>,
     ) -> Result<Response<proto::Workflow>, Status> {
+        let internals = principal(&request).sees_internals();
         let id = request.get_ref().run_id;
         let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
         view.state
             .run(id)
-            .map(|r| Response::new(run_to_proto(r)))
+            .map(|r| Response::new(redact_run(run_to_proto(r), internals)))
             .ok_or_else(|| Status::not_found(format!("there is no run {id} (only the last 1000 finished runs are kept; the audit trail has all)")))
     }
 
@@ -745,6 +748,7 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<proto::ListWorkflowsRequest>,
     ) -> Result<Response<proto::ListWorkflowsResponse>, Status> {
+        let internals = principal(&request).sees_internals();
         let req = request.into_inner();
         if !req.service.is_empty() {
             check_name("service", &req.service).map_err(invalid)?;
@@ -760,7 +764,7 @@ impl Coordinator for CoordinatorService {
             .rev()
             .filter(|r| req.service.is_empty() || r.service == req.service)
             .take(limit)
-            .map(run_to_proto)
+            .map(|r| redact_run(run_to_proto(r), internals))
             .collect();
         Ok(Response::new(proto::ListWorkflowsResponse { workflows }))
     }

@@ -370,6 +370,25 @@ pub fn redact_service(
     s
 }
 
+/// A workflow run as a principal may see it: what a webhook step said (it names the URL)
+/// only for operators and admins.
+pub fn redact_run(mut w: crate::proto::Workflow, internals: bool) -> crate::proto::Workflow {
+    if internals {
+        return w;
+    }
+    let mut webhook_failed = false;
+    for step in &mut w.steps {
+        if step.kind == "webhook" && !step.detail.is_empty() {
+            webhook_failed |= step.state == "failed";
+            step.detail = REDACTED.to_string();
+        }
+    }
+    if webhook_failed && w.error.contains("webhook ") {
+        w.error = REDACTED.to_string();
+    }
+    w
+}
+
 /// Maps a state-machine refusal to a gRPC status.
 pub fn rejection_status(r: &Rejection) -> Status {
     let code = match r {
@@ -415,5 +434,58 @@ impl Links {
             .connect_lazy();
         map.insert(id, (addr.to_string(), ch.clone()));
         Ok(ch)
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::*;
+    use crate::proto;
+
+    #[test]
+    fn targets_urls_and_probe_details_are_hidden_below_operator() {
+        let mut spec = proto::ServiceSpec::default();
+        spec.health.insert(
+            "us-east".into(),
+            proto::HealthCheck {
+                target: "http://10.0.0.1/internal".into(),
+                ..Default::default()
+            },
+        );
+        spec.plans.insert(
+            "switchover".into(),
+            proto::Plan {
+                steps: vec![proto::PlanStep {
+                    kind: "webhook".into(),
+                    url: "http://hook.internal/x".into(),
+                    ..Default::default()
+                }],
+            },
+        );
+        let s = proto::ServiceStatus {
+            spec: Some(spec),
+            observations: vec![proto::HealthObservation {
+                detail: "HTTP 500: secret body".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(redact_service(s.clone(), true), s);
+        let text = format!("{:?}", redact_service(s, false));
+        for secret in ["10.0.0.1", "hook.internal", "secret body"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        let run = proto::Workflow {
+            steps: vec![proto::WorkflowStep {
+                kind: "webhook".into(),
+                state: "failed".into(),
+                detail: "webhook http://hook.internal/x: refused".into(),
+                ..Default::default()
+            }],
+            error: "webhook http://hook.internal/x: refused".into(),
+            ..Default::default()
+        };
+        assert_eq!(redact_run(run.clone(), true), run);
+        assert!(!format!("{:?}", redact_run(run, false)).contains("hook.internal"));
     }
 }
