@@ -81,7 +81,7 @@ async fn the_cli_reads_moves_and_drills_without_asking_when_there_is_no_terminal
         &["failover", "payments", "--to", "mars", "--reason", "x"],
     );
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
-    // The actor is recorded in the audit trail; the chain verifies.
+    // The declared actor is noted in the audit trail (on behalf of); the chain verifies.
     let out = baton(&c, &["-w", "json", "audit", "--limit", "1000"]);
     assert!(text(&out).contains("ci-operator"), "{}", text(&out));
     let out = baton(&c, &["audit", "verify"]);

@@ -3,6 +3,7 @@
 mod support;
 
 mod agent;
+mod auth;
 mod automation;
 mod bad_input;
 mod cli;

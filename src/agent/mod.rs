@@ -94,6 +94,9 @@ pub struct AgentOptions {
     /// How the lease session renews. `auto_ack_demotion` must be false: the agent
     /// acknowledges after `on_demote`.
     pub lease: LeaseOptions,
+    /// Bearer token of a principal with the `agent` role bound to this service and region
+    /// (clusters with `[auth]` on).
+    pub token: Option<String>,
 }
 
 impl AgentOptions {
@@ -113,6 +116,7 @@ impl AgentOptions {
             state_file: None,
             http_listen: None,
             lease: LeaseOptions::default(),
+            token: None,
         }
     }
 
@@ -212,6 +216,7 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
         opts.endpoints.clone(),
         crate::client::ClientOptions {
             tls: opts.tls.clone(),
+            token: opts.token.clone(),
             ..Default::default()
         },
     )?;

@@ -7,12 +7,13 @@ use std::time::Duration;
 use openraft::ChangeMembers;
 use tonic::{Request, Response, Status};
 
-use super::{actor, forwarded, rejection_status, validate, Ctx};
+use super::{actor, forwarded, principal, redact_service, rejection_status, validate, Caller, Ctx};
+use crate::auth::policy::Need;
 use crate::control::propose;
 use crate::convert::record_to_proto;
 use crate::proto::{self, admin_client::AdminClient, admin_server::Admin};
 use crate::raft::{NodeId, NodeInfo};
-use crate::state::{Command, Response as StateResponse};
+use crate::state::{ClusterAction, Command, Response as StateResponse};
 
 /// The Admin service of one node.
 #[derive(Clone)]
@@ -131,29 +132,21 @@ impl Admin for AdminService {
         request: Request<proto::AddNodeRequest>,
     ) -> Result<Response<proto::AddNodeResponse>, Status> {
         validate::add_node(request.get_ref())?;
+        let who = actor(&request);
         self.on_leader(
             request,
             |r| async move {
                 let r = r.into_inner();
-                let node = NodeInfo {
-                    addr: r.addr.clone(),
-                    region: r.region.clone(),
-                };
-                tracing::info!(id = r.id, addr = %r.addr, "adding node as learner; waiting for it to catch up");
-                self.ctx
-                    .raft
-                    .add_learner(r.id, node, true)
-                    .await
-                    .map_err(|e| Status::unavailable(format!("adding node {} as learner failed: {e}", r.id)))?;
-                if !r.learner_only {
-                    tracing::info!(id = r.id, "node caught up; promoting to voter");
-                    self.ctx
-                        .raft
-                        .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([r.id])), false)
-                        .await
-                        .map_err(|e| Status::unavailable(format!("promoting node {} failed: {e}", r.id)))?;
-                }
-                Ok(proto::AddNodeResponse { members: self.members() })
+                let what = format!(
+                    "node {} ({}) at {}{}",
+                    r.id,
+                    r.region,
+                    r.addr,
+                    if r.learner_only { " as a learner" } else { "" }
+                );
+                let done = self.add(&r).await;
+                self.record(&who, ClusterAction::AddNode, what, &done);
+                done
             },
             async |mut c, r| c.add_node(r).await,
         )
@@ -164,62 +157,50 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::RemoveNodeRequest>,
     ) -> Result<Response<proto::RemoveNodeResponse>, Status> {
+        let who = actor(&request);
         self.on_leader(
             request,
             |r| async move {
                 let id = r.get_ref().id;
-                let m = self.ctx.raft.metrics().borrow().clone();
-                let membership = m.membership_config.membership();
-                if membership.get_node(&id).is_none() {
-                    return Err(Status::not_found(format!("node {id} is not a member")));
-                }
-                let is_voter = membership.voter_ids().any(|v| v == id);
-                let change = if is_voter {
-                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
-                } else {
-                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
-                };
-                self.ctx
-                    .raft
-                    .change_membership(change, false)
-                    .await
-                    .map_err(|e| {
-                        Status::failed_precondition(format!("removing node {id} failed: {e}"))
-                    })?;
-                if is_voter {
-                    // Now a learner; drop it entirely.
-                    let _ = self
-                        .ctx
-                        .raft
-                        .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-                        .await;
-                }
-                Ok(proto::RemoveNodeResponse {
-                    members: self.members(),
-                })
+                let done = self.remove(id).await;
+                self.record(&who, ClusterAction::RemoveNode, format!("node {id}"), &done);
+                done
             },
             async |mut c, r| c.remove_node(r).await,
         )
         .await
     }
-
     async fn transfer_leadership(
         &self,
         request: Request<proto::TransferLeadershipRequest>,
     ) -> Result<Response<proto::TransferLeadershipResponse>, Status> {
-        let req = request.into_inner();
-        if req.campaign {
+        if request.get_ref().campaign {
             return self.campaign().await.map(Response::new);
+        }
+        let who = actor(&request);
+        // A request marked as a campaign passes the auth layer without credentials (see
+        // `auth::policy::CAMPAIGN_HEADER`); it may only campaign.
+        if !who.principal.may(Need::Admin) {
+            return Err(Status::permission_denied(format!(
+                "{who} may not transfer leadership: it needs the admin role"
+            )));
         }
         if !self.ctx.keeper.is_leading() {
             let ch = self.ctx.leader_channel()?;
+            let fwd = forwarded(&request, *request.get_ref());
             return self
                 .ctx
-                .leader_answered(AdminClient::new(ch).transfer_leadership(req).await);
+                .leader_answered(AdminClient::new(ch).transfer_leadership(fwd).await);
         }
-        super::transfer::transfer(&self.ctx, req.to)
-            .await
-            .map(|leader_id| Response::new(proto::TransferLeadershipResponse { leader_id }))
+        let to = request.get_ref().to;
+        let done = super::transfer::transfer(&self.ctx, to).await;
+        let what = match (&done, to) {
+            (Ok(l), _) => format!("from node {} to node {l}", self.ctx.id),
+            (Err(_), 0) => format!("from node {} to the most up-to-date voter", self.ctx.id),
+            (Err(_), t) => format!("from node {} to node {t}", self.ctx.id),
+        };
+        self.record(&who, ClusterAction::TransferLeadership, what, &done);
+        done.map(|leader_id| Response::new(proto::TransferLeadershipResponse { leader_id }))
     }
 
     async fn put_service(
@@ -228,6 +209,7 @@ impl Admin for AdminService {
     ) -> Result<Response<proto::PutServiceResponse>, Status> {
         let spec = validate::put_service(request.get_ref(), &self.ctx.timing)?;
         let who = actor(&request);
+        who.check_scope(&spec.name, None)?;
         self.on_leader(
             request,
             |r| async move {
@@ -235,10 +217,13 @@ impl Admin for AdminService {
                     "" => "service definition applied".to_string(),
                     s => s.to_string(),
                 };
-                let (index, resp) =
-                    propose(&self.ctx.raft, &who, Command::PutService { spec, reason })
-                        .await
-                        .map_err(|e| self.ctx.control_status(e))?;
+                let (index, resp) = propose(
+                    &self.ctx.raft,
+                    who.name(),
+                    who.stamp(Command::PutService { spec, reason }),
+                )
+                .await
+                .map_err(|e| self.ctx.control_status(e))?;
                 if let StateResponse::Rejected(rej) = resp {
                     return Err(rejection_status(&rej));
                 }
@@ -260,6 +245,7 @@ impl Admin for AdminService {
     ) -> Result<Response<proto::DeleteServiceResponse>, Status> {
         validate::delete_service(request.get_ref())?;
         let who = actor(&request);
+        who.check_scope(&request.get_ref().name, None)?;
         self.on_leader(
             request,
             |r| async move {
@@ -268,11 +254,11 @@ impl Admin for AdminService {
                 // holder is fenced, so nothing waits here and no half-done delete is left.
                 let (index, resp) = propose(
                     &self.ctx.raft,
-                    &who,
-                    Command::DeleteService {
+                    who.name(),
+                    who.stamp(Command::DeleteService {
                         name: r.name.clone(),
                         reason: r.reason,
-                    },
+                    }),
                 )
                 .await
                 .map_err(|e| self.ctx.control_status(e))?;
@@ -297,6 +283,7 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::GetServiceRequest>,
     ) -> Result<Response<proto::GetServiceResponse>, Status> {
+        let internals = principal(&request).sees_internals();
         let req = request.into_inner();
         validate::get_service(&req)?;
         let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
@@ -305,14 +292,27 @@ impl Admin for AdminService {
             .service(&req.name)
             .ok_or_else(|| Status::not_found(format!("service {:?} does not exist", req.name)))?;
         Ok(Response::new(proto::GetServiceResponse {
-            service: Some(record_to_proto(rec)),
+            service: Some(redact_service(record_to_proto(rec), internals)),
         }))
     }
 
     async fn trigger_snapshot(
         &self,
-        _request: Request<proto::TriggerSnapshotRequest>,
+        request: Request<proto::TriggerSnapshotRequest>,
     ) -> Result<Response<proto::TriggerSnapshotResponse>, Status> {
+        let who = actor(&request);
+        let done = self.snapshot().await;
+        let what = match &done {
+            Ok(r) => format!("on node {} at index {}", self.ctx.id, r.snapshot_index),
+            Err(_) => format!("on node {}", self.ctx.id),
+        };
+        self.record(&who, ClusterAction::TriggerSnapshot, what, &done);
+        done.map(Response::new)
+    }
+}
+
+impl AdminService {
+    async fn snapshot(&self) -> Result<proto::TriggerSnapshotResponse, Status> {
         let applied = self
             .ctx
             .raft
@@ -336,9 +336,9 @@ impl Admin for AdminService {
             )
             .await
             .map_err(|e| Status::deadline_exceeded(format!("snapshot not built in time: {e}")))?;
-        Ok(Response::new(proto::TriggerSnapshotResponse {
+        Ok(proto::TriggerSnapshotResponse {
             snapshot_index: m.snapshot.map_or(0, |s| s.index),
-        }))
+        })
     }
 }
 
@@ -353,5 +353,85 @@ impl AdminService {
         super::transfer::campaign(&self.ctx)
             .await
             .map(|leader_id| proto::TransferLeadershipResponse { leader_id })
+    }
+}
+
+impl AdminService {
+    /// Writes an audit-only entry for a cluster operation (from any node).
+    fn record<T>(
+        &self,
+        who: &Caller,
+        action: ClusterAction,
+        what: String,
+        done: &Result<T, Status>,
+    ) {
+        let outcome = match done {
+            Ok(_) => "ok".to_string(),
+            Err(e) => format!("failed: {}", e.message()),
+        };
+        self.ctx.recorder.record(
+            who.name(),
+            who.stamp(Command::Cluster {
+                action,
+                reason: what,
+                outcome,
+            }),
+        );
+    }
+
+    async fn add(&self, r: &proto::AddNodeRequest) -> Result<proto::AddNodeResponse, Status> {
+        let node = NodeInfo {
+            addr: r.addr.clone(),
+            region: r.region.clone(),
+        };
+        tracing::info!(id = r.id, addr = %r.addr, "adding node as learner; waiting for it to catch up");
+        self.ctx
+            .raft
+            .add_learner(r.id, node, true)
+            .await
+            .map_err(|e| {
+                Status::unavailable(format!("adding node {} as learner failed: {e}", r.id))
+            })?;
+        if !r.learner_only {
+            tracing::info!(id = r.id, "node caught up; promoting to voter");
+            self.ctx
+                .raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([r.id])), false)
+                .await
+                .map_err(|e| Status::unavailable(format!("promoting node {} failed: {e}", r.id)))?;
+        }
+        Ok(proto::AddNodeResponse {
+            members: self.members(),
+        })
+    }
+
+    async fn remove(&self, id: NodeId) -> Result<proto::RemoveNodeResponse, Status> {
+        let m = self.ctx.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        if membership.get_node(&id).is_none() {
+            return Err(Status::not_found(format!("node {id} is not a member")));
+        }
+        let is_voter = membership.voter_ids().any(|v| v == id);
+        let change = if is_voter {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        self.ctx
+            .raft
+            .change_membership(change, false)
+            .await
+            .map_err(|e| Status::failed_precondition(format!("removing node {id} failed: {e}")))?;
+        if is_voter {
+            // Now a learner; drop it entirely.
+            let _ = self
+                .ctx
+                .raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await;
+        }
+        Ok(proto::RemoveNodeResponse {
+            members: self.members(),
+        })
     }
 }

@@ -8,7 +8,10 @@ use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use super::{actor, forwarded, rejection_status, validate, Ctx};
+use super::{
+    actor, forwarded, principal, redact_run, redact_service, rejection_status, validate, Caller,
+    Ctx,
+};
 use crate::control::controller::voters;
 use crate::control::{policy, propose, wall_clock_ms};
 use crate::convert::{
@@ -131,10 +134,11 @@ impl CoordinatorService {
         expected_token: u64,
         dry_run: bool,
         kind: RunKind,
-        who: &str,
+        who: &Caller,
     ) -> Result<proto::FailoverResponse, Status> {
         let started = Instant::now();
         validate::operator_move(service, to, reason, dry_run)?;
+        who.check_scope(service, to)?;
         self.barrier().await?;
         let rec = {
             let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
@@ -296,8 +300,8 @@ impl CoordinatorService {
         let mut changes = self.ctx.changes.subscribe();
         let (run_id, resp) = propose(
             &self.ctx.raft,
-            who,
-            Command::StartRun {
+            who.name(),
+            who.stamp(Command::StartRun {
                 service: service.to_string(),
                 kind,
                 trigger: Trigger::Operator,
@@ -307,7 +311,7 @@ impl CoordinatorService {
                 detected_ms: wall_clock_ms(),
                 // The check above read the state before this entry: repeat it atomically.
                 expected_token: (expected_token != 0).then_some(expected_token),
-            },
+            }),
         )
         .await
         .map_err(|e| self.ctx.control_status(e))?;
@@ -370,8 +374,9 @@ impl CoordinatorService {
     }
 
     /// Proposes a simple command on the leader (forwarding once when this node does not lead).
-    async fn simple_write(&self, who: &str, command: Command) -> Result<StateResponse, Status> {
-        let (_, resp) = propose(&self.ctx.raft, who, command)
+    async fn simple_write(&self, who: &Caller, command: Command) -> Result<StateResponse, Status> {
+        who.check_scope(command.service(), None)?;
+        let (_, resp) = propose(&self.ctx.raft, who.name(), who.stamp(command))
             .await
             .map_err(|e| self.ctx.control_status(e))?;
         match resp {
@@ -434,9 +439,14 @@ impl Coordinator for CoordinatorService {
                 );
             }
         }
+        let internals = principal(&request).sees_internals();
         let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
         Ok(Response::new(proto::ListServicesResponse {
-            services: view.state.services().map(record_to_proto).collect(),
+            services: view
+                .state
+                .services()
+                .map(|r| redact_service(record_to_proto(r), internals))
+                .collect(),
             revision: view.state.revision(),
         }))
     }
@@ -464,7 +474,8 @@ impl Coordinator for CoordinatorService {
         if !self.ctx.keeper.is_leading() {
             return Err(self.ctx.not_leader(self.ctx.leader()));
         }
-        let stream = super::keepalive::open(self.ctx.clone(), request.into_inner());
+        let who = principal(&request);
+        let stream = super::keepalive::open(self.ctx.clone(), who, request.into_inner());
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -691,11 +702,12 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<proto::GetWorkflowRequest>,
     ) -> Result<Response<proto::Workflow>, Status> {
+        let internals = principal(&request).sees_internals();
         let id = request.get_ref().run_id;
         let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
         view.state
             .run(id)
-            .map(|r| Response::new(run_to_proto(r)))
+            .map(|r| Response::new(redact_run(run_to_proto(r), internals)))
             .ok_or_else(|| Status::not_found(format!("there is no run {id} (only the last 1000 finished runs are kept; the audit trail has all)")))
     }
 
@@ -703,6 +715,7 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<proto::ListWorkflowsRequest>,
     ) -> Result<Response<proto::ListWorkflowsResponse>, Status> {
+        let internals = principal(&request).sees_internals();
         let req = request.into_inner();
         let limit = validate::list_workflows(&req)?;
         let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
@@ -712,7 +725,7 @@ impl Coordinator for CoordinatorService {
             .rev()
             .filter(|r| req.service.is_empty() || r.service == req.service)
             .take(limit)
-            .map(run_to_proto)
+            .map(|r| redact_run(run_to_proto(r), internals))
             .collect();
         Ok(Response::new(proto::ListWorkflowsResponse { workflows }))
     }
@@ -721,6 +734,7 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<proto::PlanRequest>,
     ) -> Result<Response<proto::PlanResponse>, Status> {
+        let internals = principal(&request).sees_internals();
         let req = request.into_inner();
         validate::plan(&req)?;
         let rec = {
@@ -750,7 +764,11 @@ impl Coordinator for CoordinatorService {
                     region: c.region,
                     eligible: c.eligible,
                     reasons: c.reasons,
-                    health: c.health.explanation,
+                    health: if internals {
+                        c.health.explanation
+                    } else {
+                        super::REDACTED.to_string()
+                    },
                 })
                 .collect(),
             blockers: policy::blockers(&rec, now),

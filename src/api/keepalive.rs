@@ -22,6 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
 use super::Ctx;
+use crate::auth::Principal;
 use crate::control::keeper::MAX_AGENTS_PER_SERVICE;
 use crate::control::{ControlError, Renewal, RenewalMsg};
 use crate::convert::lease_to_proto;
@@ -58,6 +59,7 @@ static NEXT_STREAM: AtomicU64 = AtomicU64::new(1);
 /// Serves one agent's keepalive stream.
 pub fn open(
     ctx: Arc<Ctx>,
+    who: Principal,
     mut incoming: Streaming<proto::KeepAliveRequest>,
 ) -> impl Stream<Item = Result<proto::KeepAliveResponse, Status>> {
     let (tx, out) = mpsc::channel(16);
@@ -114,6 +116,9 @@ pub fn open(
             let received = Instant::now();
             let answer = async {
                 super::validate::keep_alive(&req)?;
+                // An agent renews and acknowledges only its own services' and regions'
+                // leases: one region's credential cannot keep (or fence) another's holder.
+                who.check_scope(&req.service, Some(&req.region))?;
                 ctx.reads
                     .linearize()
                     .await

@@ -25,14 +25,21 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+use crate::auth::layer::{
+    AUTHORIZATION_HEADER, PRINCIPAL_HEADER, PRINCIPAL_REGIONS_HEADER, PRINCIPAL_ROLES_HEADER,
+    PRINCIPAL_SERVICES_HEADER,
+};
+use crate::auth::policy::Source;
+use crate::auth::{Principal, Recorder};
 use crate::config::TimingConfig;
 use crate::control::{ControlError, Keeper, ReadBarrier};
 use crate::raft::{Changes, LeaderContact, NodeId, NodeInfo, Raft, SharedState};
-use crate::state::{AuditEntry, Rejection};
+use crate::state::{AuditEntry, Command, Rejection};
 
 /// Metadata key carrying the leader's `host:port` on a not-leader answer.
 pub const LEADER_HEADER: &str = "x-baton-leader";
-/// Metadata key naming the caller (until authentication lands, a self-declared principal).
+/// Metadata key a caller may use to say on whose behalf it acts: a note in the audit
+/// reason, never the principal.
 pub const ACTOR_HEADER: &str = "x-baton-actor";
 /// Metadata key marking a request a follower already forwarded (never forwarded twice).
 pub const FORWARDED_HEADER: &str = "x-baton-forwarded";
@@ -82,6 +89,8 @@ pub struct Ctx {
     pub shutdown: tokio_watch::Receiver<bool>,
     /// Open watch streams per connection and per caller.
     pub watchers: watch::Watchers,
+    /// Writes audit-only entries (cluster operations) from this node.
+    pub recorder: Recorder,
     next_request: AtomicU64,
 }
 
@@ -102,6 +111,7 @@ impl Ctx {
         timing: TimingConfig,
         links: Links,
         shutdown: tokio_watch::Receiver<bool>,
+        recorder: Recorder,
     ) -> Self {
         Self {
             id,
@@ -118,6 +128,7 @@ impl Ctx {
             links,
             shutdown,
             watchers: watch::Watchers::default(),
+            recorder,
             next_request: AtomicU64::new(1),
         }
     }
@@ -242,28 +253,162 @@ impl Ctx {
     }
 }
 
-/// The principal named by the caller (`x-baton-actor`), or `anonymous`.
-pub fn actor<T>(req: &tonic::Request<T>) -> String {
-    let declared = req
+/// Who made a request: the principal the auth layer authenticated (never a header the
+/// caller merely sent), and the `x-baton-actor` "on behalf of" note, if any.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The authenticated principal.
+    pub principal: Principal,
+    /// Whom the principal says it acts for (`x-baton-actor`): a note in the audit reason.
+    pub on_behalf: Option<String>,
+}
+
+impl std::fmt::Display for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.on_behalf {
+            Some(n) => write!(f, "{} (on behalf of {n})", self.principal.name),
+            None => f.write_str(&self.principal.name),
+        }
+    }
+}
+
+impl Caller {
+    /// The principal's name: the actor recorded in the audit trail.
+    pub fn name(&self) -> &str {
+        &self.principal.name
+    }
+
+    /// `command` with the "on behalf of" note added to its reason.
+    pub fn stamp(&self, mut command: Command) -> Command {
+        if let Some(n) = &self.on_behalf {
+            command
+                .reason_mut()
+                .push_str(&format!(" [on behalf of {n}]"));
+        }
+        command
+    }
+
+    /// Refuses a service or region outside the principal's bindings (PERMISSION_DENIED).
+    pub fn check_scope(&self, service: &str, region: Option<&str>) -> Result<(), Status> {
+        self.principal.check_scope(service, region)
+    }
+}
+
+/// The principal of a request. Every request through the client server carries one (the
+/// auth layer puts it there); a handler called in-process without the layer sees the
+/// caller as anonymous, as with `[auth]` off.
+pub fn principal<T>(req: &tonic::Request<T>) -> Principal {
+    req.extensions()
+        .get::<Principal>()
+        .cloned()
+        .unwrap_or_else(|| Principal::anonymous(req.remote_addr()))
+}
+
+/// The caller of a request: its principal and its `x-baton-actor` note.
+pub fn actor<T>(req: &tonic::Request<T>) -> Caller {
+    let principal = principal(req);
+    let on_behalf = req
         .metadata()
         .get(ACTOR_HEADER)
         .and_then(|v| v.to_str().ok())
-        .filter(|s| !s.is_empty() && s.len() <= 128)
+        .map(str::trim)
+        .filter(|s| {
+            !s.is_empty()
+                && s.len() <= 128
+                && s.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+                && *s != principal.name
+        })
         .map(str::to_string);
-    declared.unwrap_or_else(|| "anonymous".to_string())
+    Caller {
+        principal,
+        on_behalf,
+    }
 }
 
-/// Copies the caller's identity onto a forwarded request and marks it forwarded.
+/// Copies the caller's identity onto a forwarded request and marks it forwarded. A bearer
+/// token travels as is (the leader checks it again); a principal proved otherwise (a client
+/// certificate the leader cannot see) travels as `x-baton-principal*` headers, which the
+/// leader believes only on a connection proved by a member node's certificate.
 pub fn forwarded<T, U>(orig: &tonic::Request<T>, inner: U) -> tonic::Request<U> {
     let mut r = tonic::Request::new(inner);
-    for key in [ACTOR_HEADER, REQUEST_ID_HEADER] {
+    for key in [ACTOR_HEADER, REQUEST_ID_HEADER, AUTHORIZATION_HEADER] {
         if let Some(v) = orig.metadata().get(key) {
             r.metadata_mut().insert(key, v.clone());
+        }
+    }
+    if let Some(p) = orig.extensions().get::<Principal>() {
+        let md = r.metadata_mut();
+        let join = |v: &[String]| v.join(",");
+        let roles: Vec<String> = p.roles.iter().map(|r| r.as_str().to_string()).collect();
+        let headers = match p.source {
+            Source::Token => vec![],
+            Source::Anonymous => vec![(PRINCIPAL_HEADER, p.name.clone())],
+            Source::Cert | Source::Forwarded { .. } => vec![
+                (PRINCIPAL_HEADER, p.name.clone()),
+                (PRINCIPAL_ROLES_HEADER, join(&roles)),
+                (PRINCIPAL_SERVICES_HEADER, join(&p.services)),
+                (PRINCIPAL_REGIONS_HEADER, join(&p.regions)),
+            ],
+        };
+        for (k, v) in headers {
+            if let Ok(v) = MetadataValue::try_from(v.as_str()) {
+                md.insert(k, v);
+            }
         }
     }
     r.metadata_mut()
         .insert(FORWARDED_HEADER, MetadataValue::from_static("1"));
     r
+}
+
+/// What a principal below operator sees instead of a health-check target, a webhook URL or
+/// a probe's output (they name internal endpoints and can leak what those return).
+pub const REDACTED: &str = "<redacted: needs the operator role>";
+
+/// A service as a principal may see it: health targets, webhook URLs and probe details
+/// only for operators and admins.
+pub fn redact_service(
+    mut s: crate::proto::ServiceStatus,
+    internals: bool,
+) -> crate::proto::ServiceStatus {
+    if internals {
+        return s;
+    }
+    if let Some(spec) = s.spec.as_mut() {
+        for check in spec.health.values_mut() {
+            check.target = REDACTED.to_string();
+        }
+        for plan in spec.plans.values_mut() {
+            for step in &mut plan.steps {
+                if !step.url.is_empty() {
+                    step.url = REDACTED.to_string();
+                }
+            }
+        }
+    }
+    for o in &mut s.observations {
+        o.detail = REDACTED.to_string();
+    }
+    s
+}
+
+/// A workflow run as a principal may see it: what a webhook step said (it names the URL)
+/// only for operators and admins.
+pub fn redact_run(mut w: crate::proto::Workflow, internals: bool) -> crate::proto::Workflow {
+    if internals {
+        return w;
+    }
+    let mut webhook_failed = false;
+    for step in &mut w.steps {
+        if step.kind == "webhook" && !step.detail.is_empty() {
+            webhook_failed |= step.state == "failed";
+            step.detail = REDACTED.to_string();
+        }
+    }
+    if webhook_failed && w.error.contains("webhook ") {
+        w.error = REDACTED.to_string();
+    }
+    w
 }
 
 /// Maps a state-machine refusal to a gRPC status.
@@ -274,6 +419,7 @@ pub fn rejection_status(r: &Rejection) -> Status {
         Rejection::NotAllowed { .. }
         | Rejection::TokenMismatch { .. }
         | Rejection::WrongState(_) => Code::FailedPrecondition,
+        Rejection::Forbidden(_) => Code::PermissionDenied,
     };
     Status::new(code, r.to_string())
 }
@@ -326,5 +472,58 @@ impl Links {
             .connect_lazy();
         map.insert(id, (addr.to_string(), ch.clone()));
         Ok(ch)
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::*;
+    use crate::proto;
+
+    #[test]
+    fn targets_urls_and_probe_details_are_hidden_below_operator() {
+        let mut spec = proto::ServiceSpec::default();
+        spec.health.insert(
+            "us-east".into(),
+            proto::HealthCheck {
+                target: "http://10.0.0.1/internal".into(),
+                ..Default::default()
+            },
+        );
+        spec.plans.insert(
+            "switchover".into(),
+            proto::Plan {
+                steps: vec![proto::PlanStep {
+                    kind: "webhook".into(),
+                    url: "http://hook.internal/x".into(),
+                    ..Default::default()
+                }],
+            },
+        );
+        let s = proto::ServiceStatus {
+            spec: Some(spec),
+            observations: vec![proto::HealthObservation {
+                detail: "HTTP 500: secret body".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(redact_service(s.clone(), true), s);
+        let text = format!("{:?}", redact_service(s, false));
+        for secret in ["10.0.0.1", "hook.internal", "secret body"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        let run = proto::Workflow {
+            steps: vec![proto::WorkflowStep {
+                kind: "webhook".into(),
+                state: "failed".into(),
+                detail: "webhook http://hook.internal/x: refused".into(),
+                ..Default::default()
+            }],
+            error: "webhook http://hook.internal/x: refused".into(),
+            ..Default::default()
+        };
+        assert_eq!(redact_run(run.clone(), true), run);
+        assert!(!format!("{:?}", redact_run(run, false)).contains("hook.internal"));
     }
 }

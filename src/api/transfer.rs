@@ -96,6 +96,12 @@ pub async fn transfer(ctx: &Ctx, to: NodeId) -> Result<NodeId, Status> {
         FORWARDED_HEADER,
         tonic::metadata::MetadataValue::from_static("1"),
     );
+    // Lets the call through the target's auth layer without credentials: a campaign only
+    // starts an election once the node has heard no leader for an election timeout.
+    req.metadata_mut().insert(
+        crate::auth::policy::CAMPAIGN_HEADER,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
     let result =
         tokio::time::timeout(limit, AdminClient::new(channel).transfer_leadership(req)).await;
     ctx.raft.runtime_config().heartbeat(true);

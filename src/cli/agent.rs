@@ -69,6 +69,7 @@ pub async fn run(global: &GlobalArgs, a: AgentArgs) -> Result<Exit, CliError> {
     opts.demote_timeout = a.demote_timeout;
     opts.state_file = a.state_file;
     opts.http_listen = a.http_listen;
+    opts.token = global.token.clone();
     opts.lease = LeaseOptions {
         renew_interval: a.renew_interval,
         drift: a.drift,

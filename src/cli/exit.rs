@@ -132,9 +132,9 @@ impl CliError {
     pub fn exit(&self) -> Exit {
         if let Some(e) = self.client_error() {
             return match e {
-                ClientError::InvalidEndpoint { .. } | ClientError::InvalidActor { .. } => {
-                    Exit::Usage
-                }
+                ClientError::InvalidEndpoint { .. }
+                | ClientError::InvalidActor { .. }
+                | ClientError::InvalidToken => Exit::Usage,
                 ClientError::OutcomeUnknown { .. } => Exit::Unavailable,
                 ClientError::Closed => Exit::Error,
                 other => exit_for_code(other.code()),

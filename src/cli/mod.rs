@@ -9,6 +9,7 @@
 mod admin;
 mod agent;
 mod audit;
+mod auth;
 mod bench;
 pub mod cert;
 mod control;
@@ -112,10 +113,23 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub timeout: Option<Duration>,
 
-    /// Who you are, recorded as the actor in the audit trail [default: $USER, else
-    /// `anonymous`].
+    /// On whose behalf you act: a note in the audit trail next to the authenticated
+    /// principal (never the principal itself) [default: $USER].
     #[arg(long, global = true, env = "BATON_ACTOR", value_name = "NAME")]
     pub actor: Option<String>,
+
+    /// Bearer token sent on every call (clusters with `[auth]` on); `baton auth token`
+    /// makes one.
+    // Its own id: `validate` has a positional `token` (a fencing token).
+    #[arg(
+        long = "token",
+        id = "bearer_token",
+        global = true,
+        env = "BATON_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
 
     /// Log as JSON lines (logs go to stderr; the level is set by RUST_LOG).
     #[arg(long, global = true)]
@@ -203,6 +217,9 @@ pub enum Command {
     Bench(bench::BenchCommand),
     /// Make a development CA with node and client certificates (for `[peer_tls]`).
     Cert(cert::CertArgs),
+    /// Credentials for `[auth]`: `baton auth token NAME` prints a new token and its entry.
+    #[command(subcommand)]
+    Auth(auth::AuthCommand),
     /// Hold a region's lease for a service: run hooks on promotion and demotion, and fence
     /// itself when the lease can no longer be proved valid.
     Agent(agent::AgentArgs),
@@ -265,6 +282,7 @@ impl Ctx<'_> {
             timeout: self.global.timeout.unwrap_or(default),
             actor,
             tls: self.global.tls()?,
+            token: self.global.token.clone(),
             ..ClientOptions::default()
         };
         Ok(Client::with_options(
@@ -364,6 +382,7 @@ async fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<Exit, CliError> {
         Command::Server(args) => server::server(args).await,
         Command::Dev(args) => server::dev(args).await,
         Command::Cert(args) => cert::run(&mut ctx, args),
+        Command::Auth(cmd) => auth::run(&mut ctx, cmd),
         Command::Status => status::run(&mut ctx).await,
         Command::Primary(args) => read::primary(&mut ctx, args).await,
         Command::Services(args) => services::run(&mut ctx, args).await,

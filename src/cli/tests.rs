@@ -21,6 +21,26 @@ fn the_command_line_is_well_formed() {
 }
 
 #[test]
+fn the_bearer_token_is_global_and_distinct_from_a_fencing_token() {
+    let cli = ok(&["validate", "payments", "7", "--token", "secret"]);
+    assert_eq!(cli.global.token.as_deref(), Some("secret"));
+    match cli.command {
+        Command::Validate(v) => assert_eq!(v.token, 7),
+        other => panic!("{other:?}"),
+    }
+    let cli = ok(&[
+        "--token",
+        "t",
+        "auth",
+        "token",
+        "ci",
+        "--roles",
+        "operator,agent",
+    ]);
+    assert_eq!(cli.global.token.as_deref(), Some("t"));
+}
+
+#[test]
 fn endpoints_default_to_the_dev_cluster() {
     // The environment may name other endpoints; the default applies without it.
     if std::env::var_os("BATON_ENDPOINTS").is_some() {
@@ -203,7 +223,7 @@ fn audit_lists_or_verifies() {
         other => panic!("{other:?}"),
     }
     match ok(&["audit", "verify"]).command {
-        Command::Audit(a) => assert!(matches!(a.command, Some(audit::AuditCommand::Verify))),
+        Command::Audit(a) => assert!(matches!(a.command, Some(audit::AuditCommand::Verify(_)))),
         other => panic!("{other:?}"),
     }
     assert!(parse(&["audit", "--limit", "0"]).is_err());

@@ -234,6 +234,8 @@ pub(crate) struct Pool {
     configured: usize,
     /// `x-baton-actor` of every request.
     actor: Option<MetadataValue<Ascii>>,
+    /// `authorization` of every request.
+    authorization: Option<MetadataValue<Ascii>>,
     /// Numbers request ids.
     next_request: AtomicU64,
 }
@@ -280,8 +282,24 @@ impl Pool {
                 })?)
             }
         };
+        let authorization = match opts.token.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(t) => {
+                let ok = t.len() <= 512 && t.bytes().all(|b| b.is_ascii_graphic());
+                let value = ok
+                    .then(|| MetadataValue::try_from(format!("Bearer {t}")).ok())
+                    .flatten()
+                    .map(|mut v| {
+                        // Kept out of debug output and logs.
+                        v.set_sensitive(true);
+                        v
+                    });
+                Some(value.ok_or(ClientError::InvalidToken)?)
+            }
+        };
         Ok(Self {
             actor,
+            authorization,
             next_request: AtomicU64::new(1),
             opts,
             configured: nodes.len(),
@@ -310,6 +328,9 @@ impl Pool {
         let md = req.metadata_mut();
         if let Some(a) = &self.actor {
             md.insert("x-baton-actor", a.clone());
+        }
+        if let Some(a) = &self.authorization {
+            md.insert("authorization", a.clone());
         }
         if let Ok(v) = MetadataValue::try_from(request_id) {
             md.insert("x-request-id", v);

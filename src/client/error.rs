@@ -36,6 +36,9 @@ pub enum ClientError {
         /// As given.
         actor: String,
     },
+    /// The token cannot be sent as gRPC metadata.
+    #[error("invalid token: use the printable token `baton auth token` printed (at most 512 characters, no spaces)")]
+    InvalidToken,
     /// A node answered the request with an error: the request reached the cluster and was
     /// refused or failed there (unknown service, bad argument, token mismatch, ...).
     #[error("{endpoint} answered {}: {}", code_name(.status.code()), .status.message())]
@@ -90,7 +93,8 @@ impl ClientError {
         match self {
             ClientError::InvalidEndpoint { .. }
             | ClientError::InvalidActor { .. }
-            | ClientError::Tls(_) => Code::InvalidArgument,
+            | ClientError::Tls(_)
+            | ClientError::InvalidToken => Code::InvalidArgument,
             ClientError::Rpc { status, .. } => status.code(),
             ClientError::Unavailable { .. } => Code::Unavailable,
             ClientError::OutcomeUnknown { .. } => Code::Unknown,

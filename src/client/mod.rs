@@ -76,6 +76,9 @@ pub struct ClientOptions {
     pub actor: Option<String>,
     /// TLS to every node (`https`); `None`: plaintext.
     pub tls: Option<ClientTls>,
+    /// Bearer token sent as `authorization: Bearer <token>` on every call, streams
+    /// included (clusters with `[auth]` on require credentials).
+    pub token: Option<String>,
 }
 
 impl Default for ClientOptions {
@@ -89,6 +92,7 @@ impl Default for ClientOptions {
             max_message_size: 64 * 1024 * 1024,
             actor: None,
             tls: None,
+            token: None,
         }
     }
 }

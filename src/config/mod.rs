@@ -4,6 +4,7 @@
 //! refused so a typo does not silently fall back to a default; errors name the field.
 
 mod client_tls;
+mod auth;
 mod limits;
 mod peer;
 mod service;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use client_tls::{ClientAuth, ClientTlsConfig};
+pub use auth::{check_principal, AuthConfig, CertConfig, TokenConfig};
 pub use limits::LimitsConfig;
 pub use peer::PeerTlsConfig;
 pub use service::{HealthConfig, ServiceConfig, ServiceFile};
@@ -179,6 +181,9 @@ pub struct NodeConfig {
     /// Connection and stream limits.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Who may call the client API (see `config::auth`).
+    #[serde(default)]
+    pub auth: AuthConfig,
     /// Services created when the cluster is first initialised.
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
@@ -326,6 +331,7 @@ impl NodeConfig {
         self.limits
             .check()
             .map_err(|(field, m)| ConfigError::invalid(&format!("limits.{field}"), m))?;
+        self.auth.validate(self.peer_listen.is_some())?;
         for (i, s) in self.services.iter().enumerate() {
             let spec = s
                 .to_spec()

@@ -85,7 +85,7 @@ pub struct ServiceConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StepConfig {
-    /// precheck, fence, grant, webhook, wait-healthy, approval, verify.
+    /// precheck, fence, grant, webhook, wait-healthy, approval, approval-by-another, verify.
     pub step: String,
     /// How long it may take (absent = no limit).
     #[serde(with = "humantime_serde", default)]

@@ -421,7 +421,7 @@ impl Controller {
                     }
                 }
             }
-            StepKind::Approval => Ok(false),
+            StepKind::Approval | StepKind::ApprovalByAnother => Ok(false),
             StepKind::Verify => {
                 let held = lease.state == LeaseState::Held
                     && lease.holder.as_deref() == Some(run.to.as_str())

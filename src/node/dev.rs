@@ -207,6 +207,7 @@ pub fn cluster_configs(
                 base_port + ADMIN_OFFSET + p.id as u16 - 1
             )),
             client_tls: None,
+            auth: Default::default(),
             data_dir: dir.join(format!("node{}", p.id)),
             peers: peers.clone(),
             dial: peers

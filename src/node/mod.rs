@@ -226,6 +226,8 @@ impl Node {
             },
             shutdown_rx.clone(),
         );
+        let recorder = crate::auth::Recorder::start(raft.clone(), peers.clone());
+        let auth = crate::auth::Authority::new(&cfg.auth, raft.clone(), recorder.clone());
         let ctx = Arc::new(Ctx::new(
             cfg.id,
             cfg.region.clone(),
@@ -247,6 +249,7 @@ impl Node {
             })
             .with_tls(forward_dial),
             shutdown_rx.clone(),
+            recorder,
         ));
 
         crate::control::controller::Controller::start(
@@ -369,6 +372,8 @@ impl Node {
                 .layer(crate::telemetry::rpc::RpcMetricsLayer::new(metrics))
                 // Per-caller rate and concurrency limits (RESOURCE_EXHAUSTED beyond).
                 .layer(crate::api::shed::ShedLayer::new(shed))
+                // Every client call is authenticated and checked against its role here.
+                .layer(crate::auth::AuthLayer::new(auth))
                 .add_service(coordinator)
                 .add_service(admin)
                 .add_service(health_svc)

@@ -152,6 +152,53 @@ pub enum Command {
         /// Why.
         reason: String,
     },
+    // New variants go last: entries are bincode, which numbers variants in order, so the
+    // log and snapshots written by older versions stay decodable.
+    /// A call refused by authorization, recorded in the audit trail only (the request's
+    /// actor is the principal, or `anonymous@addr` when none was proved).
+    Refused {
+        /// gRPC method path.
+        method: String,
+        /// Why it was refused.
+        reason: String,
+        /// Refusals not recorded since the previous one (rate limit).
+        dropped: u64,
+    },
+    /// A cluster operation outside the replicated state (membership, leadership, snapshot),
+    /// recorded in the audit trail only.
+    Cluster {
+        /// What was done.
+        action: ClusterAction,
+        /// Details (node id, address, target), for people.
+        reason: String,
+        /// `ok`, `started` or `failed: ...`.
+        outcome: String,
+    },
+}
+
+/// A cluster operation recorded by [`Command::Cluster`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClusterAction {
+    /// A node was added (learner or voter).
+    AddNode,
+    /// A node was removed.
+    RemoveNode,
+    /// Leadership transfer to another node.
+    TransferLeadership,
+    /// A snapshot was built on a node.
+    TriggerSnapshot,
+}
+
+impl ClusterAction {
+    /// Action name in the audit trail.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterAction::AddNode => "node.add",
+            ClusterAction::RemoveNode => "node.remove",
+            ClusterAction::TransferLeadership => "leader.transfer",
+            ClusterAction::TriggerSnapshot => "snapshot",
+        }
+    }
 }
 
 impl Command {
@@ -175,6 +222,8 @@ impl Command {
             Command::DecideRun { approve: true, .. } => "run.approve",
             Command::DecideRun { approve: false, .. } => "run.reject",
             Command::AckFlap { .. } => "ack",
+            Command::Refused { .. } => "refused",
+            Command::Cluster { action, .. } => action.as_str(),
         }
     }
 
@@ -193,6 +242,7 @@ impl Command {
             | Command::AdvanceRun { service, .. }
             | Command::DecideRun { service, .. }
             | Command::AckFlap { service, .. } => service,
+            Command::Refused { .. } | Command::Cluster { .. } => "",
         }
     }
 
@@ -210,7 +260,29 @@ impl Command {
             | Command::StartRun { reason, .. }
             | Command::AdvanceRun { reason, .. }
             | Command::DecideRun { reason, .. }
-            | Command::AckFlap { reason, .. } => reason,
+            | Command::AckFlap { reason, .. }
+            | Command::Refused { reason, .. }
+            | Command::Cluster { reason, .. } => reason,
+        }
+    }
+
+    /// The reason, to add an "on behalf of" note to.
+    pub fn reason_mut(&mut self) -> &mut String {
+        match self {
+            Command::PutService { reason, .. }
+            | Command::DeleteService { reason, .. }
+            | Command::Revoke { reason, .. }
+            | Command::Grant { reason, .. }
+            | Command::Expire { reason, .. }
+            | Command::SetMode { reason, .. }
+            | Command::SetFrozen { reason, .. }
+            | Command::Observe { reason, .. }
+            | Command::StartRun { reason, .. }
+            | Command::AdvanceRun { reason, .. }
+            | Command::DecideRun { reason, .. }
+            | Command::AckFlap { reason, .. }
+            | Command::Refused { reason, .. }
+            | Command::Cluster { reason, .. } => reason,
         }
     }
 }
@@ -257,6 +329,10 @@ pub enum Rejection {
     /// The definition is invalid.
     #[error("{0}")]
     Invalid(String),
+    /// The principal may not do this (e.g. approve a run it requested where the plan
+    /// requires another approver). Last: see the note on [`Command`]'s new variants.
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 /// What applying a command answers.

@@ -37,7 +37,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use audit::{AuditEntry, AuditHead};
-pub use command::{Command, Rejection, Request, Response};
+pub use command::{ClusterAction, Command, Rejection, Request, Response};
 pub use history::{Compacted, Event, EventKind, History};
 pub use lease::{Lease, LeaseMode, LeaseState};
 pub use service::{FailbackMode, HealthCheck, ServiceSpec};
@@ -220,13 +220,21 @@ impl State {
         let (response, events, outcome) = match result {
             Ok(events) => {
                 let lease = self.services.get(&service).map(|r| r.lease.clone());
+                let outcome = match &req.command {
+                    Command::Refused { dropped: 0, .. } => "refused".to_string(),
+                    Command::Refused { dropped, .. } => {
+                        format!("refused ({dropped} earlier refusals not recorded: rate limit)")
+                    }
+                    Command::Cluster { outcome, .. } => outcome.clone(),
+                    _ => "ok".to_string(),
+                };
                 (
                     Response::Applied {
                         revision: index,
                         lease,
                     },
                     events,
-                    "ok".to_string(),
+                    outcome,
                 )
             }
             Err(rej) => {
@@ -576,6 +584,8 @@ impl State {
                 );
                 Ok(Vec::new())
             }
+            // Audit-only records: nothing in the state changes.
+            Command::Refused { .. } | Command::Cluster { .. } => Ok(Vec::new()),
             Command::AckFlap { service, .. } => {
                 let rec = self.record(service)?;
                 rec.paused = None;
@@ -708,14 +718,21 @@ impl State {
                     .ok_or_else(|| {
                         Rejection::Invalid(format!("there is no run {run} of {service:?}"))
                     })?;
-                let waiting = r
-                    .current_step()
-                    .is_some_and(|s| s.spec.kind == StepKind::Approval);
-                if !waiting {
+                let step = r.current_step().map(|s| s.spec.kind.clone());
+                if !step.as_ref().is_some_and(StepKind::is_approval) {
                     return Err(Rejection::WrongState(format!(
                         "run {run} is not waiting for approval (state {}, step {})",
                         r.state.as_str(),
                         r.current_step().map_or("none", |s| s.spec.kind.name())
+                    )));
+                }
+                // Separation of duties: decided here, from the replicated run, so every
+                // replica refuses the same approvals and the refusal is in the audit trail.
+                if *approve && step == Some(StepKind::ApprovalByAnother) && r.actor == req.actor {
+                    return Err(Rejection::Forbidden(format!(
+                        "run {run} was requested by {}; its plan requires approval by another \
+                         principal: ask a different operator to approve it",
+                        r.actor
                     )));
                 }
                 if *approve {

@@ -567,3 +567,121 @@ fn an_approval_without_a_timeout_gets_the_default_one() {
     };
     assert_eq!(fence.effective_timeout_ms(), 0);
 }
+
+#[test]
+fn an_approval_by_another_refuses_the_requester_and_records_it() {
+    let mut s = state_with_payments(0);
+    let plan = vec![StepSpec {
+        kind: StepKind::ApprovalByAnother,
+        timeout_ms: 0,
+        on_failure: OnFailure::Abort,
+    }];
+    s.apply(
+        2,
+        &req(
+            T,
+            "alice",
+            Command::StartRun {
+                service: "payments".into(),
+                kind: RunKind::Switchover,
+                trigger: Trigger::Operator,
+                to: "eu-west".into(),
+                plan,
+                reason: "r".into(),
+                detected_ms: T,
+                expected_token: None,
+            },
+        ),
+    );
+    let decide = |approve| Command::DecideRun {
+        service: "payments".into(),
+        run: 2,
+        approve,
+        reason: "ok".into(),
+    };
+    let own = s.apply(3, &req(T, "alice", decide(true)));
+    match &own.response {
+        Response::Rejected(Rejection::Forbidden(m)) => {
+            assert!(m.contains("requested by alice"), "{m}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(own
+        .audit
+        .outcome
+        .starts_with("rejected: run 2 was requested by alice"));
+    assert_eq!(own.audit.actor, "alice");
+    assert_eq!(s.run(2).unwrap().current, 0, "still waiting");
+    // The requester may still reject their own run; another principal may approve.
+    assert!(!rejected(
+        &s.apply(4, &req(T, "bob", decide(true))).response
+    ));
+    assert_eq!(s.run(2).unwrap().state, RunState::Succeeded);
+}
+
+#[test]
+fn audit_only_commands_change_nothing_but_the_trail() {
+    let mut s = state_with_payments(0);
+    let before = s.service("payments").cloned();
+    let refused = s.apply(
+        2,
+        &req(
+            T,
+            "reader",
+            Command::Refused {
+                method: "/baton.v1.Coordinator/Failover".into(),
+                reason: "PermissionDenied: needs operator".into(),
+                dropped: 3,
+            },
+        ),
+    );
+    assert_eq!(refused.audit.action, "refused");
+    assert_eq!(refused.audit.actor, "reader");
+    assert!(
+        refused.audit.outcome.contains("3 earlier refusals"),
+        "{}",
+        refused.audit.outcome
+    );
+    let added = s.apply(
+        3,
+        &req(
+            T,
+            "root",
+            Command::Cluster {
+                action: ClusterAction::AddNode,
+                reason: "node 4 (eu-west) at 127.0.0.1:9".into(),
+                outcome: "ok".into(),
+            },
+        ),
+    );
+    assert_eq!(
+        (added.audit.action.as_str(), added.audit.outcome.as_str()),
+        ("node.add", "ok")
+    );
+    assert_eq!(s.service("payments").cloned(), before);
+    assert!(refused.events.is_empty() && added.events.is_empty());
+    assert!(crate::state::audit::verify(&[refused.audit, added.audit], None).is_ok());
+}
+
+#[test]
+fn new_variants_keep_old_log_entries_decodable() {
+    // bincode numbers enum variants in declaration order: the variants added for
+    // authorization went last, so every older entry decodes to what it was written as.
+    let ack = Command::AckFlap {
+        service: "p".into(),
+        reason: "r".into(),
+    };
+    assert_eq!(
+        &bincode::serialize(&ack).unwrap()[..4],
+        &11u32.to_le_bytes()
+    );
+    let invalid = Rejection::Invalid("x".into());
+    assert_eq!(
+        &bincode::serialize(&invalid).unwrap()[..4],
+        &5u32.to_le_bytes()
+    );
+    assert_eq!(
+        &bincode::serialize(&StepKind::Verify).unwrap()[..4],
+        &6u32.to_le_bytes()
+    );
+}

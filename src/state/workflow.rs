@@ -74,6 +74,9 @@ pub enum StepKind {
     Approval,
     /// The target holds the lease and one of its agents renewed it.
     Verify,
+    /// Like [`StepKind::Approval`], but the approver must be another principal than the
+    /// one that started the run (separation of duties). Last, for bincode: see `Command`.
+    ApprovalByAnother,
 }
 
 impl StepKind {
@@ -87,7 +90,13 @@ impl StepKind {
             StepKind::WaitHealthy => "wait-healthy",
             StepKind::Approval => "approval",
             StepKind::Verify => "verify",
+            StepKind::ApprovalByAnother => "approval-by-another",
         }
+    }
+
+    /// Whether the step waits for `baton approve`.
+    pub fn is_approval(&self) -> bool {
+        matches!(self, StepKind::Approval | StepKind::ApprovalByAnother)
     }
 }
 
@@ -141,7 +150,7 @@ impl StepSpec {
     /// [`DEFAULT_APPROVAL_TIMEOUT_MS`].
     pub fn effective_timeout_ms(&self) -> u64 {
         match (self.timeout_ms, &self.kind) {
-            (0, StepKind::Approval) => DEFAULT_APPROVAL_TIMEOUT_MS,
+            (0, StepKind::Approval | StepKind::ApprovalByAnother) => DEFAULT_APPROVAL_TIMEOUT_MS,
             (t, _) => t,
         }
     }
@@ -164,6 +173,7 @@ impl StepKind {
             "grant" => StepKind::Grant,
             "wait-healthy" => StepKind::WaitHealthy,
             "approval" => StepKind::Approval,
+            "approval-by-another" => StepKind::ApprovalByAnother,
             "verify" => StepKind::Verify,
             "webhook" => StepKind::Webhook(
                 url.filter(|u| !u.is_empty())
@@ -172,7 +182,7 @@ impl StepKind {
             ),
             other => {
                 return Err(format!(
-                    "step {other:?} is not one of precheck, fence, grant, webhook, wait-healthy, approval, verify"
+                    "step {other:?} is not one of precheck, fence, grant, webhook, wait-healthy, approval, approval-by-another, verify"
                 ))
             }
         })
