@@ -360,7 +360,10 @@ fn caller_of<B>(req: &http::Request<B>) -> Caller {
     }
     let addr = conn
         .and_then(|c| c.remote)
-        .or_else(|| ext.get::<TcpConnectInfo>().and_then(TcpConnectInfo::remote_addr))
+        .or_else(|| {
+            ext.get::<TcpConnectInfo>()
+                .and_then(TcpConnectInfo::remote_addr)
+        })
         .or_else(|| {
             ext.get::<tonic::transport::server::TlsConnectInfo<TcpConnectInfo>>()
                 .and_then(|i| i.get_ref().remote_addr())

@@ -117,6 +117,20 @@ pub const METHODS: &[(&str, Need)] = &[
     ("/baton.v1.Admin/TriggerSnapshot", Need::Admin),
 ];
 
+/// Services any caller may use without credentials: the standard gRPC health service (a
+/// Kubernetes gRPC probe cannot send a token) and server reflection (the API's schema, which
+/// is public in `proto/`). Neither reads nor changes anything of the cluster.
+pub const OPEN_PREFIXES: &[&str] = &[
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1.ServerReflection/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+];
+
+/// Whether `path` is a method of an [`OPEN_PREFIXES`] service.
+pub fn is_open(path: &str) -> bool {
+    OPEN_PREFIXES.iter().any(|p| path.starts_with(p))
+}
+
 /// Header marking a `TransferLeadership` with `campaign = true`, which a leader handing
 /// over sends to the target. Such a request passes without credentials (the leader may be
 /// stopping and act for nobody) and its handler serves nothing but the campaign, which
@@ -602,7 +616,7 @@ mod tests {
         for p in [
             "/baton.v1.Raft/Vote",
             "/baton.v1.Coordinator/Nope",
-            "/grpc.health.v1.Health/Check",
+            "/grpc.health.v1.Healthy/Check",
             "",
         ] {
             assert!(

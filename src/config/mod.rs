@@ -3,8 +3,8 @@
 //! Every duration accepts humantime strings (`750ms`, `2s`, `1m 30s`). Unknown keys are
 //! refused so a typo does not silently fall back to a default; errors name the field.
 
-mod client_tls;
 mod auth;
+mod client_tls;
 mod limits;
 mod peer;
 mod service;
@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use client_tls::{ClientAuth, ClientTlsConfig};
 pub use auth::{check_principal, AuthConfig, CertConfig, TokenConfig};
+pub use client_tls::{ClientAuth, ClientTlsConfig};
 pub use limits::LimitsConfig;
 pub use peer::PeerTlsConfig;
 pub use service::{HealthConfig, ServiceConfig, ServiceFile};

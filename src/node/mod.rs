@@ -11,8 +11,8 @@ pub mod conn;
 pub mod dev;
 mod peer;
 mod probes;
-pub mod tls;
 mod raft_rt;
+pub mod tls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
