@@ -224,6 +224,13 @@ async fn every_rpc_needs_credentials_and_the_right_role() {
         .await
         .unwrap_err();
     assert_eq!(s.code(), Code::Unauthenticated);
+    // Probes need no credentials: a Kubernetes gRPC probe cannot send a token.
+    let probe = tonic_health::pb::health_client::HealthClient::new(channel(&addr))
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await;
+    assert!(probe.is_ok(), "gRPC health without credentials: {probe:?}");
     // The Raft service is not on the client port, and no unknown path is served.
     let s = raw_call(&addr, "/baton.v1.Raft/Vote", Some(ROOT)).await;
     assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");

@@ -341,3 +341,135 @@ async fn rotated_certificates_are_served_without_a_restart() {
     assert!(c.nodes[0].is_running());
     read(&alice).await;
 }
+
+/// A client of `endpoint` alone (so its calls reach that node first) presenting
+/// `dir/stem.pem`.
+fn tls_client_at(endpoint: String, ca: &Path, dir: &Path, stem: &str) -> Client {
+    let tls = ClientTls::from_files(
+        Some(ca),
+        Some(&dir.join(format!("{stem}.pem"))),
+        Some(&dir.join(format!("{stem}.key"))),
+    )
+    .unwrap();
+    Client::with_options(
+        vec![endpoint],
+        ClientOptions {
+            timeout: Duration::from_secs(5),
+            tls,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+/// The answer of `f`, retried while the cluster is busy (UNAVAILABLE, DEADLINE_EXCEEDED,
+/// outcome unknown) for up to a minute; any other answer is returned.
+async fn settled<T, Fut>(mut f: impl FnMut() -> Fut) -> Result<T, ClientError>
+where
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match f().await {
+            Err(e)
+                if matches!(
+                    e.code(),
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+                ) && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_principals_get_their_roles_through_a_follower_and_name_the_audit() {
+    let auth = "[auth]\nenabled = true\n\
+                [[auth.certs]]\nname = \"ops\"\nroles = [\"operator\"]\n\
+                [[auth.certs]]\nname = \"viewer\"\nroles = [\"reader\"]\n";
+    let mut c = TestCluster::prepare(3, &service_toml("payments", "1h"), auth);
+    let certs = c.root.path().join("certs");
+    let (ca, ca_key) = make_pki(&certs, 3);
+    for name in ["ops", "viewer"] {
+        write(
+            &certs,
+            &format!("client-{name}"),
+            &cert::make_client(name, &ca, &ca_key).unwrap(),
+        );
+    }
+    c.enable_peer_tls(&certs);
+    enable_client_tls(&c, &certs);
+    for i in 0..3 {
+        c.spawn(i);
+    }
+    let ca_pem = certs.join("ca.pem");
+    let viewer = tls_client(&c, &ca_pem, Some((&certs, "client-viewer")));
+    read(&viewer).await;
+    let leader_id = eventually(Duration::from_secs(30), "a leader", || async {
+        viewer
+            .status()
+            .await
+            .ok()
+            .map(|s| s.leader_id)
+            .filter(|l| *l != 0)
+    })
+    .await;
+    let follower = c.nodes.iter().position(|n| n.id != leader_id).unwrap();
+    let at_follower = |stem: &str| {
+        tls_client_at(
+            c.nodes[follower].addr.clone(),
+            &ca_pem,
+            &certs,
+            &format!("client-{stem}"),
+        )
+    };
+
+    // The operator's certificate may freeze, sent to a follower: the follower forwards the
+    // call with its own node certificate, and the leader believes the forwarded principal.
+    let ops = at_follower("ops");
+    settled(|| ops.freeze("payments", true, "maintenance"))
+        .await
+        .expect("an operator certificate may freeze");
+
+    // A reader's certificate may read but not freeze; a certificate of the cluster CA that
+    // [auth] does not list has no role at all.
+    let v = at_follower("viewer");
+    read(&v).await;
+    let e = settled(|| v.freeze("payments", false, "not mine"))
+        .await
+        .expect_err("a reader froze a service");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    let alice = at_follower("alice");
+    let e = settled(|| alice.primary("payments", proto::Consistency::Linearizable))
+        .await
+        .expect_err("an unlisted certificate read");
+    assert!(
+        matches!(
+            e.code(),
+            tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+        ),
+        "{e}"
+    );
+
+    // The audit names the certificates' principals: the freeze by `ops`, the refusal of
+    // `viewer`.
+    let entries = eventually(Duration::from_secs(30), "the audit entries", || async {
+        let page = ops.audit(0, 1000, None).await.ok()?;
+        let froze = page
+            .entries
+            .iter()
+            .any(|e| e.action == "set-frozen" && e.actor == "ops");
+        let refused = page
+            .entries
+            .iter()
+            .any(|e| e.action == "refused" && e.actor == "viewer");
+        (froze && refused).then_some(page.entries)
+    })
+    .await;
+    assert!(
+        entries.iter().all(|e| !e.actor.starts_with("anonymous")),
+        "{entries:?}"
+    );
+}
