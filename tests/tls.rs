@@ -473,3 +473,150 @@ async fn certificate_principals_get_their_roles_through_a_follower_and_name_the_
         "{entries:?}"
     );
 }
+
+/// Writes `cluster/three-region/node<id>.toml` as shipped over each node's config, with only
+/// its host names, ports and paths pointed at this test's loopback ports and files.
+fn localize_three_region_example(c: &TestCluster, certs: &Path) {
+    for n in &c.nodes {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("cluster/three-region/node{}.toml", n.id));
+        let mut t = std::fs::read_to_string(shipped).unwrap();
+        for m in &c.nodes {
+            let host = format!("baton-{}.{}.example.internal", m.id, m.region);
+            t = t
+                .replace(&format!("{host}:7100"), &m.addr)
+                .replace(&format!("{host}:7200"), &m.peer_addr);
+        }
+        t = t
+            .replace("0.0.0.0:7100", &n.addr)
+            .replace("0.0.0.0:7200", &n.peer_addr)
+            .replace("127.0.0.1:7300", &n.admin_addr)
+            .replace("/var/lib/baton", &n.dir.join("data").display().to_string())
+            .replace("/etc/baton/tls", &certs.display().to_string());
+        assert!(
+            !t.contains("example.internal") && !t.contains("0.0.0.0") && !t.contains("/etc/"),
+            "the example has an address or path this test does not map:\n{t}"
+        );
+        std::fs::write(&n.config, t).unwrap();
+    }
+}
+
+/// A tonic channel to `addr` over TLS trusting `ca`, presenting `dir/stem.pem`.
+fn tls_channel(addr: &str, ca: &Path, dir: &Path, stem: &str) -> tonic::transport::Channel {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap()))
+        .identity(Identity::from_pem(
+            std::fs::read(dir.join(format!("{stem}.pem"))).unwrap(),
+            std::fs::read(dir.join(format!("{stem}.key"))).unwrap(),
+        ));
+    Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(5))
+        .connect_lazy()
+}
+
+/// The secure example of the README (`cluster/three-region/`: peer mTLS, client mTLS,
+/// certificate principals with roles, agents bound to their region) runs as shipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_three_region_example_is_secure_and_runs() {
+    let mut c = TestCluster::prepare(3, "", "");
+    let certs = c.root.path().join("certs");
+    let (ca, ca_key) = make_pki(&certs, 3);
+    for name in ["oncall", "dashboard", "agent-us-east"] {
+        write(
+            &certs,
+            &format!("client-{name}"),
+            &cert::make_client(name, &ca, &ca_key).unwrap(),
+        );
+    }
+    localize_three_region_example(&c, &certs);
+    for i in 0..3 {
+        c.spawn(i);
+    }
+    let ca_pem = certs.join("ca.pem");
+    let as_ = |stem: &str| tls_client(&c, &ca_pem, Some((&certs, &format!("client-{stem}"))));
+
+    // A dashboard reads; a plaintext client and one without a certificate get nothing.
+    let dashboard = as_("dashboard");
+    read(&dashboard).await;
+    cannot_read(
+        &tls_client(&c, &ca_pem, None),
+        "a client without a certificate",
+    )
+    .await;
+    let plain = Client::with_options(
+        c.endpoints(),
+        ClientOptions {
+            timeout: Duration::from_secs(2),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    cannot_read(&plain, "a plaintext client").await;
+
+    // The us-east agent holds its region's lease, and cannot renew eu-west's.
+    let agent = as_("agent-us-east");
+    let lease = agent.keep_alive(
+        "payments",
+        "us-east",
+        "host-a",
+        baton::client::LeaseOptions {
+            auto_ack_demotion: true,
+            ..Default::default()
+        },
+    );
+    let token = crate::support::held(&lease).await;
+    assert!(token > 0);
+    let co = proto::coordinator_client::CoordinatorClient::new(tls_channel(
+        &c.nodes[0].addr,
+        &ca_pem,
+        &certs,
+        "client-agent-us-east",
+    ));
+    let renew_eu = proto::KeepAliveRequest {
+        service: "payments".into(),
+        region: "eu-west".into(),
+        agent_id: "host-a".into(),
+        ..Default::default()
+    };
+    let refused = eventually(Duration::from_secs(30), "a refused renewal", || {
+        let mut co = co.clone();
+        let r = renew_eu.clone();
+        async move {
+            let status = match co.keep_alive(tokio_stream::iter(vec![r])).await {
+                Err(s) => s,
+                Ok(resp) => resp.into_inner().message().await.err()?,
+            };
+            (status.code() != tonic::Code::Unavailable).then_some(status)
+        }
+    })
+    .await;
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+
+    // The on-call operator freezes; the dashboard may not; the audit names both.
+    let oncall = as_("oncall");
+    settled(|| oncall.freeze("payments", true, "incident 42"))
+        .await
+        .expect("the operator's freeze");
+    let e = settled(|| dashboard.freeze("payments", false, "oops"))
+        .await
+        .expect_err("a reader froze");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    eventually(Duration::from_secs(30), "the audit entries", || async {
+        let page = oncall.audit(0, 1000, None).await.ok()?;
+        let froze = page
+            .entries
+            .iter()
+            .any(|e| e.action == "set-frozen" && e.actor == "oncall");
+        let refused = page
+            .entries
+            .iter()
+            .any(|e| e.action == "refused" && e.actor == "dashboard");
+        (froze && refused).then_some(())
+    })
+    .await;
+}

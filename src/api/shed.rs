@@ -439,6 +439,19 @@ where
 mod tests {
     use super::*;
 
+    #[test]
+    fn callers_behind_the_tls_acceptor_are_told_apart_by_address() {
+        // baton's listeners record the connection as `ConnInfo`, not tonic's connect info:
+        // reading only the latter counted every caller as one "Unknown".
+        let mut req = http::Request::new(());
+        req.extensions_mut()
+            .insert(crate::node::conn::ConnInfo::plain(
+                "127.0.0.9:4000".parse().unwrap(),
+            ));
+        assert_eq!(caller_of(&req), Caller::Addr("127.0.0.9".parse().unwrap()));
+        assert_eq!(caller_of(&http::Request::new(())), Caller::Unknown);
+    }
+
     fn limits() -> ShedLimits {
         ShedLimits {
             rate: 10.0,

@@ -93,6 +93,14 @@ pub struct ConnInfo {
 }
 
 impl ConnInfo {
+    /// The info of a plaintext connection from `remote`.
+    pub fn plain(remote: SocketAddr) -> Self {
+        ConnInfo {
+            remote: Some(remote),
+            ..ConnInfo::default()
+        }
+    }
+
     /// The connection info of a request served by a baton listener.
     pub fn of<T>(req: &tonic::Request<T>) -> Option<&ConnInfo> {
         req.extensions().get::<ConnInfo>()

@@ -635,8 +635,9 @@ impl State {
                             "automatic failover is off for {service:?}"
                         )));
                     }
-                    let window = rec.spec.flap_window_ms as i64;
-                    rec.auto_moves.retain(|t| at_ms - *t < window);
+                    // Saturating: leader clocks are inputs, and apply must never panic.
+                    let window = i64::try_from(rec.spec.flap_window_ms).unwrap_or(i64::MAX);
+                    rec.auto_moves.retain(|t| at_ms.saturating_sub(*t) < window);
                     rec.auto_moves.push(at_ms);
                     let limit = rec.spec.flap_limit as usize;
                     if limit > 0 && rec.auto_moves.len() >= limit {

@@ -685,3 +685,19 @@ fn new_variants_keep_old_log_entries_decodable() {
         &6u32.to_le_bytes()
     );
 }
+
+#[test]
+fn an_automatic_run_stamped_far_before_the_last_one_does_not_overflow_the_flap_window() {
+    // A leader's clock can be anything: a command stamped near i64::MIN after a move at a
+    // normal time overflowed `at - previous` and panicked in apply.
+    let mut s = state_with_payments(3);
+    assert!(!rejected(&start(
+        &mut s,
+        2,
+        T,
+        Trigger::LeaseExpired,
+        "eu-west"
+    )));
+    advance(&mut s, 3, 2, 0, StepOutcome::Failed, None);
+    let _ = start(&mut s, 4, i64::MIN + 10, Trigger::LeaseExpired, "eu-west");
+}
