@@ -474,8 +474,14 @@ async fn certificate_principals_get_their_roles_through_a_follower_and_name_the_
     );
 }
 
+/// The SHA-256 the shipped example lists for `ci-deploy` (a placeholder nobody knows a token
+/// for); the test maps it to [`CI_TOKEN`]'s.
+const EXAMPLE_CI_HASH: &str = "b3024e0a661b88ad81cb607180bca9604f5ffb4a1307ff8a5f39f1b31efb58e5";
+const CI_TOKEN: &str = "baton_test_ci_deploy_token";
+
 /// Writes `cluster/three-region/node<id>.toml` as shipped over each node's config, with only
-/// its host names, ports and paths pointed at this test's loopback ports and files.
+/// its host names, ports, paths and the token placeholder pointed at this test's loopback
+/// ports, files and token.
 fn localize_three_region_example(c: &TestCluster, certs: &Path) {
     for n in &c.nodes {
         let shipped = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -492,7 +498,11 @@ fn localize_three_region_example(c: &TestCluster, certs: &Path) {
             .replace("0.0.0.0:7200", &n.peer_addr)
             .replace("127.0.0.1:7300", &n.admin_addr)
             .replace("/var/lib/baton", &n.dir.join("data").display().to_string())
-            .replace("/etc/baton/tls", &certs.display().to_string());
+            .replace("/etc/baton/tls", &certs.display().to_string())
+            .replace(
+                EXAMPLE_CI_HASH,
+                &hex::encode(baton::auth::policy::token_hash(CI_TOKEN)),
+            );
         assert!(
             !t.contains("example.internal") && !t.contains("0.0.0.0") && !t.contains("/etc/"),
             "the example has an address or path this test does not map:\n{t}"
@@ -606,17 +616,46 @@ async fn the_shipped_three_region_example_is_secure_and_runs() {
         .await
         .expect_err("a reader froze");
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    // A node's certificate is no client identity: it names no principal.
+    let node_as_client = as_node_client(&c, &ca_pem, &certs, "node-2");
+    let e = settled(|| node_as_client.freeze("payments", false, "a node's key"))
+        .await
+        .expect_err("a node certificate acted as a client");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    // The CI token (sent with the dashboard's certificate for the handshake) names its own
+    // principal, an operator.
+    let ci = Client::with_options(
+        c.endpoints(),
+        ClientOptions {
+            timeout: Duration::from_secs(5),
+            token: Some(CI_TOKEN.into()),
+            tls: ClientTls::from_files(
+                Some(&ca_pem),
+                Some(&certs.join("client-dashboard.pem")),
+                Some(&certs.join("client-dashboard.key")),
+            )
+            .unwrap(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    settled(|| ci.freeze("payments", false, "deploy done"))
+        .await
+        .expect("the CI token's unfreeze");
     eventually(Duration::from_secs(30), "the audit entries", || async {
         let page = oncall.audit(0, 1000, None).await.ok()?;
-        let froze = page
-            .entries
-            .iter()
-            .any(|e| e.action == "set-frozen" && e.actor == "oncall");
-        let refused = page
-            .entries
-            .iter()
-            .any(|e| e.action == "refused" && e.actor == "dashboard");
-        (froze && refused).then_some(())
+        let by = |action: &str, actor: &str| {
+            page.entries
+                .iter()
+                .any(|e| e.action == action && e.actor == actor)
+        };
+        (by("set-frozen", "oncall") && by("refused", "dashboard") && by("set-frozen", "ci-deploy"))
+            .then_some(())
     })
     .await;
+}
+
+/// A client presenting node certificate `dir/stem.pem` as if it were a client's.
+fn as_node_client(c: &TestCluster, ca: &Path, dir: &Path, stem: &str) -> Client {
+    tls_client(c, ca, Some((dir, stem)))
 }
