@@ -223,6 +223,17 @@ pub enum Command {
     /// Hold a region's lease for a service: run hooks on promotion and demotion, and fence
     /// itself when the lease can no longer be proved valid.
     Agent(agent::AgentArgs),
+    /// Print a shell completion script: `source <(baton completions bash)`, or save it as
+    /// `_baton` on zsh's fpath, or in `~/.config/fish/completions/baton.fish`.
+    Completions(CompletionsArgs),
+}
+
+/// `baton completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 impl Command {
@@ -382,6 +393,11 @@ async fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<Exit, CliError> {
         Command::Server(args) => server::server(args).await,
         Command::Dev(args) => server::dev(args).await,
         Command::Cert(args) => cert::run(&mut ctx, args),
+        Command::Completions(args) => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(args.shell, &mut cmd, "baton", ctx.out);
+            Ok(Exit::Ok)
+        }
         Command::Auth(cmd) => auth::run(&mut ctx, cmd),
         Command::Status => status::run(&mut ctx).await,
         Command::Primary(args) => read::primary(&mut ctx, args).await,

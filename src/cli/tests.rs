@@ -1079,3 +1079,21 @@ fn services_show_frozen_paused_and_the_run() {
     assert_eq!(json[1]["paused"], serde_json::Value::Null);
     assert_eq!(json[1]["frozen"], false);
 }
+
+#[test]
+fn completions_cover_commands_and_global_flags_for_each_shell() {
+    for shell in ["bash", "zsh", "fish"] {
+        let cli = ok(&["completions", shell]);
+        let mut out = Vec::new();
+        let Command::Completions(args) = cli.command else {
+            panic!("not the completions command");
+        };
+        let mut cmd = <Cli as clap::CommandFactory>::command();
+        clap_complete::generate(args.shell, &mut cmd, "baton", &mut out);
+        let text = String::from_utf8(out).unwrap();
+        for word in ["failover", "services", "endpoints", "cacert"] {
+            assert!(text.contains(word), "{shell} completions lack {word}");
+        }
+    }
+    assert!(parse(&["completions", "tcsh"]).is_err());
+}
