@@ -4,6 +4,7 @@ mod support;
 
 mod agent;
 mod automation;
+mod backup;
 mod bad_input;
 mod cli;
 mod disk;
