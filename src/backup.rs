@@ -143,8 +143,7 @@ pub fn encode(mut header: Header, body: &Body) -> Result<(Vec<u8>, String), Back
         serde_json::to_vec(&header).map_err(|e| BackupError::Decode(e.to_string()))?;
     let hlen = u32::try_from(header_bytes.len())
         .map_err(|_| BackupError::Decode("header too large".into()))?;
-    let mut out =
-        Vec::with_capacity(PREFIX + header_bytes.len() + body_bytes.len() + TRAILER);
+    let mut out = Vec::with_capacity(PREFIX + header_bytes.len() + body_bytes.len() + TRAILER);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
     out.extend_from_slice(&hlen.to_be_bytes());
@@ -211,8 +210,8 @@ pub fn decode(bytes: &[u8]) -> Result<Backup, BackupError> {
             header.body_len
         )));
     }
-    let body: Body = bincode::deserialize(body_bytes)
-        .map_err(|e| BackupError::Decode(format!("body: {e}")))?;
+    let body: Body =
+        bincode::deserialize(body_bytes).map_err(|e| BackupError::Decode(format!("body: {e}")))?;
     check_body(&header, &body).map_err(BackupError::Decode)?;
     Ok(Backup {
         header,
@@ -256,9 +255,7 @@ fn check_body(header: &Header, body: &Body) -> Result<(), String> {
 pub fn parse_members(s: &str) -> Result<BTreeMap<NodeId, NodeInfo>, String> {
     let mut out = BTreeMap::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let bad = || {
-            format!("{part:?} is not ID=HOST:PORT@REGION (e.g. 1=10.0.0.1:7100@us-east)")
-        };
+        let bad = || format!("{part:?} is not ID=HOST:PORT@REGION (e.g. 1=10.0.0.1:7100@us-east)");
         let (id, rest) = part.split_once('=').ok_or_else(bad)?;
         let (addr, region) = rest.rsplit_once('@').ok_or_else(bad)?;
         let id: NodeId = id.trim().parse().map_err(|_| bad())?;
@@ -276,7 +273,9 @@ pub fn parse_members(s: &str) -> Result<BTreeMap<NodeId, NodeInfo>, String> {
         }
     }
     if out.is_empty() {
-        return Err("no members: list every voter of the new cluster as ID=HOST:PORT@REGION,...".into());
+        return Err(
+            "no members: list every voter of the new cluster as ID=HOST:PORT@REGION,...".into(),
+        );
     }
     Ok(out)
 }
@@ -345,9 +344,13 @@ mod tests {
         let m = parse_members("1=127.0.0.1:7101@us-east,2=127.0.0.1:7102@eu-west").unwrap();
         assert_eq!(m.len(), 2);
         assert_eq!(m[&2].region, "eu-west");
-        assert!(parse_members("1=127.0.0.1:7101").unwrap_err().contains("ID=HOST:PORT@REGION"));
+        assert!(parse_members("1=127.0.0.1:7101")
+            .unwrap_err()
+            .contains("ID=HOST:PORT@REGION"));
         assert!(parse_members("0=127.0.0.1:7101@a").is_err());
-        assert!(parse_members("1=a:1@r,1=b:2@r").unwrap_err().contains("twice"));
+        assert!(parse_members("1=a:1@r,1=b:2@r")
+            .unwrap_err()
+            .contains("twice"));
         assert!(parse_members("").is_err());
     }
 }

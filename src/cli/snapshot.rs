@@ -53,7 +53,11 @@ pub struct RestoreArgs {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub node_id: Option<u64>,
     /// Every voter of the new cluster, as its `[[peers]]` would list them.
-    #[arg(long, value_name = "ID=HOST:PORT@REGION,...", required_unless_present = "config")]
+    #[arg(
+        long,
+        value_name = "ID=HOST:PORT@REGION,...",
+        required_unless_present = "config"
+    )]
     pub members: Option<String>,
 }
 
@@ -73,9 +77,21 @@ pub async fn run(ctx: &mut Ctx<'_>, cmd: SnapshotCommand) -> Result<Exit, CliErr
         SnapshotCommand::Inspect(a) => {
             let b = read_backup(&a.file)?;
             let mut t = summary(&a.file, &b);
-            t.push(("source_cluster", Value::from(b.header.source_cluster.clone())));
+            t.push((
+                "source_cluster",
+                Value::from(b.header.source_cluster.clone()),
+            ));
             t.push(("source_members", Value::from(members_text(&b))));
-            ctx.print(&record(t))?;
+            let mut services = Table::new(&["service", "holder", "token", "state"]);
+            for r in b.body.state.services() {
+                services.push(vec![
+                    Value::from(r.spec.name.clone()),
+                    Value::from(r.lease.holder.clone().unwrap_or_default()),
+                    Value::from(r.lease.token),
+                    Value::from(format!("{:?}", r.lease.state).to_uppercase()),
+                ]);
+            }
+            ctx.print_sections(&[("backup", &record(t)), ("services", &services)])?;
             Ok(Exit::Ok)
         }
     }
@@ -113,10 +129,8 @@ fn members_text(b: &Backup) -> String {
 
 /// Reads and verifies a backup file; the error says what is wrong with it.
 fn read_backup(file: &Path) -> Result<Backup, CliError> {
-    let bytes =
-        std::fs::read(file).map_err(io_err(format!("reading {}", file.display())))?;
-    backup::decode(&bytes)
-        .map_err(|e| CliError::CheckFailed(format!("{}: {e}", file.display())))
+    let bytes = std::fs::read(file).map_err(io_err(format!("reading {}", file.display())))?;
+    backup::decode(&bytes).map_err(|e| CliError::CheckFailed(format!("{}: {e}", file.display())))
 }
 
 async fn save(ctx: &mut Ctx<'_>, a: SaveArgs) -> Result<Exit, CliError> {
@@ -127,13 +141,14 @@ async fn save(ctx: &mut Ctx<'_>, a: SaveArgs) -> Result<Exit, CliError> {
         let mut stream = client.save_snapshot().await?;
         let mut info = None;
         let mut bytes = Vec::new();
-        while let Some(chunk) = stream
-            .message()
-            .await
-            .map_err(|status| crate::client::ClientError::Rpc {
-                endpoint: client.leader().unwrap_or_default(),
-                status,
-            })?
+        while let Some(chunk) =
+            stream
+                .message()
+                .await
+                .map_err(|status| crate::client::ClientError::Rpc {
+                    endpoint: client.leader().unwrap_or_default(),
+                    status,
+                })?
         {
             if chunk.data.len() > backup::MAX_CHUNK_BYTES {
                 return Err(CliError::Other(format!(
@@ -243,8 +258,7 @@ fn restore(ctx: &mut Ctx<'_>, a: RestoreArgs) -> Result<Exit, CliError> {
             (cfg.data_dir.clone(), cfg.id, members)
         }
         None => {
-            let (Some(dir), Some(id), Some(members)) = (&a.data_dir, a.node_id, &a.members)
-            else {
+            let (Some(dir), Some(id), Some(members)) = (&a.data_dir, a.node_id, &a.members) else {
                 return Err(CliError::Usage(
                     "give --config, or all of --data-dir, --node-id and --members".into(),
                 ));
@@ -257,7 +271,11 @@ fn restore(ctx: &mut Ctx<'_>, a: RestoreArgs) -> Result<Exit, CliError> {
     if !members.contains_key(&id) {
         return Err(CliError::Usage(format!(
             "node {id} is not among the members ({}): list every voter, this node included",
-            members.keys().map(u64::to_string).collect::<Vec<_>>().join(", ")
+            members
+                .keys()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         )));
     }
     let empty = crate::raft::is_empty_dir(&data_dir)
@@ -275,6 +293,7 @@ fn restore(ctx: &mut Ctx<'_>, a: RestoreArgs) -> Result<Exit, CliError> {
     })?;
     crate::raft::seed_restored(
         &data_dir,
+        crate::node::RAFT_DIR,
         &b.body.state,
         &b.body.audit,
         b.header.revision,

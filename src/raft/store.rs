@@ -245,12 +245,14 @@ pub fn is_empty_dir(dir: &Path) -> io::Result<bool> {
     }
 }
 
-/// Seeds `dir` (absent or empty) with a restored state at log index `revision` and a new
-/// membership of `members` (see `state_machine::seed` for why this is how a restored
-/// cluster starts). Built in a sibling temporary directory, checked by opening it as a
-/// node would, then renamed into place: a failure leaves `dir` as it was.
+/// Seeds the data directory `dir` (absent or empty) with a store in `dir/sub` holding a
+/// restored state at log index `revision` and a new membership of `members` (see
+/// `state_machine::seed` for why this is how a restored cluster starts). Built in a sibling
+/// temporary directory, checked by opening it as a node would, then renamed into place: a
+/// failure leaves `dir` as it was.
 pub fn seed_restored(
     dir: &Path,
+    sub: &str,
     state: &State,
     audit: &[AuditEntry],
     revision: u64,
@@ -282,10 +284,11 @@ pub fn seed_restored(
         std::fs::remove_dir_all(&tmp)?;
     }
     let built = (|| -> Result<(), StoreError> {
+        let store = tmp.join(sub);
         {
-            std::fs::create_dir_all(&tmp)?;
-            let db = sled::Config::new().path(&tmp).open()?;
-            let disk: Arc<dyn Durable> = Arc::new(SledDisk::open(db.clone(), &tmp)?);
+            std::fs::create_dir_all(&store)?;
+            let db = sled::Config::new().path(&store).open()?;
+            let disk: Arc<dyn Durable> = Arc::new(SledDisk::open(db.clone(), &store)?);
             let trees = Trees {
                 logs: db.open_tree("logs")?,
                 meta: db.open_tree("meta")?,
@@ -296,12 +299,13 @@ pub fn seed_restored(
             state_machine::seed(&trees, state, audit, revision, members)?;
         }
         // Open it as a node will: the snapshot loads and its audit trail is whole.
-        let (_log, _sm, audit_log) = open(&tmp, crate::state::history::DEFAULT_HISTORY)?;
+        let (_log, _sm, audit_log) = open(&store, crate::state::history::DEFAULT_HISTORY)?;
         if audit_log.next_seq()? != state.audit_head().next_seq {
             return Err(StoreError::Corrupt(
                 "the seeded audit trail is incomplete".into(),
             ));
         }
+        sync_dir(&tmp)?;
         Ok(())
     })();
     if let Err(e) = built {
