@@ -131,6 +131,29 @@ async fn a_cluster_restored_from_a_snapshot_keeps_services_tokens_and_the_audit_
         .collect();
     assert!(!names.iter().any(|n| n.contains(".tmp-")), "{names:?}");
 
+    // A follower forwards the stream from the leader: the same content, in bounded chunks.
+    let leader = c.leader(Duration::from_secs(20)).await;
+    let follower = (leader + 1) % 3;
+    let mut stream = c
+        .admin(follower)
+        .await
+        .save_snapshot(proto::SaveSnapshotRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut bytes, mut info) = (Vec::new(), None);
+    while let Some(chunk) = stream.message().await.unwrap() {
+        assert!(chunk.data.len() <= baton::backup::MAX_CHUNK_BYTES);
+        info = info.or(chunk.info);
+        bytes.extend_from_slice(&chunk.data);
+    }
+    let info = info.expect("the first chunk describes the backup");
+    assert_eq!(info.size, bytes.len() as u64);
+    let copy = baton::backup::decode(&bytes).unwrap();
+    assert_eq!(copy.sha256, info.sha256);
+    assert!(copy.header.revision >= revision);
+    assert_eq!(copy.header.source_node, c.nodes[leader].id);
+
     // The old cluster is gone: every node stopped, every data directory wiped.
     for i in 0..3 {
         assert!(c.terminate(i));
