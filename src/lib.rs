@@ -22,6 +22,8 @@
 //!   (in-memory renewals, expiry, fencing), the automation policy (pure) and the
 //!   controller that drives workflow runs.
 //! - [`health`]: HTTP/TCP/gRPC probes, per-vantage streaks, the majority verdict.
+//! - [`backup`]: the file format of `baton snapshot save` / `restore` (checksummed,
+//!   versioned); the restore itself seeds storage through [`raft::seed_restored`].
 //! - [`raft`]: openraft wiring: sled storage, the tonic transport, the state machine.
 //! - [`config`]: `node.toml` and service definitions in TOML.
 //! - [`convert`]: `state` <-> `proto` conversions.
@@ -32,6 +34,7 @@
 pub mod agent;
 pub mod api;
 pub mod auth;
+pub mod backup;
 pub mod bench;
 pub mod cli;
 pub mod client;

@@ -5,6 +5,7 @@ mod support;
 mod agent;
 mod auth;
 mod automation;
+mod backup;
 mod bad_input;
 mod cli;
 mod disk;

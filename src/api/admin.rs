@@ -1,14 +1,19 @@
-//! `baton.v1.Admin`: cluster status, membership, leadership transfer, service definitions.
+//! `baton.v1.Admin`: cluster status, membership, leadership transfer, service definitions,
+//! snapshots and backups.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures::Stream;
 
 use openraft::ChangeMembers;
 use tonic::{Request, Response, Status};
 
 use super::{actor, forwarded, principal, redact_service, rejection_status, validate, Caller, Ctx};
 use crate::auth::policy::Need;
+use crate::backup;
 use crate::control::propose;
 use crate::convert::record_to_proto;
 use crate::proto::{self, admin_client::AdminClient, admin_server::Admin};
@@ -84,8 +89,68 @@ fn quorum_commit(matched: &[u64]) -> u64 {
     v.get(v.len() / 2).copied().unwrap_or(0)
 }
 
+/// The chunks of a backup file.
+pub type SnapshotStream =
+    Pin<Box<dyn Stream<Item = Result<proto::SnapshotChunk, Status>> + Send + 'static>>;
+
+/// Audit entries read per page while building a backup.
+const AUDIT_PAGE: usize = 4096;
+
 #[tonic::async_trait]
 impl Admin for AdminService {
+    type SaveSnapshotStream = SnapshotStream;
+
+    async fn save_snapshot(
+        &self,
+        request: Request<proto::SaveSnapshotRequest>,
+    ) -> Result<Response<SnapshotStream>, Status> {
+        if !self.ctx.keeper.is_leading() && !Ctx::was_forwarded(&request) {
+            // Served by the leader: its read barrier is what makes the copy complete.
+            let ch = self.ctx.leader_channel()?;
+            let fwd = forwarded(&request, proto::SaveSnapshotRequest {});
+            let answer = AdminClient::new(ch)
+                .max_decoding_message_size(backup::MAX_CHUNK_BYTES + 4096)
+                .save_snapshot(fwd)
+                .await;
+            let resp = self.ctx.leader_answered(answer)?;
+            let (meta, stream, ext) = resp.into_parts();
+            return Ok(Response::from_parts(meta, Box::pin(stream), ext));
+        }
+        let who = actor(&request);
+        let built = self.build_backup().await;
+        let what = match &built {
+            Ok((_, info)) => format!(
+                "from node {} at revision {} ({} bytes, sha256 {})",
+                self.ctx.id, info.revision, info.size, info.sha256
+            ),
+            Err(_) => format!("from node {}", self.ctx.id),
+        };
+        self.record(&who, ClusterAction::SaveSnapshot, what, &built);
+        let (bytes, info) = built?;
+        tracing::info!(
+            revision = info.revision,
+            size = info.size,
+            sha256 = %info.sha256,
+            "serving a backup"
+        );
+        let bytes = Arc::new(bytes);
+        let stream = futures::stream::unfold((0usize, Some(info)), move |(at, info)| {
+            let bytes = bytes.clone();
+            async move {
+                if at >= bytes.len() && info.is_none() {
+                    return None;
+                }
+                let end = (at + backup::CHUNK_BYTES).min(bytes.len());
+                let chunk = proto::SnapshotChunk {
+                    info,
+                    data: bytes[at..end].to_vec(),
+                };
+                Some((Ok(chunk), (end, None)))
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn cluster_status(
         &self,
         _request: Request<proto::ClusterStatusRequest>,
@@ -347,6 +412,80 @@ fn spec_proto_name(r: &proto::PutServiceRequest) -> String {
 }
 
 impl AdminService {
+    /// A backup of everything committed before the call: a read barrier, then a copy of the
+    /// applied state and the audit trail up to its head.
+    async fn build_backup(&self) -> Result<(Vec<u8>, proto::SnapshotInfo), Status> {
+        self.ctx
+            .reads
+            .linearize()
+            .await
+            .map_err(|e| self.ctx.control_status(e))?;
+        let (state, revision) = {
+            let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
+            (view.state.clone(), view.applied)
+        };
+        // Entries below the state's audit head are written before that state is published
+        // (under the same lock) and never change, so reading them now is consistent.
+        let next_seq = state.audit_head().next_seq;
+        let mut audit = Vec::with_capacity(usize::try_from(next_seq).unwrap_or(0));
+        while (audit.len() as u64) < next_seq {
+            let page = self
+                .ctx
+                .audit
+                .list(audit.len() as u64, AUDIT_PAGE, None)
+                .map_err(|e| Status::internal(format!("reading the audit trail: {e}")))?;
+            let before = audit.len();
+            audit.extend(page.into_iter().take_while(|e| e.seq < next_seq));
+            if audit.len() == before {
+                return Err(Status::internal(format!(
+                    "the audit trail on node {} ends at {}, the state expects {next_seq}",
+                    self.ctx.id,
+                    audit.len()
+                )));
+            }
+        }
+        let members = self
+            .members()
+            .into_iter()
+            .map(|m| backup::Member {
+                id: m.id,
+                addr: m.addr,
+                region: m.region,
+                voter: m.voter,
+            })
+            .collect();
+        let header = backup::Header {
+            revision,
+            created_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+            source_cluster: self.ctx.cluster.clone(),
+            source_node: self.ctx.id,
+            members,
+            services: 0,
+            audit_entries: 0,
+            body_len: 0,
+        };
+        let body = backup::Body { state, audit };
+        let (bytes, sha256, services, audit_entries) = tokio::task::spawn_blocking(move || {
+            let services = u32::try_from(body.state.service_count()).unwrap_or(u32::MAX);
+            let entries = body.audit.len() as u64;
+            backup::encode(header, &body).map(|(b, s)| (b, s, services, entries))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("building the backup: {e}")))?
+        .map_err(|e| Status::internal(format!("building the backup: {e}")))?;
+        let info = proto::SnapshotInfo {
+            format_version: backup::FORMAT_VERSION,
+            revision,
+            size: bytes.len() as u64,
+            sha256,
+            services,
+            audit_entries,
+        };
+        Ok((bytes, info))
+    }
+
     /// The target side of a leadership transfer: wait until the old leader's lease on the
     /// other voters has run out, then start an election.
     async fn campaign(&self) -> Result<proto::TransferLeadershipResponse, Status> {

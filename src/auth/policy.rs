@@ -115,6 +115,8 @@ pub const METHODS: &[(&str, Need)] = &[
     ("/baton.v1.Admin/DeleteService", Need::Admin),
     ("/baton.v1.Admin/GetService", Need::Read),
     ("/baton.v1.Admin/TriggerSnapshot", Need::Admin),
+    // A backup is the whole state and audit trail, health targets included.
+    ("/baton.v1.Admin/SaveSnapshot", Need::Admin),
 ];
 
 /// Services any caller may use without credentials: the standard gRPC health service (a
@@ -603,7 +605,7 @@ mod tests {
         for (p, _) in METHODS {
             assert!(seen.insert(*p), "{p} listed twice");
         }
-        assert_eq!(METHODS.len(), 15 + 8, "every Coordinator and Admin method");
+        assert_eq!(METHODS.len(), 15 + 9, "every Coordinator and Admin method");
         let root = auth(
             &dir(),
             Credentials {

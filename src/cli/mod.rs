@@ -23,6 +23,7 @@ mod read;
 mod server;
 mod service;
 mod services;
+mod snapshot;
 mod status;
 mod watch;
 mod workflow;
@@ -212,6 +213,9 @@ pub enum Command {
     /// Cluster membership and maintenance.
     #[command(subcommand)]
     Admin(admin::AdminCommand),
+    /// Back up the cluster's state to a file, and restore a new cluster from one.
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCommand),
     /// Measure a cluster (prints figures; asserts nothing).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -419,6 +423,7 @@ async fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<Exit, CliError> {
         Command::Audit(args) => audit::run(&mut ctx, args).await,
         Command::Service(cmd) => service::run(&mut ctx, cmd).await,
         Command::Admin(cmd) => admin::run(&mut ctx, cmd).await,
+        Command::Snapshot(cmd) => snapshot::run(&mut ctx, cmd).await,
         Command::Bench(cmd) => bench::run(&mut ctx, cmd).await,
         Command::Agent(args) => agent::run(ctx.global, args).await,
     }

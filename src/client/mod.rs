@@ -661,6 +661,24 @@ impl Client {
         .await
     }
 
+    /// Opens a backup stream (`baton snapshot save`) on the leader, following it like a
+    /// linearizable read; the chunks, concatenated, are the backup file and the first one
+    /// carries its [`proto::SnapshotInfo`]. The deadline covers opening the stream only: the
+    /// caller bounds reading it.
+    pub async fn save_snapshot(
+        &self,
+    ) -> Result<tonic::codec::Streaming<proto::SnapshotChunk>, ClientError> {
+        let max = self.max();
+        self.unary(
+            "SaveSnapshot",
+            Route::Leader,
+            Effect::Read,
+            proto::SaveSnapshotRequest {},
+            move |ch, r| async move { admin(ch, max).save_snapshot(r).await },
+        )
+        .await
+    }
+
     /// Watches `services` (all when empty) from `start_revision` (0 = current state first).
     /// The watcher resumes on another node after a failure, without gap or duplicate.
     pub fn watch(&self, services: Vec<String>, start_revision: u64) -> Watcher {

@@ -367,7 +367,7 @@ pub fn check_ttl(spec: &crate::state::ServiceSpec, timing: &TimingConfig) -> Res
     Ok(())
 }
 
-fn check_addr(addr: &str) -> Result<(), String> {
+pub(crate) fn check_addr(addr: &str) -> Result<(), String> {
     match addr.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
         _ => Err(format!(

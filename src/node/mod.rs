@@ -32,6 +32,9 @@ use crate::raft::store::{self, AuditLog};
 use crate::raft::{LeaderContact, NodeId, NodeInfo, Raft};
 use crate::state::{audit::AUTOMATION, AuditEntry, Command, Response as StateResponse};
 
+/// The store's folder inside a node's `data_dir` (`baton snapshot restore` seeds it).
+pub const RAFT_DIR: &str = "raft";
+
 /// Largest public API message sent (a ListServices of every service fits).
 pub const MAX_API_MESSAGE: usize = 64 * 1024 * 1024;
 /// Largest public API request accepted: the biggest legitimate one is a PutService of a
@@ -155,7 +158,7 @@ impl Node {
             ),
             None => None,
         };
-        let raft_dir = cfg.data_dir.join("raft");
+        let raft_dir = cfg.data_dir.join(RAFT_DIR);
         let (log, sm, audit) =
             store::open(&raft_dir, cfg.storage.watch_history).map_err(|e| NodeError::Storage {
                 dir: raft_dir.display().to_string(),

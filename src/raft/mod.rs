@@ -12,7 +12,10 @@ mod cluster_tests;
 
 pub use network::{ForwardError, NetworkFactory, Peers, MAX_MESSAGE_SIZE};
 pub use service::server;
-pub use store::{open as open_store, AuditLog, LogStore, StateMachineStore, StoreError};
+pub use store::{
+    is_empty_dir, open as open_store, seed_restored, AuditLog, LogStore, StateMachineStore,
+    StoreError,
+};
 
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageError, StorageIOError};
 
 use crate::state::audit::GENESIS;
-use crate::state::AuditEntry;
+use crate::state::{AuditEntry, State};
 
 pub use self::log::LogStore;
 pub use self::state_machine::{SnapshotBuilder, StateMachineStore};
@@ -234,6 +234,90 @@ pub(crate) fn open_with(
     let sm = StateMachineStore::open(trees.clone(), history_limit)?;
     let audit = AuditLog { trees };
     Ok((log, sm, audit))
+}
+
+/// Whether `dir` is absent or an empty directory (a restore writes only there).
+pub fn is_empty_dir(dir: &Path) -> io::Result<bool> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => Ok(entries.next().is_none()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
+/// Seeds the data directory `dir` (absent or empty) with a store in `dir/sub` holding a
+/// restored state at log index `revision` and a new membership of `members` (see
+/// `state_machine::seed` for why this is how a restored cluster starts). Built in a sibling
+/// temporary directory, checked by opening it as a node would, then renamed into place: a
+/// failure leaves `dir` as it was.
+pub fn seed_restored(
+    dir: &Path,
+    sub: &str,
+    state: &State,
+    audit: &[AuditEntry],
+    revision: u64,
+    members: std::collections::BTreeMap<NodeId, crate::raft::NodeInfo>,
+) -> Result<(), StoreError> {
+    if !is_empty_dir(dir)? {
+        return Err(StoreError::Io(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "{} is not empty: restore only into an empty or absent data directory",
+                dir.display()
+            ),
+        )));
+    }
+    let name = dir
+        .file_name()
+        .ok_or_else(|| StoreError::Corrupt(format!("{} names no directory", dir.display())))?;
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent)?;
+    let tmp = parent.join(format!(
+        ".{}.restoring-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    let built = (|| -> Result<(), StoreError> {
+        let store = tmp.join(sub);
+        {
+            std::fs::create_dir_all(&store)?;
+            let db = sled::Config::new().path(&store).open()?;
+            let disk: Arc<dyn Durable> = Arc::new(SledDisk::open(db.clone(), &store)?);
+            let trees = Trees {
+                logs: db.open_tree("logs")?,
+                meta: db.open_tree("meta")?,
+                snapshot: db.open_tree("snapshot")?,
+                audit: db.open_tree("audit")?,
+                disk,
+            };
+            state_machine::seed(&trees, state, audit, revision, members)?;
+        }
+        // Open it as a node will: the snapshot loads and its audit trail is whole.
+        let (_log, _sm, audit_log) = open(&store, crate::state::history::DEFAULT_HISTORY)?;
+        if audit_log.next_seq()? != state.audit_head().next_seq {
+            return Err(StoreError::Corrupt(
+                "the seeded audit trail is incomplete".into(),
+            ));
+        }
+        sync_dir(&tmp)?;
+        Ok(())
+    })();
+    if let Err(e) = built {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    if dir.exists() {
+        std::fs::remove_dir(dir)?;
+    }
+    std::fs::rename(&tmp, dir)?;
+    sync_dir(&parent)?;
+    Ok(())
 }
 
 /// Read access to the replicated audit trail as this node has applied it.

@@ -187,6 +187,8 @@ pub enum ClusterAction {
     TransferLeadership,
     /// A snapshot was built on a node.
     TriggerSnapshot,
+    /// A backup (`baton snapshot save`) was served: it carries the whole state and audit.
+    SaveSnapshot,
 }
 
 impl ClusterAction {
@@ -197,6 +199,7 @@ impl ClusterAction {
             ClusterAction::RemoveNode => "node.remove",
             ClusterAction::TransferLeadership => "leader.transfer",
             ClusterAction::TriggerSnapshot => "snapshot",
+            ClusterAction::SaveSnapshot => "backup",
         }
     }
 }

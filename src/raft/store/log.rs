@@ -13,7 +13,7 @@ use crate::raft::{LogId, NodeId, TypeConfig};
 
 const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
-const LAST_PURGED: &[u8] = b"last_purged";
+pub(super) const LAST_PURGED: &[u8] = b"last_purged";
 
 type Result<T> = std::result::Result<T, StorageError<NodeId>>;
 

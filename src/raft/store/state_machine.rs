@@ -433,3 +433,51 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         })
     }
 }
+
+/// Writes a fresh store as if it had installed a snapshot of `state` at log index
+/// `revision` and purged its log behind it, with `members` as the voters.
+///
+/// Why not `Raft::initialize` plus a snapshot: tokens are log indexes, and an initialised
+/// cluster starts its log at 0, so its next grants would reuse tokens the backup holds; and
+/// openraft installs snapshots only from a leader whose log is already past them. Seeded this
+/// way, openraft finds an initialised node (its log ends at `revision`, the membership is
+/// committed there, no vote): the restored nodes elect a leader at term 1 and its first entry
+/// is `revision + 1`, so every new token is higher than any in the backup. The log id uses
+/// leader (term 0, node 0), the id openraft gives an initial membership entry, so every
+/// restored node holds the same log id and any of them may win the first election.
+pub(super) fn seed(
+    trees: &Trees,
+    state: &State,
+    audit: &[AuditEntry],
+    revision: u64,
+    members: std::collections::BTreeMap<NodeId, NodeInfo>,
+) -> std::result::Result<(), StoreError> {
+    let log_id = LogId::new(openraft::CommittedLeaderId::new(0, 0), revision);
+    let voters = members.keys().copied().collect();
+    let last_membership = Membership::new(
+        Some(log_id),
+        openraft::Membership::new(vec![voters], members),
+    );
+    let meta = Meta {
+        last_log_id: Some(log_id),
+        last_membership: last_membership.clone(),
+        snapshot_id: format!("restored-{revision}"),
+    };
+    let data = bincode::serialize(&PayloadRef {
+        state,
+        last_applied: &Some(log_id),
+        last_membership: &last_membership,
+        audit,
+    })?;
+    let mut batch = sled::Batch::default();
+    for entry in audit {
+        batch.insert(&key(entry.seq)[..], bincode::serialize(entry)?);
+    }
+    trees.audit.apply_batch(batch)?;
+    store_snapshot(trees, &Mutex::new(()), &meta, &data, true)?;
+    trees
+        .meta
+        .insert(super::log::LAST_PURGED, bincode::serialize(&log_id)?)?;
+    trees.disk.sync()?;
+    Ok(())
+}
