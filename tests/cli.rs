@@ -37,7 +37,11 @@ async fn the_cli_reads_moves_and_drills_without_asking_when_there_is_no_terminal
 
     let out = baton(&c, &["status"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("leader"), "{}", text(&out));
+    let t = text(&out);
+    // One screen: the nodes, every service with its primary, each region's health.
+    for part in ["leader", "services:", "payments", "us-east", "regions:"] {
+        assert!(t.contains(part), "no {part:?} in:\n{t}");
+    }
 
     let out = baton(&c, &["-w", "json", "primary", "payments"]);
     assert!(out.status.success(), "{}", text(&out));

@@ -144,8 +144,13 @@ impl Table {
             }
             out
         } else {
+            // One row per line: free text (a pause reason, an audit reason) is cut so one
+            // long cell cannot push every other column off the screen; -w json has it all.
+            let clipped = |r: &Vec<Value>| -> Vec<String> {
+                texts(r).into_iter().map(|t: String| clip(&t)).collect()
+            };
             std::iter::once(self.header())
-                .chain(self.rows.iter().map(texts))
+                .chain(self.rows.iter().map(clipped))
                 .collect()
         };
         let columns = cells.first().map_or(0, Vec::len);
@@ -258,6 +263,20 @@ pub fn print_sections(
         }
     }
     out.flush()
+}
+
+/// The widest cell of a horizontal table, in characters.
+pub const MAX_CELL: usize = 60;
+
+/// `text` on one line and at most [`MAX_CELL`] characters, marked `…` when cut.
+pub fn clip(text: &str) -> String {
+    let one_line = text.replace(['\n', '\r'], " ");
+    if one_line.chars().count() <= MAX_CELL {
+        return one_line;
+    }
+    let mut cut: String = one_line.chars().take(MAX_CELL - 1).collect();
+    cut.push('…');
+    cut
 }
 
 /// A duration in milliseconds as people read it (`750ms`, `2s`).

@@ -1097,3 +1097,97 @@ fn completions_cover_commands_and_global_flags_for_each_shell() {
     }
     assert!(parse(&["completions", "tcsh"]).is_err());
 }
+
+#[test]
+fn status_shows_runs_pauses_and_region_health_and_long_text_stays_on_screen() {
+    use crate::proto;
+    use std::collections::HashMap;
+    let mut spec = proto::ServiceSpec {
+        name: "payments".into(),
+        regions: vec!["us-east".into(), "eu-west".into()],
+        auto_failover: true,
+        ..Default::default()
+    };
+    spec.health
+        .insert("us-east".into(), proto::HealthCheck::default());
+    spec.health
+        .insert("eu-west".into(), proto::HealthCheck::default());
+    let obs = |region: &str, vantage: &str, healthy| proto::HealthObservation {
+        region: region.into(),
+        vantage_node: 1,
+        vantage_region: vantage.into(),
+        healthy,
+        ..Default::default()
+    };
+    let resp = proto::ListServicesResponse {
+        services: vec![proto::ServiceStatus {
+            spec: Some(spec),
+            lease: Some(proto::Lease {
+                service: "payments".into(),
+                holder_region: "eu-west".into(),
+                token: 9,
+                state: proto::LeaseState::Held as i32,
+                ..Default::default()
+            }),
+            paused_reason: "x".repeat(500),
+            active_run: 4,
+            observations: vec![
+                obs("us-east", "us-east", false),
+                obs("us-east", "eu-west", false),
+                obs("eu-west", "us-east", true),
+            ],
+            ..Default::default()
+        }],
+        revision: 10,
+    };
+    let mut runs = HashMap::new();
+    runs.insert(
+        4,
+        proto::Workflow {
+            id: 4,
+            kind: "failover".into(),
+            trigger: "health".into(),
+            to_region: "eu-west".into(),
+            current_step: 1,
+            steps: vec![
+                proto::WorkflowStep {
+                    kind: "precheck".into(),
+                    ..Default::default()
+                },
+                proto::WorkflowStep {
+                    kind: "fence".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        },
+    );
+    let overview = status::services_overview(&resp, &runs).render_table();
+    assert!(
+        overview.contains("#4 failover to eu-west (health), step fence"),
+        "{overview}"
+    );
+    assert!(overview.contains("PAUSED: xxx"), "{overview}");
+    // The 500-character reason is cut on screen ...
+    assert!(
+        overview.lines().all(|l| l.chars().count() < 250),
+        "{overview}"
+    );
+    // ... and whole in JSON.
+    let json = status::services_overview(&resp, &runs)
+        .to_json()
+        .to_string();
+    assert!(json.contains(&"x".repeat(500)));
+    let regions = status::regions_table(&resp).render_table();
+    let row = |r: &str| {
+        regions
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(r))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(row("us-east").contains("UNHEALTHY"), "{regions}");
+    assert!(row("us-east").contains("0/2"), "{regions}");
+    assert!(row("eu-west").contains("healthy"), "{regions}");
+    assert!(row("eu-west").contains("true"), "{regions}");
+}
