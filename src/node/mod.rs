@@ -6,6 +6,7 @@
 //! stream, stops Raft and flushes storage.
 
 mod admin_http;
+pub mod status;
 pub mod agents;
 pub mod conn;
 pub mod dev;
