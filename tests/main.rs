@@ -13,6 +13,7 @@ mod limits;
 mod membership;
 mod ops;
 mod security;
+mod status_page;
 mod switchover;
 mod tls;
 mod watch;

@@ -6,12 +6,12 @@
 //! stream, stops Raft and flushes storage.
 
 mod admin_http;
-pub mod status;
 pub mod agents;
 pub mod conn;
 pub mod dev;
 mod peer;
 mod probes;
+pub mod status;
 pub mod tls;
 
 use std::collections::{BTreeMap, HashMap};

@@ -433,7 +433,12 @@ pub fn build(node: NodeFacts, state: &State, voters: &BTreeMap<u64, String>) -> 
         .flat_map(|(rev, events)| events.iter().rev().map(|e| lease_change(*rev, e)))
         .take(TIMELINE_LEN)
         .collect();
-    let runs = state.runs().rev().take(TIMELINE_LEN).map(run_view).collect();
+    let runs = state
+        .runs()
+        .rev()
+        .take(TIMELINE_LEN)
+        .map(run_view)
+        .collect();
     Snapshot {
         node,
         regions,

@@ -184,14 +184,14 @@ fn page_inlines_the_snapshot_safely_and_loads_nothing_from_elsewhere() {
 fn server_sent_events_frame_one_json_line() {
     let snap = build(node(), &state(), &voters());
     let json = to_json(&snap);
-    assert!(!json.contains('\n'), "JSON must be one line for one data field");
+    assert!(
+        !json.contains('\n'),
+        "JSON must be one line for one data field"
+    );
     let ev = sse_event("status", &json);
     assert_eq!(ev, format!("event: status\ndata: {json}\n\n"));
     // Multi-line data becomes one data field per line, as the format requires.
-    assert_eq!(
-        sse_event("x", "a\r\nb"),
-        "event: x\ndata: a\ndata: b\n\n"
-    );
+    assert_eq!(sse_event("x", "a\r\nb"), "event: x\ndata: a\ndata: b\n\n");
 }
 
 #[test]
@@ -228,7 +228,10 @@ fn leader_facts_give_every_member_its_lag() {
     m.current_leader = Some(1);
     m.last_log_index = Some(10);
     let mut repl = BTreeMap::new();
-    repl.insert(2, Some(LogId::new(openraft::CommittedLeaderId::new(1, 1), 7)));
+    repl.insert(
+        2,
+        Some(LogId::new(openraft::CommittedLeaderId::new(1, 1), 7)),
+    );
     repl.insert(3, None);
     m.replication = Some(repl);
     let f = node_facts("dev", 1, "us-east", true, &m);
