@@ -16,6 +16,7 @@ mod load;
 mod membership;
 mod ops;
 mod security;
+mod status_page;
 mod switchover;
 mod tls;
 mod watch;

@@ -1,6 +1,7 @@
 //! The admin HTTP listener (`admin_listen`): `/metrics` (Prometheus), `/healthz` (the process
-//! answers) and `/readyz` (it knows a leader and its state is current), plus the gRPC health
-//! status kept in step with readiness.
+//! answers) and `/readyz` (it knows a leader and its state is current), the live status page
+//! (`/`, `/status.json`, `/events`: see [`super::status`]), plus the gRPC health status kept
+//! in step with readiness.
 //!
 //! HTTP/1.1 through hyper. The listener is for monitoring and should be reachable only from
 //! the monitoring network: it needs no credentials and shows what the metrics show (service
@@ -11,18 +12,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::Full;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
+use super::status::{self, SseSlots};
 use crate::api::Ctx;
 use crate::telemetry::{self, Metrics, NodeView};
 
-/// Most admin connections served at once (scrapers and probes are few).
-const MAX_ADMIN_CONNECTIONS: usize = 64;
+/// Most admin connections served at once: scrapers and probes are few, and this leaves
+/// them room beside [`status::MAX_SSE_CLIENTS`] open status pages.
+const MAX_ADMIN_CONNECTIONS: usize = 2 * status::MAX_SSE_CLIENTS;
 /// Time a client has to send its request headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -92,8 +96,10 @@ fn view(ctx: &Ctx) -> NodeView {
     }
 }
 
-fn text(status: StatusCode, body: String, content_type: &str) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+fn text(status: StatusCode, body: String, content_type: &str) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
     *r.status_mut() = status;
     if let Ok(v) = content_type.parse() {
         r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
@@ -101,7 +107,34 @@ fn text(status: StatusCode, body: String, content_type: &str) -> Response<Full<B
     r
 }
 
-fn answer(ctx: &Ctx, metrics: &Metrics, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+/// Headers of the status page's answers: never cached (it is live), and the page may load
+/// nothing from elsewhere and talk only to this listener.
+fn live(mut r: Response<Body>) -> Response<Body> {
+    let h = r.headers_mut();
+    h.insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-store"),
+    );
+    h.insert(
+        hyper::header::CONTENT_SECURITY_POLICY,
+        hyper::header::HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'",
+        ),
+    );
+    h.insert(
+        hyper::header::X_CONTENT_TYPE_OPTIONS,
+        hyper::header::HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
+fn answer(
+    ctx: &Arc<Ctx>,
+    metrics: &Metrics,
+    sse: &SseSlots,
+    req: &Request<Incoming>,
+) -> Response<Body> {
     const PLAIN: &str = "text/plain; charset=utf-8";
     if req.method() != hyper::Method::GET && req.method() != hyper::Method::HEAD {
         return text(
@@ -124,6 +157,35 @@ fn answer(ctx: &Ctx, metrics: &Metrics, req: &Request<Incoming>) -> Response<Ful
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
             )
         }
+        "/" => live(text(
+            StatusCode::OK,
+            status::page(&status::snapshot(ctx)),
+            "text/html; charset=utf-8",
+        )),
+        "/status.json" => live(text(
+            StatusCode::OK,
+            status::to_json(&status::snapshot(ctx)),
+            "application/json",
+        )),
+        "/events" => match sse.admit() {
+            Some(slot) => {
+                let body = StreamBody::new(status::events(ctx.clone(), slot));
+                let mut r = Response::new(BodyExt::boxed_unsync(body));
+                if let Ok(v) = "text/event-stream".parse() {
+                    r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+                }
+                live(r)
+            }
+            None => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "too many open status streams (limit {}); close some status pages or \
+                     poll /status.json instead\n",
+                    status::MAX_SSE_CLIENTS
+                ),
+                PLAIN,
+            ),
+        },
         "/healthz" => text(StatusCode::OK, "ok\n".into(), PLAIN),
         "/readyz" => match readiness(ctx) {
             Ok(()) => text(StatusCode::OK, "ready\n".into(), PLAIN),
@@ -135,7 +197,7 @@ fn answer(ctx: &Ctx, metrics: &Metrics, req: &Request<Incoming>) -> Response<Ful
         },
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /metrics, /healthz or /readyz\n".into(),
+            "not found: try / (status page), /status.json, /events, /metrics, /healthz or /readyz\n".into(),
             PLAIN,
         ),
     }
@@ -149,6 +211,7 @@ pub(super) fn serve(
     mut stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    let sse = SseSlots::default();
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -170,11 +233,12 @@ pub(super) fn serve(
             };
             let ctx = ctx.clone();
             let metrics = metrics.clone();
+            let sse = sse.clone();
             let mut stop = stop.clone();
             tokio::spawn(async move {
                 let _slot = slot;
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let r = answer(&ctx, &metrics, &req);
+                    let r = answer(&ctx, &metrics, &sse, &req);
                     async move { Ok::<_, Infallible>(r) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()

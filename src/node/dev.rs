@@ -345,6 +345,11 @@ pub async fn run(opts: DevOptions) -> Result<(), NodeError> {
         opts.base_port + ADMIN_OFFSET,
         opts.base_port + ADMIN_OFFSET + 2
     );
+    println!(
+        "  live status page: http://127.0.0.1:{}/ (any node: .. :{})",
+        opts.base_port + ADMIN_OFFSET,
+        opts.base_port + ADMIN_OFFSET + 2
+    );
     println!();
     println!(
         "Try, in another terminal (the CLI talks to {} by default):",

@@ -12,6 +12,7 @@ pub mod dev;
 mod peer;
 mod probes;
 mod raft_rt;
+pub mod status;
 pub mod tls;
 
 use std::collections::{BTreeMap, HashMap};

@@ -106,6 +106,12 @@ impl History {
         Ok(self.entries.range(start..).cloned().collect())
     }
 
+    /// The last `n` kept revisions, oldest first (the status page's timeline).
+    pub fn recent(&self, n: usize) -> Vec<(u64, Vec<Event>)> {
+        let start = self.entries.len().saturating_sub(n);
+        self.entries.range(start..).cloned().collect()
+    }
+
     /// Number of revisions kept.
     pub fn len(&self) -> usize {
         self.entries.len()
