@@ -46,6 +46,7 @@ pub mod node;
 pub mod raft;
 pub mod state;
 pub mod telemetry;
+pub mod wire;
 
 #[cfg(test)]
 mod fuzz_tests;

@@ -124,6 +124,17 @@ async fn bad_input_is_refused_with_the_right_code_and_changes_nothing() {
             err.message()
         );
     }
+    // A failed compare-and-set names the current token in its structured details (google.rpc
+    // ErrorInfo), also through a follower that forwarded it.
+    for node in [leader, (leader + 1) % 3] {
+        let err = c
+            .coordinator(node)
+            .await
+            .failover(failover("payments", "eu-west", "r", before.1 + 1000))
+            .await
+            .unwrap_err();
+        assert_eq!(baton::wire::current_token(&err), Some(before.1), "{err:?}");
+    }
 
     let err = co
         .get_primary(GetPrimaryRequest {

@@ -37,7 +37,7 @@ use crate::raft::{Changes, LeaderContact, NodeId, NodeInfo, Raft, SharedState};
 use crate::state::{AuditEntry, Command, Rejection};
 
 /// Metadata key carrying the leader's `host:port` on a not-leader answer.
-pub const LEADER_HEADER: &str = "x-baton-leader";
+pub const LEADER_HEADER: &str = crate::wire::LEADER_KEY;
 /// Metadata key a caller may use to say on whose behalf it acts: a note in the audit
 /// reason, never the principal.
 pub const ACTOR_HEADER: &str = "x-baton-actor";
@@ -160,20 +160,20 @@ impl Ctx {
     /// `UNAVAILABLE` naming the leader, with its address in metadata.
     pub fn not_leader(&self, leader: Option<(NodeId, NodeInfo)>) -> Status {
         match leader {
-            Some((lid, node)) if lid != self.id => {
-                let mut s = Status::unavailable(format!(
+            Some((lid, node)) if lid != self.id => crate::wire::not_leader(
+                format!(
                     "node {} is not the leader; the leader is node {lid} at {} (clients follow it)",
                     self.id, node.addr
-                ));
-                if let Ok(v) = MetadataValue::try_from(node.addr.as_str()) {
-                    s.metadata_mut().insert(LEADER_HEADER, v);
-                }
-                s
-            }
-            _ => Status::unavailable(format!(
-                "node {} knows no leader right now (an election may be in progress); retry shortly",
-                self.id
-            )),
+                ),
+                Some((lid, node.addr.as_str())),
+            ),
+            _ => crate::wire::not_leader(
+                format!(
+                    "node {} knows no leader right now (an election may be in progress); retry shortly",
+                    self.id
+                ),
+                None,
+            ),
         }
     }
 
@@ -421,6 +421,14 @@ pub fn rejection_status(r: &Rejection) -> Status {
         | Rejection::WrongState(_) => Code::FailedPrecondition,
         Rejection::Forbidden(_) => Code::PermissionDenied,
     };
+    if let Rejection::TokenMismatch {
+        service,
+        expected,
+        actual,
+    } = r
+    {
+        return crate::wire::token_mismatch(service, *expected, *actual, r.to_string());
+    }
     Status::new(code, r.to_string())
 }
 

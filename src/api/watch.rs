@@ -206,11 +206,15 @@ impl Stream for Paced {
 pub const MAX_WATCH_AHEAD: u64 = 100_000;
 
 fn compacted(c: Compacted) -> Status {
-    Status::failed_precondition(format!(
-        "revision {} has been compacted; the oldest revision available is {} — \
-         restart the watch from 0 (current state) or from {}",
-        c.requested, c.oldest, c.oldest
-    ))
+    crate::wire::compacted(
+        c.requested,
+        c.oldest,
+        format!(
+            "revision {} has been compacted; the oldest revision available is {} — \
+             restart the watch from 0 (current state) or from {}",
+            c.requested, c.oldest, c.oldest
+        ),
+    )
 }
 
 struct Filter(Option<BTreeSet<String>>);

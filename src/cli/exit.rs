@@ -189,6 +189,12 @@ impl CliError {
                     "the cluster has no leader or no quorum right now; check `baton status` and retry"
                         .into(),
                 ),
+                Code::FailedPrecondition => crate::wire::current_token(status).map(|t| {
+                    format!(
+                        "the lease moved on: its current token is {t}; check `baton primary \
+                         SERVICE` and pass --expected-token {t} if the move still makes sense"
+                    )
+                }),
                 _ => None,
             },
             _ => None,
@@ -206,6 +212,24 @@ mod tests {
             endpoint: "127.0.0.1:7101".into(),
             status,
         })
+    }
+
+    #[test]
+    fn a_failed_compare_and_set_hints_the_current_token_from_its_details() {
+        let e = rpc(crate::wire::token_mismatch(
+            "payments",
+            7,
+            9,
+            "the lease changed".into(),
+        ));
+        assert_eq!(e.exit(), Exit::Rejected);
+        assert!(
+            e.hint().is_some_and(|h| h.contains("--expected-token 9")),
+            "{:?}",
+            e.hint()
+        );
+        // The same code without details: no made-up token.
+        assert!(rpc(Status::failed_precondition("x")).hint().is_none());
     }
 
     #[test]

@@ -10,11 +10,12 @@ use tonic::{Code, Status};
 use super::endpoint::normalize_endpoint;
 
 /// ASCII metadata key with which a non-leader names the leader's `host:port`.
-pub const LEADER_METADATA: &str = "x-baton-leader";
+pub const LEADER_METADATA: &str = crate::wire::LEADER_KEY;
 
 /// ASCII metadata key with which a compacted watch names the oldest revision it can serve.
-/// Optional: the client also reads the number from the message.
-pub const OLDEST_REVISION_METADATA: &str = "x-baton-oldest-revision";
+/// The client reads the structured details first, then this key, then the message (older
+/// servers).
+pub const OLDEST_REVISION_METADATA: &str = crate::wire::OLDEST_REVISION_KEY;
 
 /// An error of the client library, with enough context to tell the operator what to do.
 #[derive(Debug, thiserror::Error)]
@@ -264,7 +265,8 @@ pub(crate) fn is_not_leader(status: &Status) -> bool {
         return false;
     }
     let m = status.message();
-    status.metadata().get(LEADER_METADATA).is_some()
+    crate::wire::is_not_leader(status)
+        || status.metadata().get(LEADER_METADATA).is_some()
         || m.contains("not the leader")
         || m.contains("knows no leader")
 }
@@ -272,12 +274,8 @@ pub(crate) fn is_not_leader(status: &Status) -> bool {
 /// The leader a non-leader named: `x-baton-leader` metadata first, else the address after
 /// "at " in a message like "...; the leader is node 1 at 127.0.0.1:7101".
 pub(crate) fn leader_hint(status: &Status) -> Option<String> {
-    if let Some(v) = status.metadata().get(LEADER_METADATA) {
-        if let Ok(s) = v.to_str() {
-            if let Ok(addr) = normalize_endpoint(s) {
-                return Some(addr);
-            }
-        }
+    if let Some(addr) = crate::wire::leader_addr(status).and_then(|a| normalize_endpoint(&a).ok()) {
+        return Some(addr);
     }
     leader_from_message(status.message())
 }
@@ -304,12 +302,7 @@ pub(crate) fn compacted_oldest(status: &Status) -> Option<u64> {
     if status.code() != Code::FailedPrecondition {
         return None;
     }
-    if let Some(v) = status.metadata().get(OLDEST_REVISION_METADATA) {
-        if let Some(n) = v.to_str().ok().and_then(|s| s.trim().parse().ok()) {
-            return Some(n);
-        }
-    }
-    oldest_from_message(status.message())
+    crate::wire::oldest_revision(status).or_else(|| oldest_from_message(status.message()))
 }
 
 /// The first number after the word "oldest" in a message.
