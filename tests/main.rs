@@ -8,6 +8,7 @@ mod automation;
 mod backup;
 mod bad_input;
 mod cli;
+mod dev;
 mod disk;
 mod lease_safety;
 mod lifecycle;

@@ -61,6 +61,16 @@ fn agent(endpoints: &[String], tls: &Option<ClientTls>, region: &str) -> Option<
 }
 
 impl DevRegions {
+    /// Starts the agent of every region that is up and has none.
+    pub fn start_agents(&self) {
+        let mut map = self.regions.lock().unwrap_or_else(|e| e.into_inner());
+        for (region, r) in map.iter_mut() {
+            if r.up && r.agent.is_none() {
+                r.agent = agent(&self.endpoints, &self.tls, region);
+            }
+        }
+    }
+
     /// Sets a region up (agent renewing, endpoint healthy) or down.
     pub fn set_up(&self, region: &str, up: bool) -> Result<(), String> {
         let mut map = self.regions.lock().unwrap_or_else(|e| e.into_inner());
@@ -174,9 +184,10 @@ pub async fn start(
             .map(|c| {
                 (
                     c.region.clone(),
+                    // Agents start later (`start_agents`), once the service exists.
                     Region {
                         up: true,
-                        agent: agent(&endpoints, &tls, &c.region),
+                        agent: None,
                     },
                 )
             })

@@ -264,6 +264,13 @@ pub async fn run(opts: DevOptions) -> Result<(), NodeError> {
     for c in &configs {
         c.validate().map_err(|e| NodeError::Other(e.to_string()))?;
     }
+    // The simulated health endpoints answer before any node probes them: a node that found
+    // them refusing at start saw every region unhealthy, and on a busy machine one region
+    // could turn healthy before another, which automation took for an outage of the
+    // primary's region (a failover on the first start).
+    let regions = super::agents::start(&configs, opts.base_port, agent_tls)
+        .await
+        .map_err(NodeError::Other)?;
     let mut nodes = Vec::new();
     for c in configs.iter().cloned() {
         match Node::start(c).await {
@@ -285,15 +292,7 @@ pub async fn run(opts: DevOptions) -> Result<(), NodeError> {
         }
         return Err(e);
     }
-    let regions = match super::agents::start(&configs, opts.base_port, agent_tls).await {
-        Ok(r) => r,
-        Err(e) => {
-            for n in nodes {
-                let _ = n.stop().await;
-            }
-            return Err(NodeError::Other(e));
-        }
-    };
+    regions.start_agents();
     let endpoints: Vec<String> = configs.iter().map(|c| c.listen.clone()).collect();
     println!("baton dev — a local three-region cluster");
     let flags = match &certs {
