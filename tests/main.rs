@@ -14,6 +14,7 @@ mod limits;
 mod load;
 mod membership;
 mod ops;
+mod runbook;
 mod security;
 mod switchover;
 mod tls;
