@@ -58,7 +58,13 @@ impl Netns {
             cmd.env(k, v);
         }
         // The caller's own baton settings must not leak into the cluster's commands.
-        for k in ["BATON_ENDPOINTS", "BATON_CACERT", "BATON_CERT", "BATON_KEY", "BATON_TOKEN"] {
+        for k in [
+            "BATON_ENDPOINTS",
+            "BATON_CACERT",
+            "BATON_CERT",
+            "BATON_KEY",
+            "BATON_TOKEN",
+        ] {
             cmd.env_remove(k);
         }
         cmd.output().unwrap()
@@ -225,27 +231,37 @@ fn the_runbook_works_on_a_cluster_of_real_hosts() {
         "a leader in {rows:?}"
     );
     let table = c.baton(&["status"]);
-    assert!(table.contains("leader") && table.contains("3 voters"), "{table}");
+    assert!(
+        table.contains("leader") && table.contains("3 voters"),
+        "{table}"
+    );
     let services = c.json(&["services"]).unwrap();
     assert_eq!(services[0]["service"], "payments", "{services}");
     assert_eq!(services[0]["primary"], "us-east", "{services}");
     assert_eq!(services[0]["frozen"], false, "{services}");
     let first_token = services[0]["token"].as_u64().unwrap();
     let ready = c.ok(&["http", "us-east", "/readyz"]);
-    assert!(ready.contains("200 OK") && ready.contains("ready"), "{ready}");
+    assert!(
+        ready.contains("200 OK") && ready.contains("ready"),
+        "{ready}"
+    );
     let metrics = c.ok(&["http", "eu-west", "/metrics"]);
     assert!(metrics.contains("baton_raft_is_leader"), "{metrics}");
     wait_for(WAIT, "us-east's promote hook", || {
         c.role("us-east").starts_with("primary").then_some(())
     });
     let status = c.ok(&["status"]);
-    assert!(status.contains("us-east") && status.contains("connected"), "{status}");
+    assert!(
+        status.contains("us-east") && status.contains("connected"),
+        "{status}"
+    );
 
     // --- A region is cut off: automation fails the primary over (lease expiry), and the
     // cut region's agent demotes itself although it cannot reach the cluster.
     c.ok(&["cut", "us-east"]);
     let (holder, _) = wait_for(WAIT, "a new primary outside us-east", || {
-        c.primary().filter(|(h, s)| s == "held" && h != "us-east" && !h.is_empty())
+        c.primary()
+            .filter(|(h, s)| s == "held" && h != "us-east" && !h.is_empty())
     });
     wait_for(WAIT, "the new holder's promote hook", || {
         c.role(&holder).starts_with("primary").then_some(())
@@ -260,7 +276,13 @@ fn the_runbook_works_on_a_cluster_of_real_hosts() {
     wait_for(WAIT, "us-east back in the cluster", || {
         c.agreed_status(&REGIONS)
     });
-    let out = c.baton(&["failback", "payments", "-y", "--reason", "runbook: us-east is back"]);
+    let out = c.baton(&[
+        "failback",
+        "payments",
+        "-y",
+        "--reason",
+        "runbook: us-east is back",
+    ]);
     assert!(out.contains("baton workflow"), "{out}");
     assert_eq!(c.primary().unwrap(), ("us-east".into(), "held".into()));
     wait_for(WAIT, "us-east's promote hook after failback", || {
@@ -297,7 +319,12 @@ fn the_runbook_works_on_a_cluster_of_real_hosts() {
         c.role("eu-west").starts_with("primary").then_some(())
     });
     c.ok(&["heal", "us-east"]);
-    c.baton(&["unfreeze", "payments", "--reason", "runbook: maintenance over"]);
+    c.baton(&[
+        "unfreeze",
+        "payments",
+        "--reason",
+        "runbook: maintenance over",
+    ]);
     // (A node just healed may answer first and still be catching up: wait, do not guess.)
     wait_for(WAIT, "plan to no longer say frozen", || {
         let plan = c.json(&["plan", "payments"])?;
@@ -321,7 +348,10 @@ fn the_runbook_works_on_a_cluster_of_real_hosts() {
         "membership needs the admin role: {}",
         show(&out)
     );
-    let out = c.baton_as("platform-admin", &["-w", "json", "admin", "remove-node", "3"]);
+    let out = c.baton_as(
+        "platform-admin",
+        &["-w", "json", "admin", "remove-node", "3"],
+    );
     assert!(out.status.success(), "remove-node: {}", show(&out));
     let members: Value = serde_json::from_slice(&out.stdout).unwrap();
     let ids: Vec<u64> = members
@@ -342,16 +372,7 @@ fn the_runbook_works_on_a_cluster_of_real_hosts() {
     let out = c.baton_as(
         "platform-admin",
         &[
-            "-w",
-            "json",
-            "admin",
-            "add-node",
-            "--id",
-            "6",
-            "--addr",
-            &addr,
-            "--region",
-            "ap-south",
+            "-w", "json", "admin", "add-node", "--id", "6", "--addr", &addr, "--region", "ap-south",
         ],
     );
     assert!(out.status.success(), "add-node: {}", show(&out));
@@ -373,11 +394,25 @@ fn the_runbook_works_on_a_cluster_of_real_hosts() {
     });
     assert!(rows.iter().all(|r| r["error"].is_null()), "{rows:?}");
     // The new node serves the region: the primary can move there and back.
-    c.baton(&["failover", "payments", "--to", "ap-south", "-y", "--reason", "runbook: try node 6"]);
+    c.baton(&[
+        "failover",
+        "payments",
+        "--to",
+        "ap-south",
+        "-y",
+        "--reason",
+        "runbook: try node 6",
+    ]);
     wait_for(WAIT, "ap-south's promote hook", || {
         c.role("ap-south").starts_with("primary").then_some(())
     });
-    c.baton(&["failback", "payments", "-y", "--reason", "runbook: back to us-east"]);
+    c.baton(&[
+        "failback",
+        "payments",
+        "-y",
+        "--reason",
+        "runbook: back to us-east",
+    ]);
 
     // --- Loss of quorum: two of three hosts go down. Writes answer "unavailable" (exit 3),
     // the primary's agent fences itself; restarting the hosts (data intact) recovers.
@@ -385,12 +420,21 @@ fn the_runbook_works_on_a_cluster_of_real_hosts() {
     c.ok(&["crash", "ap-south"]);
     let out = c.baton_as(
         "oncall",
-        &["--timeout", "3s", "freeze", "payments", "--reason", "runbook: no quorum"],
+        &[
+            "--timeout",
+            "3s",
+            "freeze",
+            "payments",
+            "--reason",
+            "runbook: no quorum",
+        ],
     );
     assert_eq!(out.status.code(), Some(3), "no quorum: {}", show(&out));
-    wait_for(WAIT, "us-east's agent to fence itself without quorum", || {
-        c.role("us-east").starts_with("standby").then_some(())
-    });
+    wait_for(
+        WAIT,
+        "us-east's agent to fence itself without quorum",
+        || c.role("us-east").starts_with("standby").then_some(()),
+    );
     c.ok(&["start", "eu-west"]);
     c.ok(&["start", "ap-south"]);
     wait_for(WAIT, "quorum back with all three nodes", || {
@@ -405,7 +449,10 @@ fn the_runbook_works_on_a_cluster_of_real_hosts() {
     let token = c.json(&["primary", "payments"]).unwrap()["token"]
         .as_u64()
         .unwrap();
-    assert!(token > first_token, "tokens only grow: {token} > {first_token}");
+    assert!(
+        token > first_token,
+        "tokens only grow: {token} > {first_token}"
+    );
     assert_eq!(
         c.baton_as("oncall", &["audit", "verify"]).status.code(),
         Some(0),
