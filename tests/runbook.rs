@@ -440,6 +440,14 @@ fn the_runbook_works_on_a_cluster_of_real_hosts() {
     wait_for(WAIT, "quorum back with all three nodes", || {
         c.agreed_status(&REGIONS)
     });
+    // The freeze answered "outcome unknown": if us-east led, it sat in its log and commits
+    // now. The runbook says to look before going on; undo it if it applied.
+    let frozen = wait_for(WAIT, "services to answer", || {
+        c.json(&["services"]).map(|s| s[0]["frozen"] == true)
+    });
+    if frozen {
+        c.baton(&["unfreeze", "payments", "--reason", "runbook: undo the late freeze"]);
+    }
     let (holder, _) = wait_for(WAIT, "a primary again", || {
         c.primary().filter(|(_, s)| s == "held")
     });
