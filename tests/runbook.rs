@@ -446,7 +446,12 @@ fn the_runbook_works_on_a_cluster_of_real_hosts() {
         c.json(&["services"]).map(|s| s[0]["frozen"] == true)
     });
     if frozen {
-        c.baton(&["unfreeze", "payments", "--reason", "runbook: undo the late freeze"]);
+        c.baton(&[
+            "unfreeze",
+            "payments",
+            "--reason",
+            "runbook: undo the late freeze",
+        ]);
     }
     let (holder, _) = wait_for(WAIT, "a primary again", || {
         c.primary().filter(|(_, s)| s == "held")
