@@ -20,6 +20,7 @@ async fn raw(
 ) -> Result<RaftReply, tonic::Status> {
     let mut client = RaftClient::new(channel(&c.nodes[i].peer_addr));
     let req = RaftRequest {
+        to: None,
         leader_confirmed_age_ms: None,
         cluster: c.cluster.clone(),
         from,
@@ -155,6 +156,7 @@ async fn raft_is_served_on_the_peer_listener_only() {
     let mut client = RaftClient::new(channel(&c.nodes[0].addr));
     let e = client
         .vote(RaftRequest {
+            to: None,
             leader_confirmed_age_ms: None,
             cluster: c.cluster.clone(),
             from: 2,
@@ -210,6 +212,7 @@ async fn a_tls_cluster_refuses_peers_without_a_certificate_of_its_ca() {
     // A vote at term 1 from member 2: harmless (the cluster is past term 1), answered by
     // openraft only if the connection is accepted.
     let vote = || RaftRequest {
+        to: None,
         leader_confirmed_age_ms: None,
         cluster: c.cluster.clone(),
         from: 2,
@@ -235,6 +238,7 @@ async fn a_tls_cluster_refuses_peers_without_a_certificate_of_its_ca() {
     );
     // A member's certificate speaking for another member: refused.
     let spoof = RaftRequest {
+        to: None,
         leader_confirmed_age_ms: None,
         from: 3,
         payload: crafted_vote(1, 3),
@@ -288,4 +292,38 @@ fn baton_cert_never_overwrites_a_ca() {
     assert!(!again.status.success());
     let err = String::from_utf8_lossy(&again.stderr);
     assert!(err.contains("not overwriting"), "{err}");
+}
+
+/// A Raft message names the node it is meant for; another node refuses it. Found on the
+/// network-namespace cluster (`tests/runbook.rs`): a replacement started empty on the
+/// address of a member not yet removed answered that member's vote requests and granted a
+/// stale node leadership, which lost committed entries and made openraft panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raft_message_meant_for_another_node_is_refused() {
+    let c = TestCluster::start(3, &service_toml("payments", "1h")).await;
+    c.leader(Duration::from_secs(20)).await;
+    let vote = |to: Option<u64>| RaftRequest {
+        to,
+        leader_confirmed_age_ms: None,
+        cluster: c.cluster.clone(),
+        from: 2,
+        payload: bincode::serialize(&VoteRequest::<u64>::new(Vote::new(1, 2), None)).unwrap(),
+    };
+    let mut client = RaftClient::new(channel(&c.nodes[0].peer_addr));
+    let e = client
+        .vote(vote(Some(3)))
+        .await
+        .expect_err("node 1 must not answer for node 3");
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("this is node 1"), "{e:?}");
+    // Meant for node 1 (or not saying, as older senders do): answered (a stale vote is
+    // simply not granted).
+    for to in [Some(1), None] {
+        let reply = client.vote(vote(to)).await.unwrap().into_inner();
+        let r: VoteResponse<u64> = bincode::deserialize(&reply.payload).unwrap();
+        assert!(!r.vote_granted, "{r:?}");
+    }
+    // And the cluster keeps working.
+    let cl = crate::support::client(&c);
+    crate::support::lease(&cl, "payments").await;
 }

@@ -104,6 +104,7 @@ async fn cannot_read(cl: &Client, who: &str) {
 fn vote(c: &TestCluster, from: u64) -> RaftRequest {
     let last = LogId::new(CommittedLeaderId::new(1, from), 0);
     RaftRequest {
+        to: None,
         leader_confirmed_age_ms: None,
         cluster: c.cluster.clone(),
         from,

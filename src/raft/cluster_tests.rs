@@ -222,6 +222,7 @@ async fn three_nodes_replicate_forward_snapshot_and_restart() {
         .unwrap();
     let status = raw
         .vote(RaftRequest {
+            to: None,
             leader_confirmed_age_ms: None,
             cluster: "other-cluster".into(),
             from: 9,

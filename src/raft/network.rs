@@ -305,10 +305,12 @@ impl Peers {
         payload: Vec<u8>,
         timeout: Duration,
         confirmed_age: Option<Duration>,
+        to: Option<NodeId>,
     ) -> tonic::Request<RaftRequest> {
         let mut req = tonic::Request::new(RaftRequest {
             cluster: self.inner.cluster.clone(),
             from: self.inner.me,
+            to,
             payload,
             leader_confirmed_age_ms: confirmed_age
                 .map(|d| d.as_millis().min(u64::MAX as u128) as u64),
@@ -351,7 +353,7 @@ impl Peers {
         })?;
         let payload = bincode::serialize(req).map_err(|e| other(format!("encoding: {e}")))?;
         let timeout = self.inner.forward_timeout;
-        let call = client.forward(self.request(payload, timeout, None));
+        let call = client.forward(self.request(payload, timeout, None, None));
         let reply = match tokio::time::timeout(timeout, call).await {
             Err(_) => return Err(other(format!("no answer within {timeout:?}"))),
             Ok(Err(status)) if is_connect_error(&status) => {
@@ -466,7 +468,9 @@ impl PeerNetwork {
                 .age()
                 .map_or(Duration::MAX, |a| a.saturating_add(rtt))
         });
-        let request = self.peers.request(payload, ttl, confirmed_age);
+        let request = self
+            .peers
+            .request(payload, ttl, confirmed_age, Some(self.target));
         let sent = std::time::Instant::now();
         let call = async {
             match rpc {

@@ -142,6 +142,20 @@ impl RaftService {
                 req.from, req.cluster, self.cluster
             )));
         }
+        if let Some(to) = req.to {
+            let me = self.raft.metrics().borrow().id;
+            if to != me {
+                return Err(self.refuse(
+                    "any",
+                    Status::failed_precondition(format!(
+                        "node {} meant node {to}, but this is node {me}: its peer address for \
+                         node {to} reaches another node (a replacement started on the address \
+                         of a member not yet removed?); remove node {to} first, or fix [dial]",
+                        req.from
+                    )),
+                ));
+            }
+        }
         let value = bincode::deserialize(&req.payload).map_err(|e| {
             Status::invalid_argument(format!(
                 "undecodable Raft payload from node {} (mismatched baton versions?): {e}",
