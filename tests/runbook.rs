@@ -127,7 +127,8 @@ impl Netns {
     /// `baton status` rows, once every endpoint in `expect_up` answers and all agree on
     /// one leader.
     fn agreed_status(&self, expect_up: &[&str]) -> Option<Vec<Value>> {
-        let rows = self.json(&["status"])?.as_array()?.clone();
+        // `-w json status` is {"nodes": [...], "services": [...], "regions": [...]}.
+        let rows = self.json(&["status"])?.get("nodes")?.as_array()?.clone();
         let mut leader = None;
         for r in &rows {
             let region = r["region"].as_str().unwrap_or("");
@@ -231,8 +232,12 @@ fn the_runbook_works_on_a_cluster_of_real_hosts() {
         "a leader in {rows:?}"
     );
     let table = c.baton(&["status"]);
+    // One screen: the nodes, the service with its primary, each region's health.
     assert!(
-        table.contains("leader") && table.contains("3 voters"),
+        table.contains("leader")
+            && table.contains("3 voters")
+            && table.contains("payments")
+            && table.contains("regions:"),
         "{table}"
     );
     let services = c.json(&["services"]).unwrap();
