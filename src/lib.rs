@@ -14,6 +14,10 @@
 //! - [`bench`]: benchmarks that start their own cluster (`baton bench leader-kill`).
 //! - [`node`]: one coordinator process: wires config, storage, Raft, the API, the lease
 //!   keeper, the controller and the health probes together; `baton dev` lives here too.
+//! - [`dev`]: `baton dev`, three nodes and the simulated regions (agents, health endpoints)
+//!   in one process.
+//! - [`wire`]: metadata keys and structured error details both ends of the API share.
+//! - [`clock`]: the wall clock leaders stamp commands with.
 //! - [`api`]: the gRPC services `baton.v1.Coordinator` and `baton.v1.Admin`.
 //! - [`auth`]: who is calling (client certificates, hashed bearer tokens) and which roles
 //!   they hold; the method table every RPC is checked against.
@@ -38,9 +42,11 @@ pub mod backup;
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod convert;
+pub mod dev;
 pub mod health;
 pub mod node;
 pub mod raft;

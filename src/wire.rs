@@ -21,6 +21,16 @@ pub const DOMAIN: &str = "baton.v1";
 pub const LEADER_KEY: &str = "x-baton-leader";
 /// Metadata key naming the oldest revision a compacted watch can resume from.
 pub const OLDEST_REVISION_KEY: &str = "x-baton-oldest-revision";
+/// Metadata key with which a caller says on whose behalf it acts: a note in the audit
+/// reason, never the principal.
+pub const ACTOR_KEY: &str = "x-baton-actor";
+/// Metadata key of a caller-chosen request id, echoed in the server's logs.
+pub const REQUEST_ID_KEY: &str = "x-request-id";
+/// Metadata key of the bearer token (`Bearer <token>`).
+pub const AUTHORIZATION_KEY: &str = "authorization";
+
+/// Longest agent id a KeepAlive may carry (the agent checks it before it connects).
+pub const MAX_AGENT_ID: usize = 128;
 
 /// `ErrorInfo` reasons.
 pub mod reason {

@@ -44,9 +44,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::api::keepalive::MAX_AGENT_ID;
 use crate::client::{Client, ClientError, LeaseOptions};
 use crate::state::names::check_name;
+use crate::wire::MAX_AGENT_ID;
 
 pub use self::hook::{run_hook, run_hook_until};
 pub use self::machine::{

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::Stream;
 
-use openraft::ChangeMembers;
+use crate::raft::typ::ChangeMembers;
 use tonic::{Request, Response, Status};
 
 use super::{actor, forwarded, principal, redact_service, rejection_status, validate, Caller, Ctx};
@@ -159,7 +159,7 @@ impl Admin for AdminService {
         let applied = m.last_applied.map_or(0, |l| l.index);
         let members = self.members();
         let leader = self.ctx.leader();
-        let commit = if m.state == openraft::ServerState::Leader {
+        let commit = if m.state == crate::raft::typ::ServerState::Leader {
             let voters: Vec<u64> = members
                 .iter()
                 .filter(|n| n.voter)

@@ -30,8 +30,7 @@ use crate::proto::{self, KeepAliveStatus};
 use crate::raft::Change;
 use crate::state::{EventKind, LeaseState};
 
-/// Longest agent id accepted.
-pub const MAX_AGENT_ID: usize = 128;
+pub use crate::wire::MAX_AGENT_ID;
 
 /// KeepAlive streams open now (for metrics).
 pub static OPEN_STREAMS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);

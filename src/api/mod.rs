@@ -40,11 +40,11 @@ use crate::state::{AuditEntry, Command, Rejection};
 pub const LEADER_HEADER: &str = crate::wire::LEADER_KEY;
 /// Metadata key a caller may use to say on whose behalf it acts: a note in the audit
 /// reason, never the principal.
-pub const ACTOR_HEADER: &str = "x-baton-actor";
+pub const ACTOR_HEADER: &str = crate::wire::ACTOR_KEY;
 /// Metadata key marking a request a follower already forwarded (never forwarded twice).
 pub const FORWARDED_HEADER: &str = "x-baton-forwarded";
 /// Metadata key of a caller-chosen request id, echoed in logs.
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
+pub const REQUEST_ID_HEADER: &str = crate::wire::REQUEST_ID_KEY;
 
 /// Read access to the replicated audit trail as stored on this node.
 pub trait AuditSource: Send + Sync + 'static {

@@ -20,7 +20,7 @@ use crate::config::AuthConfig;
 use crate::raft::Raft;
 
 /// `authorization: Bearer <token>`.
-pub const AUTHORIZATION_HEADER: &str = "authorization";
+pub const AUTHORIZATION_HEADER: &str = crate::wire::AUTHORIZATION_KEY;
 /// The principal a forwarding node vouches for (believed only from a member node's cert).
 pub const PRINCIPAL_HEADER: &str = "x-baton-principal";
 /// Its roles, comma-separated.

@@ -178,7 +178,7 @@ async fn write(raft: &Raft, peers: &Peers, actor: &str, command: Command) -> Res
         return Err("no leader known".into());
     };
     let req = Request {
-        at_ms: crate::control::wall_clock_ms(),
+        at_ms: crate::clock::wall_clock_ms(),
         actor: actor.to_string(),
         command,
     };

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::client::{LeaseHandle, LeaseOptions, LeaseStatus};
-use crate::node::dev::cluster_configs;
+use crate::dev::cluster_configs;
 use crate::proto::admin_client::AdminClient;
 use crate::proto::coordinator_client::CoordinatorClient;
 use crate::proto::{ClusterStatusRequest, Consistency, GetPrimaryRequest};

@@ -6,7 +6,8 @@ use clap::Args;
 
 use super::{CliError, Exit};
 use crate::config::NodeConfig;
-use crate::node::{self, dev::DevOptions};
+use crate::dev::DevOptions;
+use crate::node;
 
 /// `baton server`.
 #[derive(Debug, Args)]
@@ -67,7 +68,7 @@ pub async fn dev(args: DevArgs) -> Result<Exit, CliError> {
             DevAction::Outage { region } => (region, false),
             DevAction::Heal { region } => (region, true),
         };
-        return match node::agents::request(args.base_port, &region, up).await {
+        return match crate::dev::regions::request(args.base_port, &region, up).await {
             Ok(_) => {
                 println!("{region}: {}", if up { "healed" } else { "outage started" });
                 Ok(Exit::Ok)
@@ -78,7 +79,7 @@ pub async fn dev(args: DevArgs) -> Result<Exit, CliError> {
             }
         };
     }
-    node::dev::run(DevOptions {
+    crate::dev::run(DevOptions {
         data_dir: args.data_dir,
         base_port: args.base_port,
         tls: args.tls,

@@ -327,13 +327,13 @@ impl Pool {
     pub(crate) fn decorate<T>(&self, req: &mut tonic::Request<T>, request_id: &str) {
         let md = req.metadata_mut();
         if let Some(a) = &self.actor {
-            md.insert("x-baton-actor", a.clone());
+            md.insert(crate::wire::ACTOR_KEY, a.clone());
         }
         if let Some(a) = &self.authorization {
-            md.insert("authorization", a.clone());
+            md.insert(crate::wire::AUTHORIZATION_KEY, a.clone());
         }
         if let Ok(v) = MetadataValue::try_from(request_id) {
-            md.insert("x-request-id", v);
+            md.insert(crate::wire::REQUEST_ID_KEY, v);
         }
     }
 

@@ -272,8 +272,8 @@ impl Keeper {
 
     fn observe_leadership(&self) {
         let m = self.inner.raft.metrics().borrow().clone();
-        let leading =
-            m.current_leader == Some(self.inner.id) && m.state == openraft::ServerState::Leader;
+        let leading = m.current_leader == Some(self.inner.id)
+            && m.state == crate::raft::typ::ServerState::Leader;
         let term = leading.then_some(m.current_term);
         let changed = self.lock().on_leadership(term, Instant::now());
         if changed {

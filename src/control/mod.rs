@@ -6,8 +6,6 @@ pub mod keeper;
 pub mod policy;
 pub mod read;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 pub use keeper::{FenceOutcome, Keeper, KeeperTiming, Renewal, RenewalMsg};
 pub use read::ReadBarrier;
 
@@ -59,13 +57,7 @@ pub fn quiet_budget<'a>(
         .min()
 }
 
-/// Milliseconds since the Unix epoch on this node's clock (the leader's stamp).
-pub fn wall_clock_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use crate::clock::wall_clock_ms;
 
 /// How long a write may wait for its commit: a leader cut off from its quorum (openraft 0.9
 /// leaders do not step down) would otherwise hold the caller forever. Ten election timeouts,
@@ -83,7 +75,7 @@ pub async fn propose(
     actor: &str,
     command: Command,
 ) -> Result<(u64, Response), ControlError> {
-    use openraft::error::{ClientWriteError, RaftError};
+    use crate::raft::typ::error::{ClientWriteError, RaftError};
     let req = Request {
         at_ms: wall_clock_ms(),
         actor: actor.to_string(),

@@ -99,7 +99,7 @@ impl ReadBarrier {
 }
 
 async fn one_round(raft: &Raft, timeout: Duration) -> Result<(), ControlError> {
-    use openraft::error::{CheckIsLeaderError, RaftError};
+    use crate::raft::typ::error::{CheckIsLeaderError, RaftError};
     match tokio::time::timeout(timeout, raft.ensure_linearizable()).await {
         Err(_) => Err(ControlError::NoQuorum(format!(
             "no quorum confirmed leadership within {}",

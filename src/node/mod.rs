@@ -6,9 +6,7 @@
 //! stream, stops Raft and flushes storage.
 
 mod admin_http;
-pub mod agents;
 pub mod conn;
-pub mod dev;
 mod peer;
 mod probes;
 mod raft_rt;
@@ -104,16 +102,18 @@ pub struct Node {
     raft_rt: raft_rt::RaftRuntime,
 }
 
-fn raft_config(cfg: &NodeConfig) -> Result<openraft::Config, NodeError> {
+fn raft_config(cfg: &NodeConfig) -> Result<crate::raft::typ::Config, NodeError> {
     let t = &cfg.timing;
     let ms = |d: Duration| d.as_millis() as u64;
-    let c = openraft::Config {
+    let c = crate::raft::typ::Config {
         cluster_name: cfg.cluster.clone(),
         heartbeat_interval: ms(t.heartbeat),
         election_timeout_min: ms(t.election_timeout_min),
         election_timeout_max: ms(t.election_timeout_max),
         install_snapshot_timeout: ms(t.install_snapshot_timeout),
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.storage.snapshot_every),
+        snapshot_policy: crate::raft::typ::SnapshotPolicy::LogsSinceLast(
+            cfg.storage.snapshot_every,
+        ),
         max_in_snapshot_log_to_keep: cfg.storage.keep_behind_snapshot,
         purge_batch_size: 256,
         ..Default::default()

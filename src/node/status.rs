@@ -13,9 +13,9 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::raft::typ::ServerState;
 use futures::Stream;
 use hyper::body::{Bytes, Frame};
-use openraft::ServerState;
 use serde::Serialize;
 use tokio::sync::{broadcast, OwnedSemaphorePermit, Semaphore};
 

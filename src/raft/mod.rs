@@ -62,6 +62,18 @@ pub type Metrics = openraft::RaftMetrics<NodeId, NodeInfo>;
 /// A log id.
 pub type LogId = openraft::LogId<NodeId>;
 
+/// The openraft names the rest of baton uses, re-exported here (as openraft's examples keep
+/// a `typ` module) so every other module imports them from `raft` and an openraft upgrade is
+/// a change of this module.
+pub mod typ {
+    pub use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
+
+    /// openraft's error types.
+    pub mod error {
+        pub use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+    }
+}
+
 /// The applied state machine as readers see it.
 #[derive(Debug, Clone, Default)]
 pub struct StateView {

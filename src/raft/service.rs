@@ -276,7 +276,7 @@ impl RaftRpc for RaftService {
             ));
         }
         // Time enters the state only as the leader stamps it: replace the forwarder's clock.
-        req.at_ms = crate::control::wall_clock_ms();
+        req.at_ms = crate::clock::wall_clock_ms();
         let res = match self.raft.client_write(req).await {
             Ok(resp) => Ok(resp.data),
             Err(e) => Err(forward_reject(e)),

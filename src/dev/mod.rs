@@ -7,12 +7,14 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Node, NodeError};
+pub mod regions;
+
 use crate::client::ClientTls;
 use crate::config::{
     ClientAuth, ClientTlsConfig, HealthConfig, NodeConfig, PeerConfig, PeerTlsConfig,
     ServiceConfig, StorageConfig, TimingConfig,
 };
+use crate::node::{Node, NodeError};
 
 /// Options of `baton dev`.
 #[derive(Debug, Clone)]
@@ -137,7 +139,7 @@ pub fn sample_service(base_port: Option<u16>) -> ServiceConfig {
                         kind: "http".into(),
                         target: format!(
                             "http://127.0.0.1:{}/health",
-                            base + super::agents::HEALTH_OFFSET + i as u16
+                            base + regions::HEALTH_OFFSET + i as u16
                         ),
                         interval: Duration::from_millis(200),
                         timeout: Duration::from_millis(150),
@@ -268,7 +270,7 @@ pub async fn run(opts: DevOptions) -> Result<(), NodeError> {
     // them refusing at start saw every region unhealthy, and on a busy machine one region
     // could turn healthy before another, which automation took for an outage of the
     // primary's region (a failover on the first start).
-    let regions = super::agents::start(&configs, opts.base_port, agent_tls)
+    let regions = regions::start(&configs, opts.base_port, agent_tls)
         .await
         .map_err(NodeError::Other)?;
     let mut nodes = Vec::new();
@@ -375,7 +377,7 @@ pub async fn run(opts: DevOptions) -> Result<(), NodeError> {
     println!("  baton dev heal us-east       # 10s after it is healthy again, payments fails back");
     println!("  baton workflows payments     # the runs, with time to detect and time to recover");
     println!("Ctrl-C stops the cluster.");
-    super::stop_signal().await;
+    crate::node::stop_signal().await;
     println!("stopping…");
     for n in nodes {
         n.stop().await?;

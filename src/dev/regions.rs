@@ -70,21 +70,6 @@ impl DevRegions {
             }
         }
     }
-
-    /// Sets a region up (agent renewing, endpoint healthy) or down.
-    pub fn set_up(&self, region: &str, up: bool) -> Result<(), String> {
-        let mut map = self.regions.lock().unwrap_or_else(|e| e.into_inner());
-        let r = map.get_mut(region).ok_or_else(|| {
-            format!("no region {region:?} in the dev cluster (us-east, eu-west, ap-south)")
-        })?;
-        r.up = up;
-        r.agent = if up {
-            agent(&self.endpoints, &self.tls, region)
-        } else {
-            None
-        };
-        Ok(())
-    }
 }
 
 async fn serve_health(
