@@ -169,6 +169,13 @@ async fn sigterm_hands_leadership_over_and_exits_cleanly() {
     let new_leader = c.leader(Duration::from_secs(10)).await;
     assert_ne!(new_leader, leader);
     assert!(c.log(leader).contains("node stopped"), "{}", c.log(leader));
+    // It waited for its keeper, controller, probes and read barrier before stopping Raft.
+    let log = c.log(leader);
+    let waited = log.find("background tasks stopped");
+    assert!(
+        waited.is_some_and(|w| log.find("node stopped").is_some_and(|s| w < s)),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -56,6 +56,7 @@ impl Controller {
         changes: Changes,
         tick: Duration,
         shutdown: watch::Receiver<bool>,
+        tasks: &tokio_util::task::TaskTracker,
     ) -> Self {
         let c = Controller {
             inner: Arc::new(Inner {
@@ -65,7 +66,7 @@ impl Controller {
                 busy: Mutex::new(BTreeSet::new()),
             }),
         };
-        tokio::spawn(c.clone().run(changes, tick, shutdown));
+        tasks.spawn(c.clone().run(changes, tick, shutdown));
         c
     }
 

@@ -69,6 +69,7 @@ impl Keeper {
         reads: ReadBarrier,
         timing: KeeperTiming,
         shutdown: watch::Receiver<bool>,
+        tasks: &tokio_util::task::TaskTracker,
     ) -> Self {
         let inner = Arc::new(Inner {
             id,
@@ -80,7 +81,7 @@ impl Keeper {
             changed: Notify::new(),
         });
         let keeper = Keeper { inner };
-        tokio::spawn(keeper.clone().run(shutdown));
+        tasks.spawn(keeper.clone().run(shutdown));
         keeper
     }
 

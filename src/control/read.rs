@@ -32,12 +32,34 @@ pub struct ReadBarrier {
 }
 
 impl ReadBarrier {
-    /// Starts the batching task; it ends when every handle is dropped.
-    pub fn start(raft: Raft, round_timeout: Duration, confirmed: Arc<Confirmed>) -> Self {
+    /// Starts the batching task; it ends when every handle is dropped or `shutdown` turns
+    /// true while no reader waits (a node signals it once its servers have drained, so reads
+    /// are served to the end; a reader arriving after that is told the node is stopping).
+    pub fn start(
+        raft: Raft,
+        round_timeout: Duration,
+        confirmed: Arc<Confirmed>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+        tasks: &tokio_util::task::TaskTracker,
+    ) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<Waiter>();
         let record = confirmed.clone();
-        tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
+        tasks.spawn(async move {
+            loop {
+                let first = tokio::select! {
+                    biased;
+                    w = rx.recv() => match w {
+                        Some(w) => w,
+                        None => return,
+                    },
+                    _ = shutdown.wait_for(|s| *s) => {
+                        rx.close();
+                        while let Ok(w) = rx.try_recv() {
+                            let _ = w.send(Err(ControlError::ShuttingDown));
+                        }
+                        return;
+                    }
+                };
                 let mut batch = vec![first];
                 while let Ok(w) = rx.try_recv() {
                     batch.push(w);

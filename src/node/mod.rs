@@ -100,6 +100,9 @@ pub struct Node {
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     peer_server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     raft_rt: raft_rt::RaftRuntime,
+    /// Keeper, controller, probes, read barrier: awaited before Raft stops.
+    tasks: tokio_util::task::TaskTracker,
+    reads_stop: watch::Sender<bool>,
 }
 
 fn raft_config(cfg: &NodeConfig) -> Result<crate::raft::typ::Config, NodeError> {
@@ -214,9 +217,19 @@ impl Node {
             .map_err(|e| NodeError::Raft(e.to_string()))?;
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        // The background tasks Node::stop waits for before it stops Raft; the read barrier
+        // has a stop signal of its own, sent once the servers have drained.
+        let tasks = tokio_util::task::TaskTracker::new();
+        let (reads_stop, reads_stop_rx) = watch::channel(false);
         let contact = Arc::new(LeaderContact::default());
         let t = &cfg.timing;
-        let reads = ReadBarrier::start(raft.clone(), t.election_timeout_max * 2, confirmed);
+        let reads = ReadBarrier::start(
+            raft.clone(),
+            t.election_timeout_max * 2,
+            confirmed,
+            reads_stop_rx,
+            &tasks,
+        );
         let keeper = crate::control::Keeper::start(
             cfg.id,
             raft.clone(),
@@ -229,6 +242,7 @@ impl Node {
                 stall: t.election_timeout_min.max(Duration::from_millis(200)),
             },
             shutdown_rx.clone(),
+            &tasks,
         );
         let recorder = crate::auth::Recorder::start(raft.clone(), peers.clone());
         let auth = crate::auth::Authority::new(&cfg.auth, raft.clone(), recorder.clone());
@@ -263,13 +277,14 @@ impl Node {
             ctx.changes.clone(),
             (t.heartbeat * 2).max(Duration::from_millis(20)),
             shutdown_rx.clone(),
+            &tasks,
         );
         // Warn (once per change) while the heartbeat is too short for the measured round
         // trips: every confirmation, read and renewal would be at the mercy of the network.
         {
             let (raft, peers, heartbeat) = (raft.clone(), peers.clone(), t.heartbeat);
             let mut stop = shutdown_rx.clone();
-            tokio::spawn(async move {
+            tasks.spawn(async move {
                 let mut warned = false;
                 let mut every = tokio::time::interval(Duration::from_secs(10));
                 loop {
@@ -304,6 +319,7 @@ impl Node {
             ctx.changes.clone(),
             peers.clone(),
             shutdown_rx.clone(),
+            &tasks,
         );
 
         let coordinator = CoordinatorServer::new(CoordinatorService::new(ctx.clone()))
@@ -409,6 +425,8 @@ impl Node {
             server,
             peer_server,
             raft_rt,
+            tasks,
+            reads_stop,
         };
         node.bootstrap(&cfg).await?;
         Ok(node)
@@ -559,6 +577,18 @@ impl Node {
                 Err(_) => tracing::warn!("peer server did not drain within 5s"),
                 Ok(Ok(Ok(()))) => {}
             }
+        }
+        // The servers have drained: no reader is left to serve. Wait for the background
+        // tasks (they saw the shutdown signal) so none of them acts on a stopping Raft.
+        let _ = self.reads_stop.send(true);
+        self.tasks.close();
+        let running = self.tasks.len();
+        match tokio::time::timeout(Duration::from_secs(5), self.tasks.wait()).await {
+            Ok(()) => tracing::info!(tasks = running, "background tasks stopped"),
+            Err(_) => tracing::warn!(
+                still_running = self.tasks.len(),
+                "background tasks did not stop within 5s; stopping Raft anyway"
+            ),
         }
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");

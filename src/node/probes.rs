@@ -35,6 +35,7 @@ pub fn start(
     changes: Changes,
     peers: Peers,
     shutdown: watch::Receiver<bool>,
+    tasks: &tokio_util::task::TaskTracker,
 ) {
     let mut runner = ProbeRunner::new(id, region);
     {
@@ -57,7 +58,7 @@ pub fn start(
     let mut rx = changes.subscribe();
     let mut stop = shutdown.clone();
     let shared_for_checks = shared.clone();
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         loop {
             tokio::select! {
                 _ = stop.changed() => return,
@@ -75,7 +76,7 @@ pub fn start(
         }
     });
 
-    tokio::spawn(commit_loop(
+    tasks.spawn(commit_loop(
         id, raft, shared, peers, obs_rx, verdicts, shutdown,
     ));
 }
