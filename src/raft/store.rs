@@ -299,7 +299,7 @@ pub fn seed_restored(
             state_machine::seed(&trees, state, audit, revision, members)?;
         }
         // Open it as a node will: the snapshot loads and its audit trail is whole.
-        let (_log, _sm, audit_log) = open(&store, crate::state::history::DEFAULT_HISTORY)?;
+        let (_log, _sm, audit_log) = reopen(&store)?;
         if audit_log.next_seq()? != state.audit_head().next_seq {
             return Err(StoreError::Corrupt(
                 "the seeded audit trail is incomplete".into(),
@@ -318,6 +318,26 @@ pub fn seed_restored(
     std::fs::rename(&tmp, dir)?;
     sync_dir(&parent)?;
     Ok(())
+}
+
+/// Opens `store` again in this process once the handle just dropped has let go of it: sled's
+/// background flusher holds the database (and its file lock) a moment after the last handle
+/// is dropped, longer on a busy machine, and opening meanwhile fails with WouldBlock.
+fn reopen(store: &Path) -> Result<(LogStore, StateMachineStore, AuditLog), StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match open(store, crate::state::history::DEFAULT_HISTORY) {
+            // sled reports the held lock as an `Other` error naming WouldBlock.
+            Err(StoreError::Sled(sled::Error::Io(e)))
+                if (e.kind() == io::ErrorKind::WouldBlock
+                    || e.to_string().contains("could not acquire lock"))
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
 }
 
 /// Read access to the replicated audit trail as this node has applied it.

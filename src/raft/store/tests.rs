@@ -349,3 +349,19 @@ async fn replication_batches_are_bounded_by_bytes() {
     // Counts are still bounded by the range.
     assert_eq!(log.limited_get_log_entries(5, 6).await.unwrap().len(), 1);
 }
+
+#[test]
+fn a_restored_store_is_reopened_once_the_previous_handle_lets_go() {
+    // A restore seeds the store, drops it and opens it again to check it; on a busy machine
+    // the first handle (sled's flusher) still held the file lock and the check failed.
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("raft");
+    let held = super::open(&store, crate::state::history::DEFAULT_HISTORY).unwrap();
+    let letting_go = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(held);
+    });
+    let again = super::reopen(&store);
+    letting_go.join().unwrap();
+    assert!(again.is_ok(), "{:?}", again.err());
+}
