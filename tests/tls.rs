@@ -119,21 +119,7 @@ fn raft_client(
     dir: &Path,
     stem: &str,
 ) -> RaftClient<tonic::transport::Channel> {
-    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap()))
-        .identity(Identity::from_pem(
-            std::fs::read(dir.join(format!("{stem}.pem"))).unwrap(),
-            std::fs::read(dir.join(format!("{stem}.key"))).unwrap(),
-        ));
-    let ch = Endpoint::from_shared(format!("https://{addr}"))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect_timeout(Duration::from_secs(1))
-        .timeout(Duration::from_secs(5))
-        .connect_lazy();
-    RaftClient::new(ch)
+    RaftClient::new(tls_channel(addr, ca, dir, stem))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -237,24 +237,8 @@ async fn switchover(ctx: &mut Ctx<'_>, args: SwitchoverArgs) -> Result<Exit, Cli
     let rounds = crate::bench::switchover(&client, &args.service, &a, &b, args.rounds as usize)
         .await
         .map_err(CliError::Other)?;
-    let mut per_round = Table::new(&["round", "call_ms", "gap_ms"]);
-    for (i, r) in rounds.iter().enumerate() {
-        per_round.push(vec![Value::from(i + 1), ms(r.call), ms(r.gap)]);
-    }
-    let mut call: Vec<Duration> = rounds.iter().map(|r| r.call).collect();
-    let mut gap: Vec<Duration> = rounds.iter().map(|r| r.gap).collect();
-    call.sort_unstable();
-    gap.sort_unstable();
-    let mut summary = Table::new(&["measure", "p50_ms", "max_ms"]);
-    for (name, v) in [("call", &call), ("write gap", &gap)] {
-        summary.push(vec![
-            Value::from(name),
-            ms(percentile(v, 50.0)),
-            ms(v.last().copied().unwrap_or_default()),
-        ]);
-    }
-    ctx.print_sections(&[("rounds", &per_round), ("summary", &summary)])?;
-    Ok(Exit::Ok)
+    let pairs: Vec<(Duration, Duration)> = rounds.iter().map(|r| (r.call, r.gap)).collect();
+    print_rounds(ctx, ["call_ms", "gap_ms"], ["call", "write gap"], &pairs)
 }
 
 async fn kill(ctx: &mut Ctx<'_>, args: LeaderKillArgs) -> Result<Exit, CliError> {
@@ -265,16 +249,35 @@ async fn kill(ctx: &mut Ctx<'_>, args: LeaderKillArgs) -> Result<Exit, CliError>
     let rounds = leader_kill(&exe, args.base_port, args.rounds as usize)
         .await
         .map_err(CliError::Other)?;
-    let mut per_round = Table::new(&["round", "new_leader_ms", "first_read_ms"]);
-    for (i, r) in rounds.iter().enumerate() {
-        per_round.push(vec![Value::from(i + 1), ms(r.new_leader), ms(r.first_read)]);
+    let pairs: Vec<(Duration, Duration)> = rounds
+        .iter()
+        .map(|r| (r.new_leader, r.first_read))
+        .collect();
+    print_rounds(
+        ctx,
+        ["new_leader_ms", "first_read_ms"],
+        ["new leader", "first read"],
+        &pairs,
+    )
+}
+
+/// Prints one row per round of two measures, then their p50 and max.
+fn print_rounds(
+    ctx: &mut Ctx<'_>,
+    columns: [&'static str; 2],
+    names: [&'static str; 2],
+    rounds: &[(Duration, Duration)],
+) -> Result<Exit, CliError> {
+    let mut per_round = Table::new(&["round", columns[0], columns[1]]);
+    for (i, (a, b)) in rounds.iter().enumerate() {
+        per_round.push(vec![Value::from(i + 1), ms(*a), ms(*b)]);
     }
-    let mut leader: Vec<Duration> = rounds.iter().map(|r| r.new_leader).collect();
-    let mut read: Vec<Duration> = rounds.iter().map(|r| r.first_read).collect();
-    leader.sort_unstable();
-    read.sort_unstable();
+    let mut first: Vec<Duration> = rounds.iter().map(|r| r.0).collect();
+    let mut second: Vec<Duration> = rounds.iter().map(|r| r.1).collect();
+    first.sort_unstable();
+    second.sort_unstable();
     let mut summary = Table::new(&["measure", "p50_ms", "max_ms"]);
-    for (name, v) in [("new leader", &leader), ("first read", &read)] {
+    for (name, v) in [(names[0], &first), (names[1], &second)] {
         summary.push(vec![
             Value::from(name),
             ms(percentile(v, 50.0)),
