@@ -8,6 +8,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("baton_descriptor.bin"))
+        // Ordered maps: a spec is validated (and its first error named) the same way on
+        // every node and after every round trip, which a HashMap's random order is not.
+        .btree_map(".")
         .compile_protos(
             &[
                 "proto/baton/v1/types.proto",

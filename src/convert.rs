@@ -311,4 +311,26 @@ mod tests {
         );
         assert_eq!(spec_from_proto(&spec_to_proto(&s)).unwrap(), s);
     }
+
+    /// A spec with several bad plans is refused naming the same plan every time, on every
+    /// node and after any number of round trips (the fuzzer found a HashMap's random order
+    /// naming a different one after a round trip).
+    #[test]
+    fn a_spec_with_several_errors_is_refused_the_same_way_every_time() {
+        use prost::Message;
+        let mut p = spec_to_proto(&ServiceSpec::new("payments", &["us-east", "eu-west"]));
+        for k in ["failover", "failback", "switchover", "drill"] {
+            let step = proto::PlanStep {
+                kind: format!("no-such-step-{k}"),
+                ..Default::default()
+            };
+            p.plans.insert(k.into(), proto::Plan { steps: vec![step] });
+        }
+        let first = spec_from_proto(&p).unwrap_err();
+        assert!(first.contains("no-such-step-drill"), "{first}");
+        for _ in 0..32 {
+            p = proto::ServiceSpec::decode(p.encode_to_vec().as_slice()).unwrap();
+            assert_eq!(spec_from_proto(&p).unwrap_err(), first);
+        }
+    }
 }

@@ -13,7 +13,11 @@ use crate::state::{Request, State};
 
 fn config() -> ProptestConfig {
     ProptestConfig {
-        cases: 256,
+        // PROPTEST_CASES runs longer searches by hand; CI keeps the quick default.
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256),
         failure_persistence: None,
         ..ProptestConfig::default()
     }
@@ -61,8 +65,8 @@ fn spec() -> impl Strategy<Value = proto::ServiceSpec> {
         number(),
         text(),
         text(),
-        prop::collection::hash_map(text(), check, 0..3),
-        prop::collection::hash_map(text(), prop::collection::vec(step, 0..20), 0..3),
+        prop::collection::btree_map(text(), check, 0..3),
+        prop::collection::btree_map(text(), prop::collection::vec(step, 0..20), 0..3),
         any::<u32>(),
         number(),
     )

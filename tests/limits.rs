@@ -1,7 +1,7 @@
 //! Hostile and oversized input: limits with clear errors, and a Raft log that keeps
 //! replicating (and electing) with the largest entries the limits allow.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use baton::proto::{
@@ -168,7 +168,7 @@ async fn largest_specs_replicate_across_leader_changes_and_oversized_ones_are_re
     // A long health target: refused by its own limit.
     let mut long_target = largest_spec(1000);
     long_target.plans.clear();
-    long_target.health = HashMap::from([(
+    long_target.health = BTreeMap::from([(
         "us-east".to_string(),
         HealthCheck {
             kind: "http".into(),
