@@ -15,14 +15,12 @@ pub mod trim;
 pub mod validate;
 pub mod watch;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use tokio::sync::watch as tokio_watch;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::auth::layer::{
@@ -84,7 +82,7 @@ pub struct Ctx {
     /// Timing configuration.
     pub timing: TimingConfig,
     /// Channels to other nodes for forwarding.
-    pub links: Links,
+    pub links: crate::raft::ChannelPool,
     /// Flips to true when the node stops: streams end.
     pub shutdown: tokio_watch::Receiver<bool>,
     /// Open watch streams per connection and per caller.
@@ -109,7 +107,7 @@ impl Ctx {
         keeper: Keeper,
         contact: Arc<LeaderContact>,
         timing: TimingConfig,
-        links: Links,
+        links: crate::raft::ChannelPool,
         shutdown: tokio_watch::Receiver<bool>,
         recorder: Recorder,
     ) -> Self {
@@ -243,11 +241,9 @@ impl Ctx {
     /// A channel to the leader for forwarding, or the not-leader status if there is none.
     pub fn leader_channel(&self) -> Result<Channel, Status> {
         match self.leader() {
-            Some((lid, node)) if lid != self.id => {
-                self.links.channel(lid, &node.addr).map_err(|e| {
-                    Status::unavailable(format!("cannot reach the leader at {}: {e}", node.addr))
-                })
-            }
+            Some((lid, node)) if lid != self.id => self.links.node(lid, &node.addr).map_err(|e| {
+                Status::unavailable(format!("cannot reach the leader at {}: {e}", node.addr))
+            }),
             other => Err(self.not_leader(other)),
         }
     }
@@ -430,57 +426,6 @@ pub fn rejection_status(r: &Rejection) -> Status {
         return crate::wire::token_mismatch(service, *expected, *actual, r.to_string());
     }
     Status::new(code, r.to_string())
-}
-
-/// Lazily connected, reused channels to other nodes.
-#[derive(Clone, Default)]
-pub struct Links {
-    channels: Arc<Mutex<HashMap<NodeId, (String, Channel)>>>,
-    dial: Arc<HashMap<NodeId, String>>,
-    /// TLS to other nodes' client addresses (`[client_tls]`); plaintext when `None`.
-    tls: Option<tonic::transport::ClientTlsConfig>,
-}
-
-impl Links {
-    /// Links that dial `dial[id]` instead of a node's advertised address when given.
-    pub fn new(dial: HashMap<NodeId, String>) -> Self {
-        Self {
-            channels: Arc::default(),
-            dial: Arc::new(dial),
-            tls: None,
-        }
-    }
-
-    /// Dials with TLS (`https`) when `tls` is given.
-    pub fn with_tls(mut self, tls: Option<tonic::transport::ClientTlsConfig>) -> Self {
-        self.tls = tls;
-        self
-    }
-
-    /// The channel to node `id` at `addr` (reused while the address is unchanged).
-    pub fn channel(&self, id: NodeId, addr: &str) -> Result<Channel, String> {
-        let addr = self.dial.get(&id).map(String::as_str).unwrap_or(addr);
-        let mut map = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((a, ch)) = map.get(&id) {
-            if a == addr {
-                return Ok(ch.clone());
-            }
-        }
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let mut endpoint =
-            Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(|e| e.to_string())?;
-        if let Some(tls) = &self.tls {
-            endpoint = endpoint
-                .tls_config(tls.clone())
-                .map_err(|e| e.to_string())?;
-        }
-        let ch = endpoint
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .connect_lazy();
-        map.insert(id, (addr.to_string(), ch.clone()));
-        Ok(ch)
-    }
 }
 
 #[cfg(test)]

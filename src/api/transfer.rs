@@ -42,7 +42,7 @@ pub async fn transfer(ctx: &Ctx, to: NodeId) -> Result<NodeId, Status> {
         .ok_or_else(|| Status::internal(format!("node {target} has no address")))?;
     let channel = ctx
         .links
-        .channel(target, &node.addr)
+        .node(target, &node.addr)
         .map_err(|e| Status::unavailable(format!("cannot reach node {target}: {e}")))?;
     let election_max = ctx.timing.election_timeout_max;
     // Going quiet for a target that cannot win (its log is behind, so voters refuse it)

@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::api::{admin::AdminService, coordinator::CoordinatorService, AuditSource, Ctx, Links};
+use crate::api::{admin::AdminService, coordinator::CoordinatorService, AuditSource, Ctx};
 use crate::config::NodeConfig;
 use crate::control::{propose, KeeperTiming, ReadBarrier};
 use crate::proto::{admin_server::AdminServer, coordinator_server::CoordinatorServer};
@@ -260,12 +260,13 @@ impl Node {
             cfg.timing.clone(),
             // `dial` names peer addresses when Raft has its own listener; client API
             // forwarding then goes to the leader's advertised client address.
-            Links::new(if peer_listener.is_some() {
-                HashMap::new()
-            } else {
-                dial
-            })
-            .with_tls(forward_dial),
+            crate::raft::ChannelPool::new()
+                .with_dial(if peer_listener.is_some() {
+                    HashMap::new()
+                } else {
+                    dial
+                })
+                .with_tls(forward_dial),
             shutdown_rx.clone(),
             recorder,
         ));

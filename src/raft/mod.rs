@@ -4,6 +4,7 @@
 //! contained.
 
 pub mod network;
+pub mod pool;
 pub mod service;
 pub mod store;
 
@@ -11,6 +12,7 @@ pub mod store;
 mod cluster_tests;
 
 pub use network::{ForwardError, NetworkFactory, Peers, MAX_MESSAGE_SIZE};
+pub use pool::ChannelPool;
 pub use service::server;
 pub use store::{
     is_empty_dir, open as open_store, seed_restored, AuditLog, LogStore, StateMachineStore,

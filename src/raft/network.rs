@@ -24,8 +24,9 @@ use openraft::raft::{
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig};
 
+use super::pool::ChannelPool;
 use super::{NodeId, NodeInfo, TypeConfig};
 use crate::proto::raft_client::RaftClient;
 use crate::proto::RaftRequest;
@@ -34,11 +35,6 @@ use crate::state::{Request, Response};
 /// Largest gRPC message between nodes, both directions (snapshot chunks, log batches).
 pub const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 
-/// Time to establish a TCP connection to a peer.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// HTTP/2 keepalive: detects a silently dead peer (half-open TCP) within ~15 s.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default time a forwarded write may take.
 pub const DEFAULT_FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -108,18 +104,13 @@ struct PeersInner {
     cluster: String,
     me: NodeId,
     forward_timeout: Duration,
-    /// Per-node dial address overrides (e.g. through a fault-injecting proxy).
-    dial: HashMap<NodeId, String>,
-    /// Mutual TLS to peers (`[peer_tls]`); plaintext when `None`.
-    tls: Option<ClientTlsConfig>,
-    channels: Mutex<HashMap<String, Channel>>,
+    /// Channels to the peers' Raft listeners (mutual TLS with `[peer_tls]`).
+    pool: ChannelPool,
     /// This node's last quorum confirmation as leader; its age goes out with AppendEntries.
     confirmed: Arc<super::Confirmed>,
     /// Last AppendEntries round trip per peer (added to that age: a bound on the one-way
     /// delay; also checked against the heartbeat interval).
     rtts: Arc<Mutex<HashMap<NodeId, Duration>>>,
-    /// The runtime peer connections run on (the caller's when `None`).
-    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Peers {
@@ -130,33 +121,22 @@ impl Peers {
                 cluster: cluster.into(),
                 me,
                 forward_timeout: DEFAULT_FORWARD_TIMEOUT,
-                dial: HashMap::new(),
-                tls: None,
-                channels: Mutex::new(HashMap::new()),
+                pool: ChannelPool::new(),
                 confirmed: Arc::default(),
                 rtts: Arc::default(),
-                runtime: None,
             }),
         }
     }
 
     fn rebuild(self, f: impl FnOnce(&mut PeersInner)) -> Self {
         let old = &self.inner;
-        let channels = old
-            .channels
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
         let mut inner = PeersInner {
             cluster: old.cluster.clone(),
             me: old.me,
             forward_timeout: old.forward_timeout,
-            dial: old.dial.clone(),
-            tls: old.tls.clone(),
-            channels: Mutex::new(channels),
+            pool: old.pool.clone(),
             confirmed: old.confirmed.clone(),
             rtts: old.rtts.clone(),
-            runtime: old.runtime.clone(),
         };
         f(&mut inner);
         Self {
@@ -167,7 +147,7 @@ impl Peers {
     /// Dials node `id` at the given address instead of the one in its [`NodeInfo`] (a proxy
     /// in fault-injection tests, a different network path).
     pub fn with_dial(self, dial: HashMap<NodeId, String>) -> Self {
-        self.rebuild(|i| i.dial = dial)
+        self.rebuild(|i| i.pool = i.pool.clone().with_dial(dial))
     }
 
     /// Tells followers the age of `confirmed` (this node's last quorum confirmation as
@@ -179,7 +159,7 @@ impl Peers {
     /// Runs peer connections on `runtime` (Raft's own threads, so that a flood of client
     /// calls on the node's main runtime cannot delay heartbeats).
     pub fn with_runtime(self, runtime: tokio::runtime::Handle) -> Self {
-        self.rebuild(|i| i.runtime = Some(runtime))
+        self.rebuild(|i| i.pool = i.pool.clone().with_runtime(runtime))
     }
 
     /// The last AppendEntries round trip to each peer that answered one.
@@ -193,10 +173,7 @@ impl Peers {
 
     /// Dials peers over mutual TLS with `tls` (and `https`). Drops channels made so far.
     pub fn with_tls(self, tls: ClientTlsConfig) -> Self {
-        self.rebuild(|i| {
-            i.tls = Some(tls);
-            i.channels = Mutex::new(HashMap::new());
-        })
+        self.rebuild(|i| i.pool = i.pool.clone().with_tls(Some(tls)))
     }
 
     /// Sets the time a forwarded write may take (default [`DEFAULT_FORWARD_TIMEOUT`]).
@@ -206,10 +183,7 @@ impl Peers {
 
     /// The address to dial for node `id` advertised as `node`.
     pub fn dial_addr<'a>(&'a self, id: NodeId, node: &'a NodeInfo) -> &'a str {
-        self.inner
-            .dial
-            .get(&id)
-            .map_or(node.addr.as_str(), String::as_str)
+        self.inner.pool.dial_addr(id, &node.addr)
     }
 
     /// The cluster name every request carries.
@@ -232,48 +206,12 @@ impl Peers {
     /// The (lazily connecting) channel to `addr` (`host:port` or a URL), created on first use
     /// and reused afterwards.
     pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
-        let mut channels = self
-            .inner
-            .channels
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(ch) = channels.get(addr) {
-            return Ok(ch.clone());
-        }
-        let scheme = if self.inner.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        let uri = if addr.contains("://") {
-            addr.to_string()
-        } else {
-            format!("{scheme}://{addr}")
-        };
-        let mut endpoint = Endpoint::from_shared(uri)?;
-        if let Some(tls) = &self.inner.tls {
-            endpoint = endpoint.tls_config(tls.clone())?;
-        }
-        // tonic spawns the channel's tasks (and so opens its socket) on the entered runtime.
-        let _rt = self.inner.runtime.as_ref().map(|h| h.enter());
-        let ch = endpoint
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true)
-            .connect_lazy();
-        channels.insert(addr.to_string(), ch.clone());
-        Ok(ch)
+        self.inner.pool.channel(addr)
     }
 
     /// Drops the channel to `addr` (e.g. after the node left the cluster).
     pub fn forget(&self, addr: &str) {
-        self.inner
-            .channels
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(addr);
+        self.inner.pool.forget(addr)
     }
 
     fn rtt(&self, node: NodeId) -> Option<Duration> {
