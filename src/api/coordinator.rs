@@ -2,7 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
@@ -12,16 +12,13 @@ use super::{
     actor, forwarded, principal, redact_run, redact_service, rejection_status, validate, Caller,
     Ctx,
 };
-use crate::control::controller::voters;
-use crate::control::{policy, propose, wall_clock_ms};
+use crate::control::moves::{MoveError, MoveRequest, Moves};
+use crate::control::{policy, propose};
 use crate::convert::{
     audit_to_proto, lease_to_proto, record_to_proto, run_to_proto, validity_to_proto,
 };
 use crate::proto::{self, coordinator_client::CoordinatorClient, coordinator_server::Coordinator};
-use crate::state::{
-    self, plan_for, Command, FailbackMode, LeaseState, Response as StateResponse, RunKind,
-    RunState, StepKind, Trigger,
-};
+use crate::state::{self, Command, Response as StateResponse, RunKind};
 
 /// Returns the leader's answer to `request` when this node does not lead (forwarding once:
 /// a forwarded request is served here, whatever this node believes).
@@ -84,6 +81,26 @@ fn leader_client(ch: tonic::transport::Channel) -> CoordinatorClient<tonic::tran
         .max_encoding_message_size(crate::node::MAX_API_MESSAGE)
 }
 
+/// Candidate regions on the wire; health details only for callers who see internals.
+fn candidates_to_proto(
+    candidates: Vec<policy::Candidate>,
+    internals: bool,
+) -> Vec<proto::CandidateEligibility> {
+    candidates
+        .into_iter()
+        .map(|c| proto::CandidateEligibility {
+            region: c.region,
+            eligible: c.eligible,
+            reasons: c.reasons,
+            health: if internals {
+                c.health.explanation
+            } else {
+                super::REDACTED.to_string()
+            },
+        })
+        .collect()
+}
+
 impl CoordinatorService {
     /// Waits for a linearizable read point, or says where the leader is.
     async fn barrier(&self) -> Result<(), Status> {
@@ -92,6 +109,38 @@ impl CoordinatorService {
             .linearize()
             .await
             .map_err(|e| self.ctx.control_status(e))
+    }
+
+    /// Serves a read here — after a linearizable read point when `lin` — or, when this node
+    /// cannot give one (UNAVAILABLE: not the leader, or cut off from it), forwards the
+    /// request once to the leader and relays its answer.
+    async fn read_or_forward<Req, Resp, L, LF, F, FF>(
+        &self,
+        request: &Request<Req>,
+        lin: bool,
+        local: L,
+        forward: F,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Req: Clone,
+        L: FnOnce() -> LF,
+        LF: std::future::Future<Output = Result<Resp, Status>>,
+        F: FnOnce(CoordinatorClient<tonic::transport::Channel>, Request<Req>) -> FF,
+        FF: std::future::Future<Output = Result<Response<Resp>, Status>>,
+    {
+        if lin {
+            if let Err(s) = self.barrier().await {
+                if Ctx::was_forwarded(request) || s.code() != tonic::Code::Unavailable {
+                    return Err(s);
+                }
+                let ch = self.ctx.leader_channel().map_err(|_| s)?;
+                let fwd = forwarded(request, request.get_ref().clone());
+                return self
+                    .ctx
+                    .leader_answered(forward(leader_client(ch), fwd).await);
+            }
+        }
+        local().await.map(Response::new)
     }
 
     fn staleness_ms(&self) -> u64 {
@@ -103,9 +152,6 @@ impl CoordinatorService {
         service: &str,
         lin: bool,
     ) -> Result<proto::GetPrimaryResponse, Status> {
-        if lin {
-            self.barrier().await?;
-        }
         // Before the state lock: the keeper lock is always taken first (never under it).
         let staleness_ms = if lin { 0 } else { self.staleness_ms() };
         let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
@@ -123,254 +169,69 @@ impl CoordinatorService {
         })
     }
 
-    /// A move of the lease by an operator (switchover or failback), carried out as a
-    /// workflow run that the controller drives; returns when the run ends.
-    #[allow(clippy::too_many_arguments)]
+    /// A move of the lease by an operator (switchover or failback): `control::moves` checks
+    /// it, starts the run and waits for it; this translates.
     async fn do_move(
         &self,
-        service: &str,
-        to: Option<&str>,
-        reason: &str,
-        expected_token: u64,
-        dry_run: bool,
-        kind: RunKind,
+        req: MoveRequest<'_>,
         who: &Caller,
     ) -> Result<proto::FailoverResponse, Status> {
         let started = Instant::now();
-        validate::operator_move(service, to, reason, dry_run)?;
-        who.check_scope(service, to)?;
-        self.barrier().await?;
-        let rec = {
-            let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
-            view.state.service(service).cloned().ok_or_else(|| {
-                Status::not_found(format!(
-                    "service {service:?} does not exist; `baton services` lists them"
-                ))
-            })?
-        };
-        let (spec, before) = (rec.spec.clone(), rec.lease.clone());
-        if kind == RunKind::Failback && spec.failback == FailbackMode::Never {
-            return Err(Status::failed_precondition(format!(
-                "failback is `never` for {service:?}: use `baton failover` to move it explicitly"
-            )));
+        validate::operator_move(req.service, req.to, req.reason, req.dry_run)?;
+        who.check_scope(req.service, req.to)?;
+        let done = self
+            .moves()
+            .run(&req, who.name(), |c| who.stamp(c))
+            .await
+            .map_err(|e| self.move_status(e))?;
+        let pre = done.precheck;
+        Ok(proto::FailoverResponse {
+            before: Some(lease_to_proto(req.service, &pre.before)),
+            after: done.after.map(|l| lease_to_proto(req.service, &l)),
+            checks: pre
+                .checks
+                .into_iter()
+                .map(|c| proto::Check {
+                    name: c.name.to_string(),
+                    passed: c.passed,
+                    detail: c.detail,
+                })
+                .collect(),
+            dry_run: req.dry_run,
+            fenced_by: done.fenced_by,
+            fence_ms: done.fence_ms,
+            total_ms: started.elapsed().as_millis() as u64,
+            run_id: done.run_id,
+            // Moves are for operators, who see health details.
+            candidates: candidates_to_proto(pre.candidates, true),
+        })
+    }
+
+    fn moves(&self) -> Moves {
+        Moves {
+            id: self.ctx.id,
+            raft: self.ctx.raft.clone(),
+            shared: self.ctx.shared.clone(),
+            keeper: self.ctx.keeper.clone(),
+            reads: self.ctx.reads.clone(),
+            changes: self.ctx.changes.clone(),
         }
-        let to = match to {
-            Some(t) => t.to_string(),
-            None => spec
-                .regions
-                .iter()
-                .find(|r| spec.is_allowed(r))
-                .cloned()
-                .ok_or_else(|| Status::failed_precondition("the service has no allowed region"))?,
-        };
-        let voters = voters(&self.ctx.raft);
-        let candidates: Vec<proto::CandidateEligibility> = policy::candidates(&rec, &voters)
-            .into_iter()
-            .map(|c| proto::CandidateEligibility {
-                region: c.region,
-                eligible: c.eligible,
-                reasons: c.reasons,
-                health: c.health.explanation,
-            })
-            .collect();
-        let mut checks = Vec::new();
-        let mut check = |name: &str, passed: bool, detail: String| {
-            checks.push(proto::Check {
-                name: name.to_string(),
-                passed,
-                detail,
-            });
-            passed
-        };
-        let region_ok = match state::check_region(&spec, &to) {
-            Ok(()) => check(
-                "target-allowed",
-                true,
-                format!("{to} is an allowed candidate"),
-            ),
-            Err(e) => {
-                let _ = check("target-allowed", false, e.to_string());
-                if !dry_run {
-                    return Err(rejection_status(&e));
-                }
-                false
-            }
-        };
-        let health = policy::region_health(&rec, &to, &voters);
-        check(
-            "target-healthy",
-            health.health != policy::Health::Down,
-            format!("{to}: {}", health.explanation),
-        );
-        let already = before.primary() == Some(to.as_str());
-        check(
-            "target-not-primary",
-            !already,
-            if already {
-                format!("{to} already holds the lease (token {})", before.token)
-            } else {
-                format!(
-                    "current holder: {}",
-                    before.holder.as_deref().unwrap_or("none")
-                )
-            },
-        );
-        let token_ok = expected_token == 0 || expected_token == before.token;
-        check(
-            "expected-token",
-            token_ok,
-            if expected_token == 0 {
-                "not checked (no expected token given)".to_string()
-            } else if token_ok {
-                format!("current token is {}", before.token)
-            } else {
-                format!("current token is {}, not {expected_token}", before.token)
-            },
-        );
-        let idle = rec.active_run.is_none();
-        check(
-            "no-run-in-progress",
-            idle,
-            match rec.active_run {
-                Some(r) => format!("run {r} is in progress"),
-                None => "no run in progress".into(),
-            },
-        );
-        check(
-            "quorum",
-            true,
-            format!("leader {} confirmed with a quorum", self.ctx.id),
-        );
-        let fence_plan = match before.state {
-            LeaseState::Held => format!(
-                "revoke token {} from {}; wait for its agents' demotion acks or its TTL ({} ms + drift + margin)",
-                before.token,
-                before.holder.as_deref().unwrap_or(""),
-                before.ttl_ms
-            ),
-            LeaseState::Revoking => format!("token {} is already being revoked; wait for acks or the TTL", before.token),
-            LeaseState::Vacant => "lease is vacant: nothing to fence".to_string(),
-        };
-        let plan = plan_for(&spec, kind);
-        let steps: Vec<&str> = plan.iter().map(|s| s.kind.name()).collect();
-        check(
-            "plan",
-            true,
-            format!(
-                "{} run: {}; {fence_plan}; then grant {to} a new token",
-                kind.as_str(),
-                steps.join(" -> ")
-            ),
-        );
-        let _ = region_ok;
-        let response = |after: Option<proto::Lease>,
-                        fenced_by: String,
-                        fence_ms: u64,
-                        run_id: u64,
-                        checks,
-                        candidates| {
-            proto::FailoverResponse {
-                before: Some(lease_to_proto(service, &before)),
-                after,
-                checks,
-                dry_run,
-                fenced_by,
-                fence_ms,
-                total_ms: started.elapsed().as_millis() as u64,
-                run_id,
-                candidates,
-            }
-        };
-        if dry_run {
-            return Ok(response(None, "none".into(), 0, 0, checks, candidates));
+    }
+
+    /// The status a refused or unfinished move answers with.
+    fn move_status(&self, e: MoveError) -> Status {
+        let text = e.to_string();
+        match e {
+            MoveError::Control(c) => self.ctx.control_status(c),
+            MoveError::Rejected(r) => rejection_status(&r),
+            MoveError::NoSuchService(_) => Status::not_found(text),
+            MoveError::Unfinished(_) => Status::deadline_exceeded(text),
+            MoveError::LeadershipChanged(_) => Status::unavailable(text),
+            MoveError::FailbackNever(_)
+            | MoveError::NoAllowedRegion
+            | MoveError::AlreadyPrimary { .. }
+            | MoveError::RunFailed { .. } => Status::failed_precondition(text),
         }
-        if already {
-            return Err(Status::failed_precondition(format!(
-                "{to} is already primary for {service} (token {}); nothing to do",
-                before.token
-            )));
-        }
-        if !token_ok {
-            return Err(rejection_status(&state::Rejection::TokenMismatch {
-                service: service.to_string(),
-                expected: expected_token,
-                actual: before.token,
-            }));
-        }
-        let mut changes = self.ctx.changes.subscribe();
-        let (run_id, resp) = propose(
-            &self.ctx.raft,
-            who.name(),
-            who.stamp(Command::StartRun {
-                service: service.to_string(),
-                kind,
-                trigger: Trigger::Operator,
-                to: to.clone(),
-                plan,
-                reason: reason.to_string(),
-                detected_ms: wall_clock_ms(),
-                // The check above read the state before this entry: repeat it atomically.
-                expected_token: (expected_token != 0).then_some(expected_token),
-            }),
-        )
-        .await
-        .map_err(|e| self.ctx.control_status(e))?;
-        if let StateResponse::Rejected(r) = resp {
-            return Err(rejection_status(&r));
-        }
-        // Wait for the controller to carry the run out (it survives a leader change; this
-        // call does not, and then says so).
-        let deadline = Instant::now()
-            + Duration::from_millis(before.ttl_ms.saturating_mul(3))
-            + Duration::from_secs(60);
-        let run = loop {
-            let run = {
-                let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
-                view.state.run(run_id).cloned()
-            };
-            if let Some(run) = run {
-                if run.state.is_final() {
-                    break run;
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(Status::deadline_exceeded(format!(
-                    "run {run_id} has not finished yet; follow it with `baton workflow {run_id}`"
-                )));
-            }
-            if !self.ctx.keeper.is_leading() {
-                return Err(Status::unavailable(format!(
-                    "leadership changed during run {run_id}; the new leader resumes it — follow it with `baton workflow {run_id}`"
-                )));
-            }
-            let _ = tokio::time::timeout(Duration::from_millis(50), changes.recv()).await;
-        };
-        if run.state != RunState::Succeeded {
-            let failed_step = run
-                .steps
-                .get(run.current)
-                .map_or("?", |s| s.spec.kind.name());
-            return Err(Status::failed_precondition(format!(
-                "run {run_id} {} at step {failed_step}: {}",
-                run.state.as_str(),
-                run.error.as_deref().unwrap_or("no detail")
-            )));
-        }
-        let after = {
-            let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
-            view.state
-                .service(service)
-                .map(|r| lease_to_proto(service, &r.lease))
-        };
-        let fence = run.steps.iter().find(|s| s.spec.kind == StepKind::Fence);
-        let fenced_by = fence.map_or("none".to_string(), |s| s.detail.clone());
-        let fence_ms = fence
-            .and_then(|s| Some((s.finished_ms? - s.started_ms?).max(0) as u64))
-            .unwrap_or(0);
-        tracing::info!(%service, %to, run = run_id, fenced_by = %fenced_by, fence_ms, "{} complete", kind.as_str());
-        Ok(response(
-            after, fenced_by, fence_ms, run_id, checks, candidates,
-        ))
     }
 
     /// Proposes a simple command on the leader (forwarding once when this node does not lead).
@@ -399,22 +260,13 @@ impl Coordinator for CoordinatorService {
         async {
             let req = request.get_ref();
             let lin = validate::get_primary(req)?;
-            match self.read_primary(&req.service, lin).await {
-                Err(s)
-                    if lin
-                        && s.code() == tonic::Code::Unavailable
-                        && !Ctx::was_forwarded(&request) =>
-                {
-                    let ch = match self.ctx.leader_channel() {
-                        Ok(ch) => ch,
-                        Err(_) => return Err(s),
-                    };
-                    let fwd = forwarded(&request, req.clone());
-                    self.ctx
-                        .leader_answered(leader_client(ch).get_primary(fwd).await)
-                }
-                other => other.map(Response::new),
-            }
+            self.read_or_forward(
+                &request,
+                lin,
+                || self.read_primary(&req.service, lin),
+                |mut c, r| async move { c.get_primary(r).await },
+            )
+            .await
         }
         .instrument(span)
         .await
@@ -426,29 +278,22 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<proto::ListServicesResponse>, Status> {
         let req = request.get_ref();
         let lin = validate::list_services(req)?;
-        if lin {
-            if let Err(s) = self.barrier().await {
-                if Ctx::was_forwarded(&request) || s.code() != tonic::Code::Unavailable {
-                    return Err(s);
-                }
-                let ch = self.ctx.leader_channel().map_err(|_| s)?;
-                return self.ctx.leader_answered(
-                    leader_client(ch)
-                        .list_services(forwarded(&request, *req))
-                        .await,
-                );
-            }
-        }
         let internals = principal(&request).sees_internals();
-        let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
-        Ok(Response::new(proto::ListServicesResponse {
-            services: view
-                .state
-                .services()
-                .map(|r| redact_service(record_to_proto(r), internals))
-                .collect(),
-            revision: view.state.revision(),
-        }))
+        let local = || async {
+            let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
+            Ok(proto::ListServicesResponse {
+                services: view
+                    .state
+                    .services()
+                    .map(|r| redact_service(record_to_proto(r), internals))
+                    .collect(),
+                revision: view.state.revision(),
+            })
+        };
+        self.read_or_forward(&request, lin, local, |mut c, r| async move {
+            c.list_services(r).await
+        })
+        .await
     }
 
     type WatchStream = BoxStream<proto::WatchResponse>;
@@ -485,36 +330,29 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<proto::ValidateTokenResponse>, Status> {
         let req = request.get_ref();
         let lin = validate::validate_token(req)?;
-        if lin {
-            if let Err(s) = self.barrier().await {
-                if Ctx::was_forwarded(&request) || s.code() != tonic::Code::Unavailable {
-                    return Err(s);
-                }
-                let ch = self.ctx.leader_channel().map_err(|_| s)?;
-                return self.ctx.leader_answered(
-                    leader_client(ch)
-                        .validate_token(forwarded(&request, req.clone()))
-                        .await,
-                );
-            }
-        }
-        let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
-        // A deleted service's tokens answer SUPERSEDED (from its tombstone), with no lease.
-        let validity = view
-            .state
-            .validate_token(&req.service, req.token)
-            .ok_or_else(|| {
-                Status::not_found(format!("service {:?} does not exist", req.service))
-            })?;
-        let lease = view
-            .state
-            .service(&req.service)
-            .map(|rec| lease_to_proto(&req.service, &rec.lease));
-        Ok(Response::new(proto::ValidateTokenResponse {
-            validity: validity_to_proto(Some(validity)) as i32,
-            lease,
-            revision: view.state.revision(),
-        }))
+        let local = || async {
+            let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
+            // A deleted service's tokens answer SUPERSEDED (from its tombstone), with no lease.
+            let validity = view
+                .state
+                .validate_token(&req.service, req.token)
+                .ok_or_else(|| {
+                    Status::not_found(format!("service {:?} does not exist", req.service))
+                })?;
+            let lease = view
+                .state
+                .service(&req.service)
+                .map(|rec| lease_to_proto(&req.service, &rec.lease));
+            Ok(proto::ValidateTokenResponse {
+                validity: validity_to_proto(Some(validity)) as i32,
+                lease,
+                revision: view.state.revision(),
+            })
+        };
+        self.read_or_forward(&request, lin, local, |mut c, r| async move {
+            c.validate_token(r).await
+        })
+        .await
     }
 
     async fn failover(
@@ -527,17 +365,15 @@ impl Coordinator for CoordinatorService {
         async {
             let req = request.get_ref();
             forward_unless_leading!(self, request, failover);
-            self.do_move(
-                &req.service,
-                Some(&req.to_region),
-                &req.reason,
-                req.expected_token,
-                req.dry_run,
-                RunKind::Switchover,
-                &who,
-            )
-            .await
-            .map(Response::new)
+            let mv = MoveRequest {
+                service: &req.service,
+                to: Some(&req.to_region),
+                reason: &req.reason,
+                expected_token: req.expected_token,
+                dry_run: req.dry_run,
+                kind: RunKind::Switchover,
+            };
+            self.do_move(mv, &who).await.map(Response::new)
         }
         .instrument(span)
         .await
@@ -585,17 +421,15 @@ impl Coordinator for CoordinatorService {
         let who = actor(&request);
         let req = request.get_ref();
         forward_unless_leading!(self, request, failback);
-        self.do_move(
-            &req.service,
-            None,
-            &req.reason,
-            req.expected_token,
-            req.dry_run,
-            RunKind::Failback,
-            &who,
-        )
-        .await
-        .map(Response::new)
+        let mv = MoveRequest {
+            service: &req.service,
+            to: None,
+            reason: &req.reason,
+            expected_token: req.expected_token,
+            dry_run: req.dry_run,
+            kind: RunKind::Failback,
+        };
+        self.do_move(mv, &who).await.map(Response::new)
     }
 
     async fn set_mode(
@@ -737,46 +571,17 @@ impl Coordinator for CoordinatorService {
         let internals = principal(&request).sees_internals();
         let req = request.into_inner();
         validate::plan(&req)?;
-        let rec = {
-            let view = self.ctx.shared.read().unwrap_or_else(|e| e.into_inner());
-            view.state.service(&req.service).cloned().ok_or_else(|| {
-                Status::not_found(format!("service {:?} does not exist", req.service))
-            })?
-        };
-        let voters = voters(&self.ctx.raft);
-        let now = wall_clock_ms();
-        let live = self
-            .ctx
-            .keeper
-            .live_regions(&req.service, Duration::from_millis(rec.lease.ttl_ms));
-        let next_action = match policy::decide(&rec, &voters, &live, now) {
-            policy::Decision::Wait(why) => format!("nothing: {why}"),
-            policy::Decision::Start {
-                kind, to, reason, ..
-            } => format!("start a {} run to {to}: {reason}", kind.as_str()),
-        };
+        let (rec, view) = self
+            .moves()
+            .plan(&req.service)
+            .map_err(|e| self.move_status(e))?;
         Ok(Response::new(proto::PlanResponse {
             service: req.service.clone(),
             holder_region: rec.lease.holder.clone().unwrap_or_default(),
-            candidates: policy::candidates(&rec, &voters)
-                .into_iter()
-                .map(|c| proto::CandidateEligibility {
-                    region: c.region,
-                    eligible: c.eligible,
-                    reasons: c.reasons,
-                    health: if internals {
-                        c.health.explanation
-                    } else {
-                        super::REDACTED.to_string()
-                    },
-                })
-                .collect(),
-            blockers: policy::blockers(&rec, now),
-            failover_steps: plan_for(&rec.spec, RunKind::Failover)
-                .iter()
-                .map(|s| s.kind.name().to_string())
-                .collect(),
-            next_action,
+            candidates: candidates_to_proto(view.candidates, internals),
+            blockers: view.blockers,
+            failover_steps: view.failover_steps.iter().map(|s| s.to_string()).collect(),
+            next_action: view.next_action,
         }))
     }
 }

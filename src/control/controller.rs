@@ -37,16 +37,6 @@ struct Inner {
     busy: Mutex<BTreeSet<String>>,
 }
 
-/// The current voters: node id -> region (the vantage points).
-pub fn voters(raft: &Raft) -> BTreeMap<NodeId, String> {
-    let m = raft.metrics().borrow().clone();
-    let membership = m.membership_config.membership();
-    membership
-        .voter_ids()
-        .filter_map(|id| membership.get_node(&id).map(|n| (id, n.region.clone())))
-        .collect()
-}
-
 impl Controller {
     /// Starts the controller loop; it acts only while `keeper` says this node leads.
     pub fn start(
@@ -94,7 +84,7 @@ impl Controller {
     /// One look at every service: start what must start, drive what runs.
     fn pass(&self) {
         let now = wall_clock_ms();
-        let voters = voters(&self.inner.raft);
+        let voters = crate::raft::voters(&self.inner.raft);
         let work: Vec<(ServiceRecord, Option<Run>)> = {
             let view = self.inner.shared.read().unwrap_or_else(|e| e.into_inner());
             view.state

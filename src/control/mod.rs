@@ -3,6 +3,7 @@
 
 pub mod controller;
 pub mod keeper;
+pub mod moves;
 pub mod policy;
 pub mod read;
 

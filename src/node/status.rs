@@ -20,8 +20,8 @@ use serde::Serialize;
 use tokio::sync::{broadcast, OwnedSemaphorePermit, Semaphore};
 
 use crate::api::Ctx;
-use crate::control::controller::voters;
 use crate::control::policy::{region_health, Health};
+use crate::raft::voters;
 use crate::raft::Metrics as RaftMetrics;
 use crate::state::{Event, EventKind, LeaseMode, LeaseState, Run, RunKind, State, Trigger};
 

@@ -188,6 +188,16 @@ impl LeaderContact {
 /// Sender of [`Change`]s; subscribe for watches.
 pub type Changes = broadcast::Sender<Change>;
 
+/// The current voters: node id -> region (the vantage points).
+pub fn voters(raft: &Raft) -> std::collections::BTreeMap<NodeId, String> {
+    let m = raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    membership
+        .voter_ids()
+        .filter_map(|id| membership.get_node(&id).map(|n| (id, n.region.clone())))
+        .collect()
+}
+
 /// Whether the heartbeat interval leaves room for the measured round trips. openraft 0.9
 /// gives each AppendEntries, and so each leadership confirmation behind linearizable reads
 /// and lease renewals, a single heartbeat interval: when the round trip to the quorum's
