@@ -29,6 +29,22 @@ pub const REQUEST_ID_KEY: &str = "x-request-id";
 /// Metadata key of the bearer token (`Bearer <token>`).
 pub const AUTHORIZATION_KEY: &str = "authorization";
 
+// Node-to-node metadata: set only by nodes forwarding a call to the leader. Callers' values
+// are never trusted (the auth layer believes them only from a member node's certificate).
+
+/// Marks a request a follower already forwarded (never forwarded twice).
+pub const FORWARDED_KEY: &str = "x-baton-forwarded";
+/// Marks the campaign a leader handing over sends to the transfer target.
+pub const CAMPAIGN_KEY: &str = "x-baton-campaign";
+/// The principal a forwarding node vouches for.
+pub const PRINCIPAL_KEY: &str = "x-baton-principal";
+/// Its roles, comma-separated.
+pub const PRINCIPAL_ROLES_KEY: &str = "x-baton-principal-roles";
+/// Its bound services, comma-separated.
+pub const PRINCIPAL_SERVICES_KEY: &str = "x-baton-principal-services";
+/// Its bound regions, comma-separated.
+pub const PRINCIPAL_REGIONS_KEY: &str = "x-baton-principal-regions";
+
 /// Longest agent id a KeepAlive may carry (the agent checks it before it connects).
 pub const MAX_AGENT_ID: usize = 128;
 

@@ -40,7 +40,7 @@ pub const LEADER_HEADER: &str = crate::wire::LEADER_KEY;
 /// reason, never the principal.
 pub const ACTOR_HEADER: &str = crate::wire::ACTOR_KEY;
 /// Metadata key marking a request a follower already forwarded (never forwarded twice).
-pub const FORWARDED_HEADER: &str = "x-baton-forwarded";
+pub const FORWARDED_HEADER: &str = crate::wire::FORWARDED_KEY;
 /// Metadata key of a caller-chosen request id, echoed in logs.
 pub const REQUEST_ID_HEADER: &str = crate::wire::REQUEST_ID_KEY;
 

@@ -22,13 +22,13 @@ use crate::raft::Raft;
 /// `authorization: Bearer <token>`.
 pub const AUTHORIZATION_HEADER: &str = crate::wire::AUTHORIZATION_KEY;
 /// The principal a forwarding node vouches for (believed only from a member node's cert).
-pub const PRINCIPAL_HEADER: &str = "x-baton-principal";
+pub const PRINCIPAL_HEADER: &str = crate::wire::PRINCIPAL_KEY;
 /// Its roles, comma-separated.
-pub const PRINCIPAL_ROLES_HEADER: &str = "x-baton-principal-roles";
+pub const PRINCIPAL_ROLES_HEADER: &str = crate::wire::PRINCIPAL_ROLES_KEY;
 /// Its bound services, comma-separated.
-pub const PRINCIPAL_SERVICES_HEADER: &str = "x-baton-principal-services";
+pub const PRINCIPAL_SERVICES_HEADER: &str = crate::wire::PRINCIPAL_SERVICES_KEY;
 /// Its bound regions, comma-separated.
-pub const PRINCIPAL_REGIONS_HEADER: &str = "x-baton-principal-regions";
+pub const PRINCIPAL_REGIONS_HEADER: &str = crate::wire::PRINCIPAL_REGIONS_KEY;
 
 /// What a node authenticates against.
 pub struct Authority {

@@ -138,7 +138,7 @@ pub fn is_open(path: &str) -> bool {
 /// stopping and act for nobody) and its handler serves nothing but the campaign, which
 /// starts an election only once the node has heard no leader for an election timeout: no
 /// more than it would do by itself.
-pub const CAMPAIGN_HEADER: &str = "x-baton-campaign";
+pub const CAMPAIGN_HEADER: &str = crate::wire::CAMPAIGN_KEY;
 /// The method a campaign is sent to.
 pub const TRANSFER_PATH: &str = "/baton.v1.Admin/TransferLeadership";
 

@@ -7,6 +7,7 @@ pub mod network;
 pub mod pool;
 pub mod service;
 pub mod store;
+pub mod transfer;
 
 #[cfg(test)]
 mod cluster_tests;
