@@ -209,6 +209,14 @@ impl Node {
         if let Some(t) = peer_dial {
             peers = peers.with_tls(t);
         }
+        // A rotation reaches the connections this node opens too.
+        if let (Some(server), Some(c)) = (&peer_tls, &cfg.peer_tls) {
+            let (c, peers) = (c.clone(), peers.clone());
+            server.also_dial(tls::DialReload {
+                build: Box::new(move || tls::peer_dial(&c).map_err(|e| e.to_string())),
+                apply: Box::new(move |t| peers.set_tls(t)),
+            });
+        }
         let config = Arc::new(raft_config(&cfg)?);
         // openraft spawns its core and replication tasks on the runtime it is created on.
         let raft = raft_rt
@@ -246,6 +254,24 @@ impl Node {
         );
         let recorder = crate::auth::Recorder::start(raft.clone(), peers.clone());
         let auth = crate::auth::Authority::new(&cfg.auth, raft.clone(), recorder.clone());
+        // Forwarding to the leader's client listener. `dial` names peer addresses when Raft
+        // has its own listener; forwarding then goes to the leader's advertised client address.
+        let links = crate::raft::ChannelPool::new()
+            .with_dial(if peer_listener.is_some() {
+                HashMap::new()
+            } else {
+                dial
+            })
+            .with_tls(forward_dial);
+        if let (Some(server), Some(c)) = (&client_tls, &cfg.client_tls) {
+            let (c, peer, links) = (c.clone(), cfg.peer_tls.clone(), links.clone());
+            server.also_dial(tls::DialReload {
+                build: Box::new(move || {
+                    tls::client_dial(&c, peer.as_ref()).map_err(|e| e.to_string())
+                }),
+                apply: Box::new(move |t| links.set_tls(Some(t))),
+            });
+        }
         let ctx = Arc::new(Ctx::new(
             cfg.id,
             cfg.region.clone(),
@@ -258,15 +284,7 @@ impl Node {
             keeper,
             contact.clone(),
             cfg.timing.clone(),
-            // `dial` names peer addresses when Raft has its own listener; client API
-            // forwarding then goes to the leader's advertised client address.
-            crate::raft::ChannelPool::new()
-                .with_dial(if peer_listener.is_some() {
-                    HashMap::new()
-                } else {
-                    dial
-                })
-                .with_tls(forward_dial),
+            links,
             shutdown_rx.clone(),
             recorder,
         ));

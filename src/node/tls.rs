@@ -168,6 +168,17 @@ pub struct ServerTls {
     current: RwLock<Arc<rustls::ServerConfig>>,
     /// File stamps taken just before the first load.
     initial: Stamp,
+    /// The identity this node dials others with from the same files, renewed with them.
+    dial: std::sync::Mutex<Option<DialReload>>,
+}
+
+/// How a reload also renews the identity a node presents when it dials (a rotation must
+/// reach outbound connections too, or peers that trust only the new CA refuse them).
+pub struct DialReload {
+    /// Builds the client config from the files as they are now.
+    pub build: Box<dyn Fn() -> Result<ClientTlsConfig, String> + Send + Sync>,
+    /// Puts it in use (the pool's next connections use it).
+    pub apply: Box<dyn Fn(ClientTlsConfig) + Send + Sync>,
 }
 
 impl ServerTls {
@@ -179,7 +190,16 @@ impl ServerTls {
             files,
             current: RwLock::new(config),
             initial,
+            dial: std::sync::Mutex::new(None),
         }))
+    }
+
+    /// Renews `dial` whenever these files are reloaded.
+    pub fn also_dial(&self, dial: DialReload) {
+        *self
+            .dial
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(dial);
     }
 
     /// The config new connections are accepted with.
@@ -190,13 +210,22 @@ impl ServerTls {
             .clone()
     }
 
-    /// Reads the files again; on success new connections use them.
+    /// Reads the files again; on success new connections, accepted and dialled, use them.
+    /// Both configs are built before either is used: a bad file changes neither.
     fn reload(&self) -> Result<(), String> {
         let config = server_config(&self.files)?;
+        let dial = self
+            .dial
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let outbound = dial.as_ref().map(|d| (d.build)()).transpose()?;
         *self
             .current
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = config;
+        if let (Some(d), Some(tls)) = (dial.as_ref(), outbound) {
+            (d.apply)(tls);
+        }
         Ok(())
     }
 }
@@ -296,7 +325,7 @@ pub fn spawn_reloader(sources: Vec<Arc<ServerTls>>, mut stop: watch::Receiver<bo
                     Ok(()) => {
                         tracing::info!(
                             cert = %src.files.cert.display(),
-                            "{label}: certificates reloaded on {cause}; new connections use them"
+                            "{label}: certificates reloaded on {cause}; new connections (accepted and dialled) use them"
                         );
                         core.done(now, true);
                     }

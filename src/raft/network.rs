@@ -171,6 +171,11 @@ impl Peers {
             .clone()
     }
 
+    /// Dials peers with `tls` from now on (rotated certificates), in every clone.
+    pub fn set_tls(&self, tls: ClientTlsConfig) {
+        self.inner.pool.set_tls(Some(tls));
+    }
+
     /// Dials peers over mutual TLS with `tls` (and `https`). Drops channels made so far.
     pub fn with_tls(self, tls: ClientTlsConfig) -> Self {
         self.rebuild(|i| i.pool = i.pool.clone().with_tls(Some(tls)))
@@ -344,10 +349,6 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerNetwork {
         PeerNetwork {
-            client: self
-                .peers
-                .client(self.peers.dial_addr(target, node))
-                .map_err(|e| e.to_string()),
             peers: self.peers.clone(),
             target,
             node: node.clone(),
@@ -360,8 +361,6 @@ pub struct PeerNetwork {
     peers: Peers,
     target: NodeId,
     node: NodeInfo,
-    /// `Err` when the address does not parse: every call is then `Unreachable`.
-    client: Result<RaftClient<Channel>, String>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -386,8 +385,13 @@ impl PeerNetwork {
         Resp: DeserializeOwned,
         E: StdError + DeserializeOwned,
     {
-        let mut client = match &self.client {
-            Ok(c) => c.clone(),
+        // From the pool on every call (a map lookup): after a certificate reload the pool
+        // holds channels with the new identity, and a replication stream picks them up.
+        let mut client = match self
+            .peers
+            .client(self.peers.dial_addr(self.target, &self.node))
+        {
+            Ok(c) => c,
             Err(e) => {
                 let e = std::io::Error::other(format!("bad address {:?}: {e}", self.node.addr));
                 return Err(RPCError::Unreachable(Unreachable::new(&e)));

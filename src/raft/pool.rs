@@ -7,7 +7,7 @@
 //! `[client_tls]`); what a channel is and how it is dialled is decided here only.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
@@ -25,8 +25,9 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct ChannelPool {
     /// Per-node dial address overrides (a fault-injecting proxy, another network path).
     dial: Arc<HashMap<NodeId, String>>,
-    /// TLS (`https`) when set; plaintext when `None`.
-    tls: Option<ClientTlsConfig>,
+    /// TLS (`https`) when set; plaintext when `None`. Shared by every clone, so a reload
+    /// ([`ChannelPool::set_tls`]) reaches every holder.
+    tls: Arc<RwLock<Option<ClientTlsConfig>>>,
     /// The runtime channels run on (the caller's when `None`).
     runtime: Option<tokio::runtime::Handle>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
@@ -47,9 +48,18 @@ impl ChannelPool {
     /// Dials with TLS (`https`) when `tls` is given. Drops the channels made so far, which
     /// were dialled without it.
     pub fn with_tls(mut self, tls: Option<ClientTlsConfig>) -> Self {
-        self.tls = tls;
+        self.tls = Arc::new(RwLock::new(tls));
         self.channels = Arc::default();
         self
+    }
+
+    /// Dials with `tls` from now on, in every clone of this pool (rotated certificates):
+    /// drops the channels made so far, so the next call to each node opens a connection
+    /// with the new identity. Calls in flight finish on the old connections.
+    pub fn set_tls(&self, tls: Option<ClientTlsConfig>) {
+        let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        *self.tls.write().unwrap_or_else(PoisonError::into_inner) = tls;
+        channels.clear();
     }
 
     /// Runs the channels' connection tasks on `runtime` (tonic spawns them on the runtime
@@ -75,15 +85,20 @@ impl ChannelPool {
         if let Some(ch) = channels.get(addr) {
             return Ok(ch.clone());
         }
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let tls = self
+            .tls
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let uri = if addr.contains("://") {
             addr.to_string()
         } else {
             format!("{scheme}://{addr}")
         };
         let mut endpoint = Endpoint::from_shared(uri)?;
-        if let Some(tls) = &self.tls {
-            endpoint = endpoint.tls_config(tls.clone())?;
+        if let Some(tls) = tls {
+            endpoint = endpoint.tls_config(tls)?;
         }
         let _rt = self.runtime.as_ref().map(|h| h.enter());
         let ch = endpoint
@@ -141,5 +156,9 @@ mod tests {
         other.forget("127.0.0.1:7003");
         assert_eq!(pool.len(), 1);
         assert!(pool.channel("not a uri\n").is_err());
+        // A new identity reaches every clone and drops the channels made with the old one.
+        other.set_tls(Some(ClientTlsConfig::new()));
+        assert!(pool.is_empty());
+        assert!(pool.tls.read().unwrap().is_some());
     }
 }
