@@ -11,12 +11,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::keeper::Keeper;
 use super::policy::{self, Decision, Health};
 use super::{propose, wall_clock_ms, ControlError};
+use crate::http_client;
 use crate::raft::{Changes, NodeId, Raft, SharedState};
 use crate::state::{
     audit::AUTOMATION, check_region, plan_for, Command, Effect, LeaseState, OnFailure, PhaseMark,
@@ -494,7 +494,8 @@ impl Controller {
     }
 }
 
-/// POSTs `body` as JSON to an `http://host:port/path` URL; Ok(status) on 2xx.
+/// POSTs `body` as JSON to an `http://host:port/path` URL; Ok(status) on 2xx. Only the
+/// status is read: a webhook's answer body means nothing to the run.
 pub async fn post_json(url: &str, body: &str, timeout: Duration) -> Result<u16, String> {
     let rest = url
         .strip_prefix("http://")
@@ -508,47 +509,32 @@ pub async fn post_json(url: &str, body: &str, timeout: Duration) -> Result<u16, 
     } else {
         format!("{authority}:80")
     };
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(&addr)
-            .await
-            .map_err(|e| format!("connect {addr}: {e}"))?;
-        let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: baton\r\n\r\n{body}",
-            body.len()
-        );
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut buf = vec![0u8; 1024];
-        let mut read = 0;
-        while read < 12 {
-            let n = stream
-                .read(&mut buf[read..])
-                .await
-                .map_err(|e| e.to_string())?;
-            if n == 0 {
-                break;
+    let request = http_client::request(
+        hyper::Method::POST,
+        authority,
+        path,
+        &[
+            ("Content-Type", "application/json"),
+            ("User-Agent", "baton"),
+        ],
+        body.to_string(),
+    )?;
+    let answer = http_client::fetch(&addr, request, timeout, 0, |_, _| true)
+        .await
+        .map_err(|e| match e {
+            http_client::Error::Connect(e) => format!("connect {addr}: {e}"),
+            http_client::Error::Timeout => {
+                format!("timeout after {}", humantime::format_duration(timeout))
             }
-            read += n;
-        }
-        let head = String::from_utf8_lossy(&buf[..read]);
-        let status: u16 = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| "no HTTP status in the answer".to_string())?;
-        if (200..300).contains(&status) {
-            Ok(status)
-        } else {
-            Err(format!("HTTP {status}"))
-        }
-    };
-    match tokio::time::timeout(timeout, exchange).await {
-        Ok(r) => r,
-        Err(_) => Err(format!(
-            "timeout after {}",
-            humantime::format_duration(timeout)
-        )),
+            http_client::Error::Exchange { error, .. } if error.is_parse() => {
+                "no HTTP status in the answer".to_string()
+            }
+            e => e.to_string(),
+        })?;
+    let status = answer.status.as_u16();
+    if answer.status.is_success() {
+        Ok(status)
+    } else {
+        Err(format!("HTTP {status}"))
     }
 }
