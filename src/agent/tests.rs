@@ -371,6 +371,10 @@ async fn http_endpoint_serves_the_state_200_when_primary_503_otherwise() {
     assert_eq!((code, body.as_str()), (200, ""));
     assert_eq!(http(addr, "POST / HTTP/1.1\r\n\r\n").await.0, 405);
     assert_eq!(http(addr, "GET /other HTTP/1.1\r\n\r\n").await.0, 404);
+    // A request head over 8 KiB is refused, not buffered.
+    let big = format!("GET / HTTP/1.1\r\nX-Pad: {}\r\n\r\n", "p".repeat(9 * 1024));
+    assert_eq!(http(addr, &big).await.0, 431);
+    assert_eq!(http(addr, "NONSENSE\r\n\r\n").await.0, 400);
 
     // A primary whose validity passed reads as replica even if nobody republished.
     tx.send_replace(AgentState {
