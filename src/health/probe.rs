@@ -381,21 +381,24 @@ fn error_chain_detail(context: &str, e: &(dyn StdError + 'static)) -> String {
 /// The distinct messages of an error and its sources; `Err("connect refused")` when a
 /// refused connection is among the causes.
 fn chain_messages(e: &(dyn StdError + 'static)) -> Result<Vec<String>, String> {
-    let mut messages: Vec<String> = Vec::new();
+    match io_cause(e) {
+        Some(io) if io.kind() == io::ErrorKind::ConnectionRefused => {
+            Err("connect refused".to_string())
+        }
+        _ => Ok(http_client::chain(e)),
+    }
+}
+
+/// The I/O error beneath an error, if any: it names what happened on the socket.
+fn io_cause<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a io::Error> {
     let mut current = Some(e);
     while let Some(err) = current {
         if let Some(io) = err.downcast_ref::<io::Error>() {
-            if io.kind() == io::ErrorKind::ConnectionRefused {
-                return Err("connect refused".to_string());
-            }
-        }
-        let message = err.to_string();
-        if !message.is_empty() && !messages.iter().any(|m| m.contains(&message)) {
-            messages.push(message);
+            return Some(io);
         }
         current = err.source();
     }
-    Ok(messages)
+    None
 }
 
 // ---- HTTP --------------------------------------------------------------------------------
@@ -475,12 +478,8 @@ fn http_error_detail(e: http_client::Error, timeout: Duration) -> String {
         };
     }
     // An I/O error underneath (a reset) says more than hyper's summary.
-    let mut cause: Option<&(dyn StdError + 'static)> = Some(&error);
-    while let Some(err) = cause {
-        if let Some(io) = err.downcast_ref::<io::Error>() {
-            return io_detail("reading the response", io);
-        }
-        cause = err.source();
+    if let Some(io) = io_cause(&error) {
+        return io_detail("reading the response", io);
     }
     format!(
         "HTTP exchange failed: {}",
