@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::HeaderValue;
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
@@ -75,14 +75,14 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     /// Status code.
-    pub status: u16,
-    /// Extra headers (name, value).
-    pub headers: Vec<(&'static str, String)>,
+    pub status: StatusCode,
+    /// Extra headers.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
     /// JSON body (hyper leaves it out when answering HEAD).
     pub body: String,
 }
 
-fn error_reply(status: u16, message: &str) -> Reply {
+fn error_reply(status: StatusCode, message: &str) -> Reply {
     Reply {
         status,
         headers: Vec::new(),
@@ -95,16 +95,17 @@ fn error_reply(status: u16, message: &str) -> Reply {
 pub fn respond(method: &str, target: &str, state: &AgentState, now: Instant) -> Reply {
     let path = target.split('?').next().unwrap_or(target);
     if path != "/" {
-        return error_reply(404, "not found; the state is at /");
+        return error_reply(StatusCode::NOT_FOUND, "not found; the state is at /");
     }
     if method != "GET" && method != "HEAD" {
-        let mut r = error_reply(405, "only GET and HEAD");
-        r.headers.push(("Allow", "GET, HEAD".to_string()));
+        let mut r = error_reply(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD");
+        r.headers
+            .push((hyper::header::ALLOW, HeaderValue::from_static("GET, HEAD")));
         return r;
     }
     let status = match state.role_at(now) {
-        Role::Primary => 200,
-        Role::Replica => 503,
+        Role::Primary => StatusCode::OK,
+        Role::Replica => StatusCode::SERVICE_UNAVAILABLE,
     };
     Reply {
         status,
@@ -117,7 +118,7 @@ pub fn respond(method: &str, target: &str, state: &AgentState, now: Instant) -> 
 /// Content-Length included) and leaves the body out.
 fn to_response(reply: Reply) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(reply.body)));
-    *r.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
+    *r.status_mut() = reply.status;
     let h = r.headers_mut();
     h.insert(
         hyper::header::CONTENT_TYPE,
@@ -127,11 +128,7 @@ fn to_response(reply: Reply) -> Response<Full<Bytes>> {
         hyper::header::CACHE_CONTROL,
         HeaderValue::from_static("no-store"),
     );
-    for (name, value) in reply.headers {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            h.insert(name, value);
-        }
-    }
+    h.extend(reply.headers);
     r
 }
 
