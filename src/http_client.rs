@@ -15,10 +15,13 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper::{Method, Request, StatusCode};
+use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+// Callers name methods and statuses without depending on hyper themselves.
+pub use hyper::{Method, StatusCode};
 
 /// How many of the server's first bytes are kept, to show what answered when it is not HTTP.
 const RECORDED: usize = 64;
