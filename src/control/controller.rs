@@ -538,3 +538,80 @@ pub async fn post_json(url: &str, body: &str, timeout: Duration) -> Result<u16, 
         Err(format!("HTTP {status}"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// Answers one connection with `reply` (none: stays silent) and hands back the request
+    /// as read in one read.
+    async fn hook(reply: Option<&'static [u8]>) -> (String, tokio::task::JoinHandle<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 8192];
+            let n = conn.read(&mut buf).await.unwrap_or(0);
+            match reply {
+                Some(r) => {
+                    let _ = conn.write_all(r).await;
+                }
+                None => tokio::time::sleep(Duration::from_secs(5)).await,
+            }
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        });
+        (url, task)
+    }
+
+    #[tokio::test]
+    async fn post_json_sends_the_body_and_reads_only_the_status() {
+        // The body is never read: a server that keeps the connection open does not stall.
+        let (url, task) = hook(Some(b"HTTP/1.1 204 No Content\r\n\r\n")).await;
+        let r = post_json(&url, "{\"run\":1}", Duration::from_secs(2)).await;
+        assert_eq!(r, Ok(204));
+        let request = task.await.unwrap();
+        assert!(request.starts_with("POST /hook HTTP/1.1\r\n"), "{request}");
+        assert!(request.contains("\r\nContent-Type: application/json\r\n"));
+        assert!(request.contains("\r\nUser-Agent: baton\r\n"));
+        assert!(request.ends_with("\r\n\r\n{\"run\":1}"), "{request}");
+    }
+
+    #[tokio::test]
+    async fn post_json_explains_failures() {
+        let (url, _t) = hook(Some(b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n")).await;
+        let r = post_json(&url, "{}", Duration::from_secs(2)).await;
+        assert_eq!(r, Err("HTTP 500".to_string()));
+
+        let (url, _t) = hook(Some(b"SSH-2.0-OpenSSH\r\n")).await;
+        let r = post_json(&url, "{}", Duration::from_secs(2)).await;
+        assert_eq!(r, Err("no HTTP status in the answer".to_string()));
+
+        let (url, _t) = hook(None).await;
+        let r = post_json(&url, "{}", Duration::from_millis(200)).await;
+        assert_eq!(r, Err("timeout after 200ms".to_string()));
+
+        let port = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let r = post_json(
+            &format!("http://127.0.0.1:{port}/"),
+            "{}",
+            Duration::from_secs(2),
+        )
+        .await;
+        assert!(
+            r.as_ref()
+                .is_err_and(|e| e.starts_with(&format!("connect 127.0.0.1:{port}: "))),
+            "{r:?}"
+        );
+
+        let r = post_json("https://h/x", "{}", Duration::from_secs(1)).await;
+        assert!(r.is_err_and(|e| e.contains("only http://")));
+    }
+}
