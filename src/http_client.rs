@@ -25,12 +25,13 @@ pub use hyper::{Method, StatusCode};
 
 /// How many of the server's first bytes are kept, to show what answered when it is not HTTP.
 const RECORDED: usize = 64;
-/// hyper refuses a read buffer smaller than this (it would panic).
+/// hyper's smallest read buffer (it panics when asked for less).
 const MIN_READ_BUFFER: usize = 8 * 1024;
 
-/// A request with no body besides `body`, closing the connection after the answer.
-/// `authority` goes in `Host`; `path` (with any query) in the request line. Fails when the
-/// path or a header value cannot be sent as is (a space, a control character).
+/// A request carrying `body` that asks the server to close the connection after answering.
+/// `authority` goes in `Host`, `path` (with any query) in the request line. Fails, rather
+/// than sending something malformed, when the path or a header cannot be sent as is (a
+/// space, a control character).
 pub fn request(
     method: Method,
     authority: &str,
