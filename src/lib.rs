@@ -26,6 +26,8 @@
 //!   (in-memory renewals, expiry, fencing), the automation policy (pure) and the
 //!   controller that drives workflow runs.
 //! - [`health`]: HTTP/TCP/gRPC probes, per-vantage streaks, the majority verdict.
+//! - [`http_client`]: the one HTTP/1.1 client (hyper, a connection per request, timeout,
+//!   body cap) of health probes, webhook steps and `baton dev outage|heal`.
 //! - [`backup`]: the file format of `baton snapshot save` / `restore` (checksummed,
 //!   versioned); the restore itself seeds storage through [`raft::seed_restored`].
 //! - [`raft`]: openraft wiring: sled storage, the tonic transport, the state machine.
@@ -48,6 +50,7 @@ pub mod control;
 pub mod convert;
 pub mod dev;
 pub mod health;
+pub mod http_client;
 pub mod node;
 pub mod raft;
 pub mod state;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use baton::client::{Client, Consistency};
 
-use crate::support::{baton_bin, eventually};
+use crate::support::{baton_bin, eventually, http_get};
 
 /// Kills the dev cluster when the test ends, however it ends.
 struct Dev(Child);
@@ -69,6 +69,42 @@ async fn baton_dev_starts_with_every_region_healthy_and_no_failover() {
         .lease
         .unwrap();
     assert_eq!((now.holder_region.as_str(), now.token), ("us-east", first));
+
+    // `baton dev outage|heal` reach the control endpoint, and the region's health endpoint
+    // (the third region's: base + 10 + 2) follows.
+    let dev_cli = |args: &[&str]| {
+        let base = base.to_string();
+        let out = Command::new(baton_bin())
+            .args(["dev", "--base-port", &base])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let health = format!("127.0.0.1:{}", base + 12);
+    assert_eq!(
+        http_get(&health, "/").await,
+        Some((200, "OK\n".to_string()))
+    );
+    let (ok, text) = dev_cli(&["outage", "ap-south"]);
+    assert!(ok && text.contains("ap-south: outage started"), "{text}");
+    assert_eq!(
+        http_get(&health, "/").await,
+        Some((503, "outage\n".to_string()))
+    );
+    let (ok, text) = dev_cli(&["heal", "ap-south"]);
+    assert!(ok && text.contains("ap-south: healed"), "{text}");
+    assert_eq!(
+        http_get(&health, "/").await,
+        Some((200, "OK\n".to_string()))
+    );
+    let (ok, text) = dev_cli(&["outage", "mars"]);
+    assert!(!ok && text.contains("no region \"mars\""), "{text}");
 }
 
 /// `text` without ANSI colour sequences (the log colours field names and values apart).

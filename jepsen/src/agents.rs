@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::process::{Child, Command};
 
 use crate::history::{Event, History, HistoryWriter, Record};
@@ -286,10 +285,7 @@ impl AgentProcs {
             let procs = self.procs.lock().await;
             procs.iter().find(|p| p.region == region)?.http
         };
-        let body = tokio::time::timeout(Duration::from_millis(200), http_get(addr))
-            .await
-            .ok()?
-            .ok()?;
+        let body = http_get(addr, Duration::from_millis(200)).await?;
         let v: serde_json::Value = serde_json::from_str(&body).ok()?;
         v.get("valid_until_unix_ms")?.as_u64()
     }
@@ -379,23 +375,43 @@ impl AgentProcs {
     }
 }
 
-/// `GET /` from the agent's state endpoint; the body.
-async fn http_get(addr: SocketAddr) -> io::Result<String> {
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(b"GET / HTTP/1.0\r\nHost: agent\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await?;
-    let text = String::from_utf8_lossy(&buf);
-    Ok(text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default())
+/// `GET /` from the agent's state endpoint; the body (200 or 503 alike: both carry the
+/// state), or `None` without an answer within `timeout`.
+async fn http_get(addr: SocketAddr, timeout: Duration) -> Option<String> {
+    use baton::http_client::{self, Method};
+    let addr = addr.to_string();
+    let request = http_client::request(Method::GET, &addr, "/", &[], "").ok()?;
+    let answer = http_client::fetch(&addr, request, timeout, 64 * 1024, |_, _| false)
+        .await
+        .ok()?;
+    Some(String::from_utf8_lossy(&answer.body).into_owned())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn reads_the_published_validity_from_a_real_state_endpoint() {
+        use baton::agent::{serve_http, AgentState, Role};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::watch::channel(AgentState::replica("s", "us-east", "a"));
+        let server = tokio::spawn(serve_http(listener, rx));
+        // A replica (503) still publishes its state.
+        let body = http_get(addr, Duration::from_secs(2)).await.unwrap();
+        assert!(body.contains("\"replica\""), "{body}");
+        tx.send_replace(AgentState {
+            role: Role::Primary,
+            token: Some(3),
+            valid_until: Some(tokio::time::Instant::now() + Duration::from_secs(30)),
+            ..AgentState::replica("s", "us-east", "a")
+        });
+        let body = http_get(addr, Duration::from_secs(2)).await.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(v["valid_until_unix_ms"].as_u64().is_some(), "{body}");
+        server.abort();
+    }
 
     #[test]
     fn hook_commands_quote_the_path() {

@@ -1,17 +1,22 @@
 //! Publishing the agent's state for the service beside it: a JSON file replaced atomically,
-//! and a tiny HTTP/1.1 endpoint a load balancer health check can use (200 when primary,
-//! 503 otherwise).
+//! and a tiny HTTP/1.1 endpoint (hyper) a load balancer health check can use (200 when
+//! primary, 503 otherwise).
 //!
 //! Both read the latest [`AgentState`] from a watch channel, so a slow disk or a slow
 //! client never delays the agent's decisions (above all: self-fencing).
 
+use std::convert::Infallible;
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
@@ -58,7 +63,8 @@ pub async fn file_writer(path: PathBuf, mut rx: watch::Receiver<AgentState>) {
     }
 }
 
-/// Largest request head accepted.
+/// Largest request head accepted (hyper's smallest read buffer); beyond it hyper answers
+/// 431 and closes.
 const MAX_HEAD: usize = 8 * 1024;
 /// Connections served at once; more are closed at once (a health checker retries).
 const MAX_CONNECTIONS: usize = 64;
@@ -69,121 +75,81 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     /// Status code.
-    pub status: u16,
-    /// Extra header lines (without CRLF).
-    pub headers: Vec<String>,
-    /// JSON body.
+    pub status: StatusCode,
+    /// Extra headers.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// JSON body (hyper leaves it out when answering HEAD).
     pub body: String,
-    /// Whether to send the body (not for HEAD).
-    pub send_body: bool,
 }
 
-fn reason_phrase(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        _ => "Unknown",
-    }
-}
-
-fn error_reply(status: u16, message: &str) -> Reply {
+fn error_reply(status: StatusCode, message: &str) -> Reply {
     Reply {
         status,
         headers: Vec::new(),
         body: serde_json::json!({ "error": message }).to_string(),
-        send_body: true,
     }
 }
 
-/// The answer to a request line: `GET /` (or `HEAD /`, with any query) gives the state,
-/// 200 when primary at `now`, 503 otherwise.
-pub fn respond(request_line: &str, state: &AgentState, now: Instant) -> Reply {
-    let mut parts = request_line.split_whitespace();
-    let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
-        return error_reply(400, "malformed request line");
-    };
+/// The answer to a request for `target` with `method`: `GET /` (or `HEAD /`, with any
+/// query) gives the state, 200 when primary at `now`, 503 otherwise.
+pub fn respond(method: &str, target: &str, state: &AgentState, now: Instant) -> Reply {
     let path = target.split('?').next().unwrap_or(target);
     if path != "/" {
-        return error_reply(404, "not found; the state is at /");
+        return error_reply(StatusCode::NOT_FOUND, "not found; the state is at /");
     }
-    let send_body = match method {
-        "GET" => true,
-        "HEAD" => false,
-        _ => {
-            let mut r = error_reply(405, "only GET and HEAD");
-            r.headers.push("Allow: GET, HEAD".to_string());
-            return r;
-        }
-    };
+    if method != "GET" && method != "HEAD" {
+        let mut r = error_reply(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD");
+        r.headers
+            .push((hyper::header::ALLOW, HeaderValue::from_static("GET, HEAD")));
+        return r;
+    }
     let status = match state.role_at(now) {
-        Role::Primary => 200,
-        Role::Replica => 503,
+        Role::Primary => StatusCode::OK,
+        Role::Replica => StatusCode::SERVICE_UNAVAILABLE,
     };
     Reply {
         status,
         headers: Vec::new(),
         body: state.to_json(now).to_string(),
-        send_body,
     }
 }
 
-/// Reads up to the end of the request head; `None` if the client closed first.
-async fn read_head(stream: &mut TcpStream) -> io::Result<Option<Result<String, Reply>>> {
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(None);
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        let end = buf
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .or_else(|| buf.windows(2).position(|w| w == b"\n\n"));
-        if end.is_some() {
-            return Ok(Some(Ok(String::from_utf8_lossy(&buf).into_owned())));
-        }
-        if buf.len() > MAX_HEAD {
-            return Ok(Some(Err(error_reply(431, "request head too large"))));
-        }
-    }
-}
-
-async fn serve_connection(
-    mut stream: TcpStream,
-    state: watch::Receiver<AgentState>,
-) -> io::Result<()> {
-    let reply = match read_head(&mut stream).await? {
-        None => return Ok(()),
-        Some(Err(reply)) => reply,
-        Some(Ok(head)) => {
-            let line = head.lines().next().unwrap_or("");
-            let current = state.borrow().clone();
-            respond(line, &current, Instant::now())
-        }
-    };
-    let mut out = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-         Cache-Control: no-store\r\nConnection: close\r\n",
-        reply.status,
-        reason_phrase(reply.status),
-        reply.body.len()
+/// The hyper response for a [`Reply`]. For HEAD, hyper sends the headers (the body's
+/// Content-Length included) and leaves the body out.
+fn to_response(reply: Reply) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(reply.body)));
+    *r.status_mut() = reply.status;
+    let h = r.headers_mut();
+    h.insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
     );
-    for h in &reply.headers {
-        out.push_str(h);
-        out.push_str("\r\n");
+    h.insert(
+        hyper::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    h.extend(reply.headers);
+    r
+}
+
+/// Serves one connection: one request, one answer, then the connection closes.
+async fn serve_connection(stream: TcpStream, state: watch::Receiver<AgentState>) {
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let current = state.borrow().clone();
+        let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let reply = respond(req.method().as_str(), target, &current, Instant::now());
+        async move { Ok::<_, Infallible>(to_response(reply)) }
+    });
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(CONNECTION_TIMEOUT)
+        .max_buf_size(MAX_HEAD)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), svc)
+        .await;
+    if let Err(e) = served {
+        debug!("state endpoint connection: {e}");
     }
-    out.push_str("\r\n");
-    if reply.send_body {
-        out.push_str(&reply.body);
-    }
-    stream.write_all(out.as_bytes()).await?;
-    stream.shutdown().await
 }
 
 /// Serves the state on `listener` until the task is aborted.
@@ -206,10 +172,13 @@ pub async fn serve_http(listener: TcpListener, state: watch::Receiver<AgentState
         let state = state.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let served =
-                tokio::time::timeout(CONNECTION_TIMEOUT, serve_connection(stream, state)).await;
-            if let Ok(Err(e)) = served {
-                debug!(%peer, "state endpoint connection: {e}");
+            // The whole connection, answer included, is bounded: a client that never reads
+            // must not hold a slot.
+            if tokio::time::timeout(CONNECTION_TIMEOUT, serve_connection(stream, state))
+                .await
+                .is_err()
+            {
+                debug!(%peer, "state endpoint connection timed out");
             }
         });
     }

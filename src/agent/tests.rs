@@ -369,8 +369,31 @@ async fn http_endpoint_serves_the_state_200_when_primary_503_otherwise() {
 
     let (code, body) = http(addr, "HEAD / HTTP/1.1\r\n\r\n").await;
     assert_eq!((code, body.as_str()), (200, ""));
+    // HEAD gets GET's headers: the length of the body it leaves out, no caching.
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"HEAD / HTTP/1.1\r\n\r\n")
+        .await
+        .expect("write");
+    let mut head = String::new();
+    s.read_to_string(&mut head).await.expect("read");
+    let head = head.to_ascii_lowercase();
+    assert!(
+        head.contains("content-type: application/json\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("cache-control: no-store\r\n"), "{head}");
+    assert!(!head.contains("content-length: 0\r\n"), "{head}");
+    assert!(head.contains("content-length: "), "{head}");
     assert_eq!(http(addr, "POST / HTTP/1.1\r\n\r\n").await.0, 405);
     assert_eq!(http(addr, "GET /other HTTP/1.1\r\n\r\n").await.0, 404);
+    // A request head over 8 KiB is refused, not buffered.
+    let big = format!("GET / HTTP/1.1\r\nX-Pad: {}\r\n\r\n", "p".repeat(9 * 1024));
+    assert_eq!(http(addr, &big).await.0, 431);
+    assert_eq!(http(addr, "NONSENSE\r\n\r\n").await.0, 400);
+    // HTTP/1.0 clients (jepsen's reader is one) get the same answer.
+    let (code, body) = http(addr, "GET / HTTP/1.0\r\n\r\n").await;
+    assert_eq!(code, 200);
+    assert!(body.contains("\"primary\""), "{body}");
 
     // A primary whose validity passed reads as replica even if nobody republished.
     tx.send_replace(AgentState {

@@ -11,12 +11,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::keeper::Keeper;
 use super::policy::{self, Decision, Health};
 use super::{propose, wall_clock_ms, ControlError};
+use crate::http_client;
 use crate::raft::{Changes, NodeId, Raft, SharedState};
 use crate::state::{
     audit::AUTOMATION, check_region, plan_for, Command, Effect, LeaseState, OnFailure, PhaseMark,
@@ -484,7 +484,8 @@ impl Controller {
     }
 }
 
-/// POSTs `body` as JSON to an `http://host:port/path` URL; Ok(status) on 2xx.
+/// POSTs `body` as JSON to an `http://host:port/path` URL; Ok(status) on 2xx. Only the
+/// status is read: a webhook's answer body means nothing to the run.
 pub async fn post_json(url: &str, body: &str, timeout: Duration) -> Result<u16, String> {
     let rest = url
         .strip_prefix("http://")
@@ -498,47 +499,109 @@ pub async fn post_json(url: &str, body: &str, timeout: Duration) -> Result<u16, 
     } else {
         format!("{authority}:80")
     };
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(&addr)
-            .await
-            .map_err(|e| format!("connect {addr}: {e}"))?;
-        let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: baton\r\n\r\n{body}",
-            body.len()
-        );
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut buf = vec![0u8; 1024];
-        let mut read = 0;
-        while read < 12 {
-            let n = stream
-                .read(&mut buf[read..])
-                .await
-                .map_err(|e| e.to_string())?;
-            if n == 0 {
-                break;
+    let request = http_client::request(
+        hyper::Method::POST,
+        authority,
+        path,
+        &[
+            ("Content-Type", "application/json"),
+            ("User-Agent", "baton"),
+        ],
+        body.to_string(),
+    )?;
+    let answer = http_client::fetch(&addr, request, timeout, 0, |_, _| true)
+        .await
+        .map_err(|e| match e {
+            http_client::Error::Connect(e) => format!("connect {addr}: {e}"),
+            http_client::Error::Timeout => {
+                format!("timeout after {}", humantime::format_duration(timeout))
             }
-            read += n;
-        }
-        let head = String::from_utf8_lossy(&buf[..read]);
-        let status: u16 = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| "no HTTP status in the answer".to_string())?;
-        if (200..300).contains(&status) {
-            Ok(status)
-        } else {
-            Err(format!("HTTP {status}"))
-        }
-    };
-    match tokio::time::timeout(timeout, exchange).await {
-        Ok(r) => r,
-        Err(_) => Err(format!(
-            "timeout after {}",
-            humantime::format_duration(timeout)
-        )),
+            http_client::Error::Exchange { error, .. } if error.is_parse() => {
+                "no HTTP status in the answer".to_string()
+            }
+            e => e.to_string(),
+        })?;
+    let status = answer.status.as_u16();
+    if answer.status.is_success() {
+        Ok(status)
+    } else {
+        Err(format!("HTTP {status}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// Answers one connection with `reply` (none: stays silent) and hands back the request
+    /// as read in one read.
+    async fn hook(reply: Option<&'static [u8]>) -> (String, tokio::task::JoinHandle<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 8192];
+            let n = conn.read(&mut buf).await.unwrap_or(0);
+            match reply {
+                Some(r) => {
+                    let _ = conn.write_all(r).await;
+                }
+                None => tokio::time::sleep(Duration::from_secs(5)).await,
+            }
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        });
+        (url, task)
+    }
+
+    #[tokio::test]
+    async fn post_json_sends_the_body_and_reads_only_the_status() {
+        // The body is never read: a server that keeps the connection open does not stall.
+        let (url, task) = hook(Some(b"HTTP/1.1 204 No Content\r\n\r\n")).await;
+        let r = post_json(&url, "{\"run\":1}", Duration::from_secs(2)).await;
+        assert_eq!(r, Ok(204));
+        let request = task.await.unwrap();
+        assert!(request.starts_with("POST /hook HTTP/1.1\r\n"), "{request}");
+        assert!(request.contains("\r\nContent-Type: application/json\r\n"));
+        assert!(request.contains("\r\nUser-Agent: baton\r\n"));
+        assert!(request.ends_with("\r\n\r\n{\"run\":1}"), "{request}");
+    }
+
+    #[tokio::test]
+    async fn post_json_explains_failures() {
+        let (url, _t) = hook(Some(b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n")).await;
+        let r = post_json(&url, "{}", Duration::from_secs(2)).await;
+        assert_eq!(r, Err("HTTP 500".to_string()));
+
+        let (url, _t) = hook(Some(b"SSH-2.0-OpenSSH\r\n")).await;
+        let r = post_json(&url, "{}", Duration::from_secs(2)).await;
+        assert_eq!(r, Err("no HTTP status in the answer".to_string()));
+
+        let (url, _t) = hook(None).await;
+        let r = post_json(&url, "{}", Duration::from_millis(200)).await;
+        assert_eq!(r, Err("timeout after 200ms".to_string()));
+
+        let port = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let r = post_json(
+            &format!("http://127.0.0.1:{port}/"),
+            "{}",
+            Duration::from_secs(2),
+        )
+        .await;
+        assert!(
+            r.as_ref()
+                .is_err_and(|e| e.starts_with(&format!("connect 127.0.0.1:{port}: "))),
+            "{r:?}"
+        );
+
+        let r = post_json("https://h/x", "{}", Duration::from_secs(1)).await;
+        assert!(r.is_err_and(|e| e.contains("only http://")));
     }
 }

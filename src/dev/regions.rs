@@ -4,18 +4,30 @@
 //! brings them back. A control endpoint on `127.0.0.1:<base_port + 9>` takes those requests.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::client::{Client, ClientOptions, ClientTls, LeaseHandle, LeaseOptions};
 use crate::config::NodeConfig;
+use crate::http_client;
 
 /// Port offset of the dev control endpoint from the base port.
 pub const CONTROL_OFFSET: u16 = 9;
 /// Port offset of the first region's health endpoint.
 pub const HEALTH_OFFSET: u16 = 10;
+/// Time a client of the endpoints has to send its request headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `baton dev outage|heal` waits for the dev process (local, so an answer is quick).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most of the control endpoint's answer read (a line of text).
+const MAX_ANSWER: usize = 8 * 1024;
 
 struct Region {
     up: bool,
@@ -72,63 +84,80 @@ impl DevRegions {
     }
 }
 
+/// A plain-text answer.
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain"),
+    );
+    r
+}
+
+/// Serves HTTP/1.1 on `listener`, one request per connection (these endpoints are polled by
+/// probes and poked by the CLI, nothing more), answering with `answer`.
+async fn serve<F>(listener: TcpListener, answer: F)
+where
+    F: Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static,
+{
+    loop {
+        let Ok((conn, _)) = listener.accept().await else {
+            // E.g. out of file descriptors: pause instead of spinning.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let answer = answer.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let r = answer(&req);
+                async move { Ok::<_, Infallible>(r) }
+            });
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(conn), svc)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!("dev endpoint connection: {e}");
+            }
+        });
+    }
+}
+
 async fn serve_health(
     listener: TcpListener,
     region: String,
     regions: Arc<Mutex<BTreeMap<String, Region>>>,
 ) {
-    loop {
-        let Ok((mut conn, _)) = listener.accept().await else {
-            continue;
-        };
+    serve(listener, move |_req| {
         let up = regions
             .lock()
             .map(|m| m.get(&region).is_some_and(|r| r.up))
             .unwrap_or(false);
-        tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let _ = conn.read(&mut buf).await;
-            let (status, body) = if up {
-                ("200 OK", "OK\n")
-            } else {
-                ("503 Service Unavailable", "outage\n")
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = conn.write_all(resp.as_bytes()).await;
-        });
-    }
+        if up {
+            text(StatusCode::OK, "OK\n".into())
+        } else {
+            text(StatusCode::SERVICE_UNAVAILABLE, "outage\n".into())
+        }
+    })
+    .await
 }
 
 async fn serve_control(listener: TcpListener, control: Arc<DevRegionsHandle>) {
-    loop {
-        let Ok((mut conn, _)) = listener.accept().await else {
-            continue;
+    serve(listener, move |req| {
+        let result = match req.uri().path().trim_start_matches('/').split_once('/') {
+            Some(("outage", region)) => control.set_up(region, false),
+            Some(("heal", region)) => control.set_up(region, true),
+            _ => Err("use POST /outage/REGION or /heal/REGION".to_string()),
         };
-        let control = control.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let n = conn.read(&mut buf).await.unwrap_or(0);
-            let head = String::from_utf8_lossy(&buf[..n]);
-            let path = head.split_whitespace().nth(1).unwrap_or("");
-            let result = match path.trim_start_matches('/').split_once('/') {
-                Some(("outage", region)) => control.set_up(region, false),
-                Some(("heal", region)) => control.set_up(region, true),
-                _ => Err("use POST /outage/REGION or /heal/REGION".to_string()),
-            };
-            let (status, body) = match result {
-                Ok(()) => ("200 OK", "ok\n".to_string()),
-                Err(e) => ("400 Bad Request", format!("{e}\n")),
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = conn.write_all(resp.as_bytes()).await;
-        });
-    }
+        match result {
+            Ok(()) => text(StatusCode::OK, "ok\n".into()),
+            Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+        }
+    })
+    .await
 }
 
 /// Shared access to the regions for the control endpoint.
@@ -214,25 +243,24 @@ pub async fn start(
 /// Asks a running `baton dev` (on `base_port`) to take `region` down or bring it back.
 pub async fn request(base_port: u16, region: &str, up: bool) -> Result<String, String> {
     let addr = format!("127.0.0.1:{}", base_port + CONTROL_OFFSET);
-    let mut conn = tokio::net::TcpStream::connect(&addr).await.map_err(|e| {
-        format!("no `baton dev` answers on {addr} ({e}): start it first, with the same --base-port")
-    })?;
     let verb = if up { "heal" } else { "outage" };
-    let req = format!("POST /{verb}/{region} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-    conn.write_all(req.as_bytes())
+    let req = http_client::request(
+        Method::POST,
+        &addr,
+        &format!("/{verb}/{region}"),
+        &[],
+        Bytes::new(),
+    )?;
+    let answer = http_client::fetch(&addr, req, REQUEST_TIMEOUT, MAX_ANSWER, |_, _| false)
         .await
-        .map_err(|e| e.to_string())?;
-    let mut out = String::new();
-    conn.read_to_string(&mut out)
-        .await
-        .map_err(|e| e.to_string())?;
-    let body = out
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or("")
-        .trim()
-        .to_string();
-    if out.starts_with("HTTP/1.1 200") {
+        .map_err(|e| match e {
+            http_client::Error::Connect(e) => format!(
+                "no `baton dev` answers on {addr} ({e}): start it first, with the same --base-port"
+            ),
+            e => format!("`baton dev` on {addr} did not answer: {e}"),
+        })?;
+    let body = String::from_utf8_lossy(&answer.body).trim().to_string();
+    if answer.status == StatusCode::OK {
         Ok(body)
     } else {
         Err(body)

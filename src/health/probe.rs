@@ -16,27 +16,28 @@
 //!   `grpc.health.v1.Health/Check` with `service = SERVICE` (empty = the server's overall
 //!   health) and is healthy only on `SERVING`.
 //!
-//! The HTTP client is hand-written on purpose: one request line and a status/header parse
-//! are all a probe needs, and they keep the probe's behaviour (size cap, framing, timeouts)
-//! fully under our control without another client dependency.
+//! HTTP goes through [`crate::http_client`] (hyper, a fresh connection per probe, the body
+//! read only while a `#contains` match needs it and never past 64 KiB); gRPC through
+//! tonic-health's client.
 
 use std::error::Error as StdError;
 use std::io;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use hyper::body::Bytes;
+use hyper::{Method, StatusCode};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tonic::codegen::http::uri::PathAndQuery;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 
+use crate::http_client::{self, BodyEnd};
 use crate::state::HealthCheck;
 
-/// Most bytes of an HTTP response the prober reads: status line, headers and body together.
+/// Most bytes of an HTTP response body the prober reads (and the most its headers may take).
 pub const MAX_HTTP_RESPONSE: usize = 64 * 1024;
-
-/// The method the gRPC prober calls (the standard gRPC health checking protocol).
-pub const GRPC_HEALTH_CHECK_PATH: &str = "/grpc.health.v1.Health/Check";
 
 /// The fragment that asks the HTTP prober to match the body: `http://h/p#contains=TEXT`.
 pub const BODY_CONTAINS_FRAGMENT: &str = "contains=";
@@ -225,7 +226,7 @@ async fn run_probe(
             host,
             path,
             body_contains,
-        } => http_get(addr, host, path, body_contains.as_deref(), vantage).await,
+        } => http_get(addr, host, path, body_contains.as_deref(), vantage, timeout).await,
         ProbeTarget::Grpc { addr, service } => grpc_check(addr, service, timeout).await,
     }
 }
@@ -337,6 +338,13 @@ fn parse_http(target: &str) -> Result<ProbeTarget, String> {
              percent-encode it"
         ));
     }
+    // Other characters a request line cannot carry as they are (`<`, `>`, a backtick, ...).
+    if path.parse::<hyper::http::uri::PathAndQuery>().is_err() {
+        return Err(format!(
+            "http target {target:?} has a character its path cannot carry as is: \
+             percent-encode it"
+        ));
+    }
     Ok(ProbeTarget::Http {
         addr,
         host: authority.to_string(),
@@ -373,39 +381,27 @@ fn error_chain_detail(context: &str, e: &(dyn StdError + 'static)) -> String {
 /// The distinct messages of an error and its sources; `Err("connect refused")` when a
 /// refused connection is among the causes.
 fn chain_messages(e: &(dyn StdError + 'static)) -> Result<Vec<String>, String> {
-    let mut messages: Vec<String> = Vec::new();
+    match io_cause(e) {
+        Some(io) if io.kind() == io::ErrorKind::ConnectionRefused => {
+            Err("connect refused".to_string())
+        }
+        _ => Ok(http_client::chain(e)),
+    }
+}
+
+/// The I/O error beneath an error, if any: it names what happened on the socket.
+fn io_cause<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a io::Error> {
     let mut current = Some(e);
     while let Some(err) = current {
         if let Some(io) = err.downcast_ref::<io::Error>() {
-            if io.kind() == io::ErrorKind::ConnectionRefused {
-                return Err("connect refused".to_string());
-            }
-        }
-        let message = err.to_string();
-        if !message.is_empty() && !messages.iter().any(|m| m.contains(&message)) {
-            messages.push(message);
+            return Some(io);
         }
         current = err.source();
     }
-    Ok(messages)
+    None
 }
 
 // ---- HTTP --------------------------------------------------------------------------------
-
-/// How the body of a response ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    Length(usize),
-    Chunked,
-    UntilClose,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Head {
-    status: u16,
-    framing: Framing,
-    body_start: usize,
-}
 
 async fn http_get(
     addr: &str,
@@ -413,184 +409,82 @@ async fn http_get(
     path: &str,
     body_contains: Option<&str>,
     vantage: Option<&str>,
+    timeout: Duration,
 ) -> Result<String, String> {
-    let mut stream = connect(addr).await?;
-    let vantage_header = vantage
-        .filter(|v| v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(|v| format!("X-Baton-Vantage: {v}\r\n"))
-        .unwrap_or_default();
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: baton-health/{}\r\n{vantage_header}\
-         Accept: */*\r\nConnection: close\r\n\r\n",
-        env!("CARGO_PKG_VERSION")
-    );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| io_detail("sending the request", &e))?;
-
-    let mut buf: Vec<u8> = Vec::with_capacity(4096);
-    let mut head: Option<Head> = None;
-    let mut chunk = [0u8; 8192];
-    loop {
-        if head.is_none() {
-            if let Some(end) = find(&buf, b"\r\n\r\n") {
-                let (status, framing) = parse_head(&buf[..end])?;
-                head = Some(Head {
-                    status,
-                    framing,
-                    body_start: end + 4,
-                });
-            }
-        }
-        if let Some(h) = head {
-            if !(200..300).contains(&h.status) {
-                return Err(format!("HTTP {}", h.status));
-            }
-            // Without a body match the status is all we need: don't wait for the body.
-            let Some(needle) = body_contains else {
-                return Ok(format!("HTTP {}", h.status));
-            };
-            let body = &buf[h.body_start..];
-            match h.framing {
-                Framing::Length(n) if body.len() >= n => {
-                    return match_body(&body[..n], needle, h.status, false);
-                }
-                Framing::Chunked => {
-                    let (decoded, complete) = dechunk(body);
-                    if complete || find(&decoded, needle.as_bytes()).is_some() {
-                        return match_body(&decoded, needle, h.status, false);
-                    }
-                }
-                _ => {
-                    if find(body, needle.as_bytes()).is_some() {
-                        return match_body(body, needle, h.status, false);
-                    }
-                }
-            }
-        }
-        if buf.len() >= MAX_HTTP_RESPONSE {
-            break;
-        }
-        let room = (MAX_HTTP_RESPONSE - buf.len()).min(chunk.len());
-        let n = stream
-            .read(&mut chunk[..room])
-            .await
-            .map_err(|e| io_detail("reading the response", &e))?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
+    let user_agent = concat!("baton-health/", env!("CARGO_PKG_VERSION"));
+    let mut headers = vec![("User-Agent", user_agent), ("Accept", "*/*")];
+    // A vantage that is not a plain token is left out rather than failing the probe.
+    if let Some(v) = vantage.filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic())) {
+        headers.push(("X-Baton-Vantage", v));
     }
+    let request = http_client::request(Method::GET, host, path, &headers, Bytes::new())?;
+    // Without a body match the status is all we need: the body is not read. With one, reading
+    // stops as soon as the text is seen.
+    let enough = |status: StatusCode, body: &[u8]| {
+        !status.is_success() || body_contains.is_none_or(|n| find(body, n.as_bytes()).is_some())
+    };
+    let answer = http_client::fetch(addr, request, timeout, MAX_HTTP_RESPONSE, enough)
+        .await
+        .map_err(|e| http_error_detail(e, timeout))?;
+    let status = answer.status.as_u16();
+    if !answer.status.is_success() {
+        return Err(format!("HTTP {status}"));
+    }
+    let Some(needle) = body_contains else {
+        return Ok(format!("HTTP {status}"));
+    };
+    if find(&answer.body, needle.as_bytes()).is_some() {
+        return Ok(format!("HTTP {status}, body has {needle:?}"));
+    }
+    Err(match answer.end {
+        BodyEnd::Capped => format!("body lacks {needle:?} (in its first 64 KiB)"),
+        BodyEnd::Failed(e) => format!(
+            "body lacks {needle:?} (the body was cut short: {})",
+            http_client::chain(&e).join(": ")
+        ),
+        BodyEnd::Complete | BodyEnd::Enough => format!("body lacks {needle:?}"),
+    })
+}
 
-    // End of stream, or the size cap.
-    let capped = buf.len() >= MAX_HTTP_RESPONSE;
-    let Some(h) = head else {
-        return Err(if buf.is_empty() {
+/// What went wrong before a response status arrived, for people: a refused connection, a
+/// server that is not speaking HTTP (with what it said), one that closed without answering.
+fn http_error_detail(e: http_client::Error, timeout: Duration) -> String {
+    let (error, received) = match e {
+        http_client::Error::Connect(e) => return io_detail("connect", &e),
+        http_client::Error::Timeout => return timeout_detail(timeout),
+        http_client::Error::Exchange { error, received } => (error, received),
+    };
+    if error.is_parse_too_large() {
+        return "HTTP response headers exceed 64 KiB".to_string();
+    }
+    if error.is_parse() || error.is_parse_status() {
+        return if received.starts_with(b"HTTP/1.") {
+            format!(
+                "malformed HTTP response head ({error}): {}",
+                printable(&received, 60)
+            )
+        } else {
+            format!("not an HTTP/1.x response: {}", printable(&received, 60))
+        };
+    }
+    if error.is_incomplete_message() || error.is_canceled() || error.is_closed() {
+        return if received.is_empty() {
             "connection closed without an HTTP response".to_string()
-        } else if capped {
-            "HTTP response headers exceed 64 KiB".to_string()
         } else {
             format!(
                 "incomplete HTTP response (connection closed in the headers): {}",
-                printable(&buf, 60)
+                printable(&received, 60)
             )
-        });
-    };
-    // Only a 2xx with a body match gets here: every other case returned in the loop.
-    let needle = body_contains.unwrap_or_default();
-    let body = &buf[h.body_start..];
-    match h.framing {
-        Framing::Chunked => match_body(&dechunk(body).0, needle, h.status, capped),
-        Framing::Length(n) => match_body(&body[..n.min(body.len())], needle, h.status, capped),
-        Framing::UntilClose => match_body(body, needle, h.status, capped),
-    }
-}
-
-fn match_body(body: &[u8], needle: &str, status: u16, capped: bool) -> Result<String, String> {
-    if find(body, needle.as_bytes()).is_some() {
-        Ok(format!("HTTP {status}, body has {needle:?}"))
-    } else if capped {
-        Err(format!("body lacks {needle:?} (in its first 64 KiB)"))
-    } else {
-        Err(format!("body lacks {needle:?}"))
-    }
-}
-
-/// Parses the status line and the framing headers.
-fn parse_head(head: &[u8]) -> Result<(u16, Framing), String> {
-    let text = String::from_utf8_lossy(head);
-    let mut lines = text.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let mut parts = status_line.splitn(3, ' ');
-    let version = parts.next().unwrap_or_default();
-    let code = parts.next().unwrap_or_default();
-    if !version.starts_with("HTTP/1.") {
-        return Err(format!(
-            "not an HTTP/1.x response: {}",
-            printable(status_line.as_bytes(), 60)
-        ));
-    }
-    let status = match code.parse::<u16>() {
-        Ok(s) if code.len() == 3 && (100..600).contains(&s) => s,
-        _ => {
-            return Err(format!(
-                "malformed HTTP status line: {}",
-                printable(status_line.as_bytes(), 60)
-            ))
-        }
-    };
-    let mut framing = Framing::UntilClose;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
         };
-        let name = name.trim();
-        if name.eq_ignore_ascii_case("transfer-encoding")
-            && value.to_ascii_lowercase().contains("chunked")
-        {
-            // Chunked wins over Content-Length (RFC 9112 section 6.3).
-            framing = Framing::Chunked;
-        } else if name.eq_ignore_ascii_case("content-length") && framing != Framing::Chunked {
-            if let Ok(n) = value.trim().parse::<usize>() {
-                framing = Framing::Length(n);
-            }
-        }
     }
-    Ok((status, framing))
-}
-
-/// Decodes as much of a chunked body as is present; `true` when the last chunk was seen
-/// (or the encoding is malformed, so reading more would not help).
-fn dechunk(mut rest: &[u8]) -> (Vec<u8>, bool) {
-    let mut out = Vec::new();
-    loop {
-        let Some(line_end) = find(rest, b"\r\n") else {
-            return (out, false);
-        };
-        let size = std::str::from_utf8(&rest[..line_end])
-            .ok()
-            .and_then(|line| line.split(';').next())
-            .and_then(|hex| usize::from_str_radix(hex.trim(), 16).ok());
-        let Some(size) = size else {
-            return (out, true);
-        };
-        rest = &rest[line_end + 2..];
-        if size == 0 {
-            return (out, true);
-        }
-        if rest.len() < size {
-            out.extend_from_slice(rest);
-            return (out, false);
-        }
-        out.extend_from_slice(&rest[..size]);
-        rest = &rest[size..];
-        match rest.strip_prefix(b"\r\n") {
-            Some(r) => rest = r,
-            None if rest.len() < 2 => return (out, false),
-            None => return (out, true),
-        }
+    // An I/O error underneath (a reset) says more than hyper's summary.
+    if let Some(io) = io_cause(&error) {
+        return io_detail("reading the response", io);
     }
+    format!(
+        "HTTP exchange failed: {}",
+        http_client::chain(&error).join(": ")
+    )
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -608,48 +502,6 @@ fn printable(bytes: &[u8], max: usize) -> String {
 
 // ---- gRPC --------------------------------------------------------------------------------
 
-/// `grpc.health.v1.HealthCheckRequest`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct HealthCheckRequest {
-    /// The service to ask about; empty = the server as a whole.
-    #[prost(string, tag = "1")]
-    pub service: String,
-}
-
-/// `grpc.health.v1.HealthCheckResponse`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct HealthCheckResponse {
-    /// A [`ServingStatus`] value.
-    #[prost(enumeration = "ServingStatus", tag = "1")]
-    pub status: i32,
-}
-
-/// `grpc.health.v1.HealthCheckResponse.ServingStatus`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
-#[repr(i32)]
-pub enum ServingStatus {
-    /// `UNKNOWN`.
-    Unknown = 0,
-    /// `SERVING`: the only healthy answer.
-    Serving = 1,
-    /// `NOT_SERVING`.
-    NotServing = 2,
-    /// `SERVICE_UNKNOWN` (used by Watch).
-    ServiceUnknown = 3,
-}
-
-impl ServingStatus {
-    /// The name in the protocol: `SERVING`, `NOT_SERVING`, ...
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Unknown => "UNKNOWN",
-            Self::Serving => "SERVING",
-            Self::NotServing => "NOT_SERVING",
-            Self::ServiceUnknown => "SERVICE_UNKNOWN",
-        }
-    }
-}
-
 async fn grpc_check(addr: &str, service: &str, timeout: Duration) -> Result<String, String> {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| format!("gRPC target {addr:?} is not usable: {e}"))?
@@ -661,26 +513,22 @@ async fn grpc_check(addr: &str, service: &str, timeout: Duration) -> Result<Stri
         .connect()
         .await
         .map_err(|e| error_chain_detail("connect", &e))?;
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready()
+    // Wait for the connection here: HealthClient would fold a failure into a bare
+    // "Service was not ready" and lose the cause (e.g. "connection closed").
+    tonic::client::Grpc::new(channel.clone())
+        .ready()
         .await
         .map_err(|e| error_chain_detail("connect", &e))?;
-    let request = tonic::Request::new(HealthCheckRequest {
-        service: service.to_string(),
-    });
-    let codec = tonic_prost::ProstCodec::<HealthCheckRequest, HealthCheckResponse>::default();
-    let response = grpc
-        .unary(
-            request,
-            PathAndQuery::from_static(GRPC_HEALTH_CHECK_PATH),
-            codec,
-        )
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.to_string(),
+        })
         .await
         .map_err(|status| grpc_status_detail(&status, service, timeout))?;
     let status = response.into_inner().status;
     match ServingStatus::try_from(status) {
         Ok(ServingStatus::Serving) => Ok("gRPC SERVING".to_string()),
-        Ok(other) => Err(format!("gRPC {}", other.name())),
+        Ok(other) => Err(format!("gRPC {}", other.as_str_name())),
         Err(_) => Err(format!("gRPC health answered unknown status {status}")),
     }
 }
@@ -725,14 +573,11 @@ fn grpc_status_detail(status: &tonic::Status, service: &str, timeout: Duration) 
 mod tests {
     use super::*;
 
-    use std::convert::Infallible;
     use std::sync::Arc;
 
-    use prost::Message;
-    use tokio::io::AsyncBufReadExt;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
     use tokio::sync::mpsc;
-    use tonic::codegen::{http, Body, BoxFuture as TonicBoxFuture, Context, Poll, StdError};
 
     fn check(kind: &str, target: &str, timeout_ms: u64) -> HealthCheck {
         HealthCheck {
@@ -816,6 +661,9 @@ mod tests {
             .unwrap_err()
             .contains("non-empty"));
         assert!(ProbeTarget::parse("http", "http://h/a b")
+            .unwrap_err()
+            .contains("percent-encode"));
+        assert!(ProbeTarget::parse("http", "http://h/a<b>")
             .unwrap_err()
             .contains("percent-encode"));
         assert!(ProbeTarget::parse("http", "http://u:p@h/")
@@ -947,6 +795,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn http_probe_names_its_vantage_and_the_host() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = tokio::io::AsyncReadExt::read(&mut conn, &mut buf)
+                .await
+                .unwrap();
+            let _ = conn.write_all(&response("200 OK", "")).await;
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        });
+        let target = ProbeTarget::parse("http", &format!("http://{addr}/h")).unwrap();
+        let out = probe_target_from(&target, Duration::from_secs(1), Some("node-2@eu-west")).await;
+        assert!(out.ok, "{out:?}");
+        let head = server.await.unwrap();
+        assert!(
+            head.contains("\r\nX-Baton-Vantage: node-2@eu-west\r\n"),
+            "{head}"
+        );
+        assert!(head.contains(&format!("\r\nHost: {addr}\r\n")), "{head}");
+        assert!(head.contains("\r\nConnection: close\r\n"), "{head}");
+    }
+
+    #[tokio::test]
     async fn http_probe_rejects_503() {
         let (addr, _r) = http_server(Reply::Close(response("503 Service Unavailable", ""))).await;
         let out = probe_check(&check("http", &format!("http://{addr}/"), 1_000)).await;
@@ -1048,10 +921,35 @@ mod tests {
     async fn http_probe_explains_garbage_and_silence() {
         let (addr, _r) = http_server(Reply::Close(b"SSH-2.0-OpenSSH\r\n\r\n".to_vec())).await;
         let out = probe_check(&check("http", &format!("http://{addr}/"), 1_000)).await;
-        assert!(
-            out.detail.starts_with("not an HTTP/1.x response"),
+        assert_eq!(
+            out.detail, "not an HTTP/1.x response: \"SSH-2.0-OpenSSH\\r\\n\\r\\n\"",
             "{out:?}"
         );
+
+        let (addr, _r) = http_server(Reply::Close(b"HTTP/1.1 2000 OK\r\n\r\n".to_vec())).await;
+        let out = probe_check(&check("http", &format!("http://{addr}/"), 1_000)).await;
+        assert!(
+            out.detail.starts_with("malformed HTTP response head"),
+            "{out:?}"
+        );
+
+        let (addr, _r) = http_server(Reply::Close(b"HTTP/1.1 200 OK\r\nContent-".to_vec())).await;
+        let out = probe_check(&check("http", &format!("http://{addr}/"), 1_000)).await;
+        assert_eq!(
+            out.detail,
+            "incomplete HTTP response (connection closed in the headers): \
+             \"HTTP/1.1 200 OK\\r\\nContent-\"",
+            "{out:?}"
+        );
+
+        // Headers that never end: stopped at the cap, not buffered without bound.
+        let mut endless = b"HTTP/1.1 200 OK\r\n".to_vec();
+        endless.extend_from_slice(
+            format!("X-Pad: {}\r\n", "p".repeat(2 * MAX_HTTP_RESPONSE)).as_bytes(),
+        );
+        let (addr, _r) = http_server(Reply::KeepOpen(endless)).await;
+        let out = probe_check(&check("http", &format!("http://{addr}/"), 2_000)).await;
+        assert_eq!(out.detail, "HTTP response headers exceed 64 KiB", "{out:?}");
 
         let (addr, _r) = http_server(Reply::Close(Vec::new())).await;
         let out = probe_check(&check("http", &format!("http://{addr}/"), 1_000)).await;
@@ -1062,114 +960,20 @@ mod tests {
         assert_eq!(out.detail, "connect refused");
     }
 
-    #[test]
-    fn head_and_chunk_parsing() {
-        assert_eq!(
-            parse_head(b"HTTP/1.0 204 No Content\r\ncontent-length: 0"),
-            Ok((204, Framing::Length(0)))
-        );
-        assert_eq!(
-            parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked"),
-            Ok((200, Framing::Chunked))
-        );
-        assert!(parse_head(b"HTTP/1.1 2000 OK").is_err());
-        assert_eq!(dechunk(b"2\r\nab\r\n1\r\nc"), (b"abc".to_vec(), false));
-        assert_eq!(dechunk(b"2\r\nab\r\n0\r\n\r\n"), (b"ab".to_vec(), true));
-        assert_eq!(dechunk(b"zz\r\n"), (Vec::new(), true));
-    }
-
     // ---- gRPC ----
 
-    #[test]
-    fn grpc_health_messages_encode_like_the_standard_protocol() {
-        let req = HealthCheckRequest {
-            service: "payments".into(),
-        };
-        let mut expected = vec![0x0a, 8];
-        expected.extend_from_slice(b"payments");
-        assert_eq!(req.encode_to_vec(), expected);
-        // The empty service (the whole server) encodes to nothing.
-        assert!(HealthCheckRequest::default().encode_to_vec().is_empty());
-
-        let resp = HealthCheckResponse::decode(&[0x08, 0x01][..]).unwrap();
-        assert_eq!(
-            ServingStatus::try_from(resp.status),
-            Ok(ServingStatus::Serving)
-        );
-        let resp = HealthCheckResponse::decode(&[0x08, 0x02][..]).unwrap();
-        assert_eq!(
-            ServingStatus::try_from(resp.status),
-            Ok(ServingStatus::NotServing)
-        );
-        // proto3 default: an empty message is UNKNOWN, which is not healthy.
-        assert_eq!(HealthCheckResponse::decode(&[][..]).unwrap().status, 0);
-    }
-
-    /// A minimal `grpc.health.v1.Health` server for the tests: `Check` answers `status` for
-    /// every service except `missing` (NotFound); other methods are Unimplemented.
-    #[derive(Clone)]
-    struct TestHealthServer {
-        status: ServingStatus,
-    }
-
-    impl tonic::server::NamedService for TestHealthServer {
-        const NAME: &'static str = "grpc.health.v1.Health";
-    }
-
-    struct CheckMethod(ServingStatus);
-
-    impl tonic::server::UnaryService<HealthCheckRequest> for CheckMethod {
-        type Response = HealthCheckResponse;
-        type Future = TonicBoxFuture<tonic::Response<HealthCheckResponse>, tonic::Status>;
-        fn call(&mut self, request: tonic::Request<HealthCheckRequest>) -> Self::Future {
-            let status = self.0;
-            Box::pin(async move {
-                if request.get_ref().service == "missing" {
-                    return Err(tonic::Status::not_found("unknown service"));
-                }
-                Ok(tonic::Response::new(HealthCheckResponse {
-                    status: status as i32,
-                }))
-            })
-        }
-    }
-
-    impl<B> tonic::codegen::Service<http::Request<B>> for TestHealthServer
-    where
-        B: Body + Send + 'static,
-        B::Error: Into<StdError> + Send + 'static,
-    {
-        type Response = http::Response<tonic::body::Body>;
-        type Error = Infallible;
-        type Future = TonicBoxFuture<Self::Response, Self::Error>;
-
-        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn call(&mut self, req: http::Request<B>) -> Self::Future {
-            let status = self.status;
-            if req.uri().path() == GRPC_HEALTH_CHECK_PATH {
-                Box::pin(async move {
-                    let codec =
-                        tonic_prost::ProstCodec::<HealthCheckResponse, HealthCheckRequest>::default(
-                        );
-                    let mut grpc = tonic::server::Grpc::new(codec);
-                    Ok(grpc.unary(CheckMethod(status), req).await)
-                })
-            } else {
-                Box::pin(async { Ok(tonic::Status::unimplemented("no such method").into_http()) })
-            }
-        }
-    }
-
-    async fn grpc_server(status: ServingStatus) -> String {
+    /// A tonic-health server: `status` for the whole server and for `payments`; any other
+    /// service is unknown to it (NotFound).
+    async fn grpc_server(status: tonic_health::ServingStatus) -> String {
+        let (reporter, service) = tonic_health::server::health_reporter();
+        reporter.set_service_status("", status).await;
+        reporter.set_service_status("payments", status).await;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(TestHealthServer { status })
+                .add_service(service)
                 .serve_with_incoming(incoming),
         );
         addr
@@ -1177,7 +981,7 @@ mod tests {
 
     #[tokio::test]
     async fn grpc_probe_against_a_health_server() {
-        let addr = grpc_server(ServingStatus::Serving).await;
+        let addr = grpc_server(tonic_health::ServingStatus::Serving).await;
         let out = probe_check(&check("grpc", &addr, 2_000)).await;
         assert!(out.ok, "{out:?}");
         assert_eq!(out.detail, "gRPC SERVING");
@@ -1190,7 +994,7 @@ mod tests {
             "gRPC health does not know service \"missing\" (NotFound)"
         );
 
-        let addr = grpc_server(ServingStatus::NotServing).await;
+        let addr = grpc_server(tonic_health::ServingStatus::NotServing).await;
         let out = probe_check(&check("grpc", &addr, 2_000)).await;
         assert!(!out.ok);
         assert_eq!(out.detail, "gRPC NOT_SERVING");
