@@ -222,7 +222,9 @@ fn tls_advice(detail: &str, tls: bool) -> Option<&'static str> {
                  the nodes' certificates, and --cert/--key if it asks for a client certificate",
             );
         }
-        return any(&["connection closed", "connection reset"]).then_some(
+        // Closed while the preface was still being written: a broken pipe (a busy node
+        // reads the preface later, so which of these the client sees is a race).
+        return any(&["connection closed", "connection reset", "broken pipe"]).then_some(
             "if the node requires TLS: pass --cacert (BATON_CACERT) with the CA that signed \
              the nodes' certificates, and --cert/--key if it asks for a client certificate",
         );
@@ -416,6 +418,12 @@ mod tests {
     fn tls_mismatches_come_with_advice() {
         let plain_to_tls = explain("h2 protocol error: frame with invalid size".into(), false);
         assert!(plain_to_tls.contains("pass --cacert"), "{plain_to_tls}");
+        // Seen on a busy machine: the TLS listener closed before the preface was written.
+        let closed_early = explain(
+            "transport error: connection error: stream closed because of a broken pipe".into(),
+            false,
+        );
+        assert!(closed_early.contains("pass --cacert"), "{closed_early}");
         let tls_to_plain = explain(
             "received corrupt message of type InvalidContentType".into(),
             true,
