@@ -13,7 +13,7 @@
 //!   resume, holds a lease for an agent.
 //! - [`bench`]: benchmarks that start their own cluster (`baton bench leader-kill`).
 //! - [`node`]: one coordinator process: wires config, storage, Raft, the API, the lease
-//!   keeper, the controller and the health probes together; `baton dev` lives here too.
+//!   keeper, the controller and the health probes together; its listeners and accept loop.
 //! - [`dev`]: `baton dev`, three nodes and the simulated regions (agents, health endpoints)
 //!   in one process.
 //! - [`wire`]: metadata keys and structured error details both ends of the API share.
@@ -23,15 +23,19 @@
 //!   they hold; the method table every RPC is checked against.
 //! - [`telemetry`]: Prometheus metrics and the per-RPC metrics layer.
 //! - [`control`]: the leader side: batched linearizable reads, the lease keeper
-//!   (in-memory renewals, expiry, fencing), the automation policy (pure) and the
-//!   controller that drives workflow runs.
+//!   (in-memory renewals, expiry, fencing), the automation policy (pure), operator moves
+//!   and the controller that drives workflow runs.
 //! - [`health`]: HTTP/TCP/gRPC probes, per-vantage streaks, the majority verdict.
 //! - [`http_client`]: the one HTTP/1.1 client (hyper, a connection per request, timeout,
 //!   body cap) of health probes, webhook steps and `baton dev outage|heal`.
 //! - [`backup`]: the file format of `baton snapshot save` / `restore` (checksummed,
 //!   versioned); the restore itself seeds storage through [`raft::seed_restored`].
-//! - [`raft`]: openraft wiring: sled storage, the tonic transport, the state machine.
-//! - [`config`]: `node.toml` and service definitions in TOML.
+//! - [`config`]: `node.toml` and service definitions in TOML (`[timing]` and `[auth]` are
+//!   parsed by [`control::timing`] and [`auth::config`]).
+//! - [`raft`]: openraft wiring: sled storage, the tonic transport and channel pool, the
+//!   state machine, leadership transfer.
+//! - [`connection`]: what a connection proved (address, verified certificate names).
+//! - [`pki`]: certificates for TLS (a CA, node and client certificates) with rcgen.
 //! - [`convert`]: `state` <-> `proto` conversions.
 //! - [`state`]: the pure replicated model: services, leases, tokens, history, audit,
 //!   observations, workflow runs. No I/O, no clocks, no tokio.
@@ -46,12 +50,14 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod connection;
 pub mod control;
 pub mod convert;
 pub mod dev;
 pub mod health;
 pub mod http_client;
 pub mod node;
+pub mod pki;
 pub mod raft;
 pub mod state;
 pub mod telemetry;

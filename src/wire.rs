@@ -45,6 +45,12 @@ pub const PRINCIPAL_SERVICES_KEY: &str = "x-baton-principal-services";
 /// Its bound regions, comma-separated.
 pub const PRINCIPAL_REGIONS_KEY: &str = "x-baton-principal-regions";
 
+/// Largest public API message sent (a ListServices of every service fits).
+pub const MAX_API_MESSAGE: usize = 64 * 1024 * 1024;
+/// Largest public API request accepted: the biggest legitimate one is a PutService of a
+/// definition within `state::limits::MAX_SPEC_BYTES`; more is refused before it is decoded.
+pub const MAX_API_REQUEST: usize = 1024 * 1024;
+
 /// Longest agent id a KeepAlive may carry (the agent checks it before it connects).
 pub const MAX_AGENT_ID: usize = 128;
 

@@ -1,4 +1,7 @@
 //! Integration tests against real `baton` processes on 127.0.0.1 (one test binary).
+//!
+//! `autotests = false` in Cargo.toml: a new `tests/*.rs` file runs only once it is listed
+//! below as a module.
 
 mod support;
 

@@ -77,8 +77,8 @@ fn cap_page(mut entries: Vec<state::AuditEntry>) -> Vec<state::AuditEntry> {
 /// A client for forwarding to the leader that accepts answers as large as this node sends.
 fn leader_client(ch: tonic::transport::Channel) -> CoordinatorClient<tonic::transport::Channel> {
     CoordinatorClient::new(ch)
-        .max_decoding_message_size(crate::node::MAX_API_MESSAGE)
-        .max_encoding_message_size(crate::node::MAX_API_MESSAGE)
+        .max_decoding_message_size(crate::wire::MAX_API_MESSAGE)
+        .max_encoding_message_size(crate::wire::MAX_API_MESSAGE)
 }
 
 /// Candidate regions on the wire; health details only for callers who see internals.
@@ -305,7 +305,7 @@ impl Coordinator for CoordinatorService {
         let slot = self
             .ctx
             .watchers
-            .admit(crate::node::conn::ConnInfo::remote_addr(&request))?;
+            .admit(crate::connection::ConnInfo::remote_addr(&request))?;
         let stream = super::watch::open(self.ctx.clone(), request.into_inner(), slot)?;
         Ok(Response::new(Box::pin(stream)))
     }

@@ -29,7 +29,7 @@ use crate::auth::layer::{
 };
 use crate::auth::policy::Source;
 use crate::auth::{Principal, Recorder};
-use crate::config::TimingConfig;
+use crate::control::TimingConfig;
 use crate::control::{ControlError, Keeper, ReadBarrier};
 use crate::raft::{Changes, LeaderContact, NodeId, NodeInfo, Raft, SharedState};
 use crate::state::{AuditEntry, Command, Rejection};

@@ -66,18 +66,6 @@ pub struct ShedLimits {
     pub max_callers: usize,
 }
 
-impl From<&crate::config::LimitsConfig> for ShedLimits {
-    fn from(c: &crate::config::LimitsConfig) -> Self {
-        Self {
-            rate: f64::from(c.requests_per_second_per_caller),
-            burst: f64::from(c.request_burst_per_caller),
-            per_caller: c.max_requests_in_flight_per_caller,
-            total: c.max_requests_in_flight,
-            max_callers: c.max_tracked_callers,
-        }
-    }
-}
-
 /// Why a call was refused.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Refusal {
@@ -350,7 +338,7 @@ const EXEMPT: &str = "/baton.v1.Raft/";
 /// the tonic transport recorded it.
 fn caller_of<B>(req: &http::Request<B>) -> Caller {
     let ext = req.extensions();
-    let conn = ext.get::<crate::node::conn::ConnInfo>();
+    let conn = ext.get::<crate::connection::ConnInfo>();
     if let Some(name) = conn
         .and_then(|c| c.identity())
         .and_then(|i| i.names.first())
@@ -445,7 +433,7 @@ mod tests {
         // reading only the latter counted every caller as one "Unknown".
         let mut req = http::Request::new(());
         req.extensions_mut()
-            .insert(crate::node::conn::ConnInfo::plain(
+            .insert(crate::connection::ConnInfo::plain(
                 "127.0.0.9:4000".parse().unwrap(),
             ));
         assert_eq!(caller_of(&req), Caller::Addr("127.0.0.9".parse().unwrap()));

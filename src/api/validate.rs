@@ -12,7 +12,7 @@ use tonic::Status;
 
 use super::keepalive::MAX_AGENT_ID;
 use super::watch::MAX_WATCHED;
-use crate::config::{check_ttl, TimingConfig};
+use crate::control::timing::{check_ttl, TimingConfig};
 use crate::convert::spec_from_proto;
 use crate::proto::{self, Consistency};
 use crate::state::limits::{check_len, MAX_ADDR_LEN};

@@ -16,7 +16,7 @@ use super::policy::{
 };
 use super::record::Recorder;
 use super::CertIdentity;
-use crate::config::AuthConfig;
+use crate::auth::config::AuthConfig;
 use crate::raft::Raft;
 
 /// `authorization: Bearer <token>`.
@@ -82,7 +82,7 @@ impl Authority {
         let path = req.uri().path().to_string();
         let addr = req
             .extensions()
-            .get::<crate::node::conn::ConnInfo>()
+            .get::<crate::connection::ConnInfo>()
             .and_then(|c| c.remote)
             .or_else(|| {
                 req.extensions()
@@ -235,8 +235,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::config::{CertConfig, TokenConfig};
     use crate::auth::policy::{token_hash, Role, Source};
-    use crate::config::{CertConfig, TokenConfig};
 
     fn authority() -> Arc<Authority> {
         let cfg = AuthConfig {

@@ -6,6 +6,7 @@
 //! - [`layer`]: the tower layer over the client server that applies it to every request.
 //! - [`record`]: audit-only entries (refusals, rate-limited; cluster operations) through Raft.
 
+pub mod config;
 pub mod layer;
 pub mod policy;
 pub mod record;
@@ -14,22 +15,4 @@ pub use layer::{AuthLayer, Authority};
 pub use policy::{Principal, Role};
 pub use record::Recorder;
 
-/// The names a verified client certificate carries (its DNS subject alternative names and
-/// its subject common name), found by the listener's TLS acceptor (`node::conn::ConnInfo`).
-/// Absent on plaintext connections and when the client sent no certificate.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CertIdentity {
-    /// DNS SANs, then the common name (if any), as written in the certificate.
-    pub names: Vec<String>,
-}
-
-impl CertIdentity {
-    /// The certificate's identity from a request's extensions, if the connection proved one.
-    pub fn of<T>(req: &tonic::Request<T>) -> Option<&CertIdentity> {
-        // Set directly only by in-process callers (tests); requests from the network carry
-        // it in their connection's info.
-        req.extensions().get::<CertIdentity>().or_else(|| {
-            crate::node::conn::ConnInfo::of(req).and_then(crate::node::conn::ConnInfo::identity)
-        })
-    }
-}
+pub use crate::connection::CertIdentity;

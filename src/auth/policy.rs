@@ -12,7 +12,7 @@ use subtle::ConstantTimeEq;
 use tonic::Status;
 
 use super::CertIdentity;
-use crate::config::{check_principal, AuthConfig};
+use crate::auth::config::{check_principal, AuthConfig};
 
 /// A role a principal holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -564,7 +564,7 @@ pub fn authorize(principal: &Principal, path: &str) -> Result<Need, Denial> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{CertConfig, TokenConfig};
+    use crate::auth::config::{CertConfig, TokenConfig};
 
     fn dir() -> Directory {
         let token = |name: &str, tok: &str, roles: Vec<Role>, regions: Vec<&str>| TokenConfig {

@@ -2,6 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Most connections a node accepts at once by default (clients, agents and peers together).
+pub const MAX_CONNECTIONS: usize = 4096;
+
 /// Connection, stream and request limits of one node (`[limits]` in `node.toml`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -28,7 +31,7 @@ pub struct LimitsConfig {
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
-            max_connections: crate::node::conn::MAX_CONNECTIONS,
+            max_connections: MAX_CONNECTIONS,
             max_streams_per_connection: 512,
             requests_per_second_per_caller: 20_000,
             request_burst_per_caller: 40_000,

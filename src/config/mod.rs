@@ -3,9 +3,8 @@
 //! Every duration accepts humantime strings (`750ms`, `2s`, `1m 30s`). Unknown keys are
 //! refused so a typo does not silently fall back to a default; errors name the field.
 
-mod auth;
 mod client_tls;
-mod limits;
+pub mod limits;
 mod peer;
 mod service;
 
@@ -15,7 +14,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use auth::{check_principal, AuthConfig, CertConfig, TokenConfig};
+// `[auth]` is parsed by the auth layer's own types.
+pub use crate::auth::config::{check_principal, AuthConfig, CertConfig, TokenConfig};
 pub use client_tls::{ClientAuth, ClientTlsConfig};
 pub use limits::LimitsConfig;
 pub use peer::PeerTlsConfig;
@@ -73,44 +73,11 @@ pub struct PeerConfig {
     pub region: String,
 }
 
+// `[timing]` and the TTL rule live with the lease rules they parameterize.
+pub use crate::control::timing::{check_ttl, TimingConfig};
+
 /// Longest duration any `[timing]` value may be.
 pub const MAX_TIMING: Duration = Duration::from_secs(3600);
-
-/// Raft and lease timing.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TimingConfig {
-    /// Leader heartbeat interval.
-    #[serde(with = "humantime_serde")]
-    pub heartbeat: Duration,
-    /// Lower bound of the randomized election timeout.
-    #[serde(with = "humantime_serde")]
-    pub election_timeout_min: Duration,
-    /// Upper bound of the randomized election timeout.
-    #[serde(with = "humantime_serde")]
-    pub election_timeout_max: Duration,
-    /// Time allowed to send one snapshot chunk.
-    #[serde(with = "humantime_serde")]
-    pub install_snapshot_timeout: Duration,
-    /// Worst relative clock-rate difference assumed between nodes and agents (0.05 = 5%).
-    pub drift: f64,
-    /// Extra safety margin added when waiting out a TTL before a new grant.
-    #[serde(with = "humantime_serde")]
-    pub margin: Duration,
-}
-
-impl Default for TimingConfig {
-    fn default() -> Self {
-        Self {
-            heartbeat: Duration::from_millis(100),
-            election_timeout_min: Duration::from_millis(500),
-            election_timeout_max: Duration::from_millis(1000),
-            install_snapshot_timeout: Duration::from_secs(10),
-            drift: 0.05,
-            margin: Duration::from_millis(50),
-        }
-    }
-}
 
 /// Storage tuning.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -331,7 +298,9 @@ impl NodeConfig {
         self.limits
             .check()
             .map_err(|(field, m)| ConfigError::invalid(&format!("limits.{field}"), m))?;
-        self.auth.validate(self.peer_listen.is_some())?;
+        self.auth
+            .validate(self.peer_listen.is_some())
+            .map_err(|e| ConfigError::invalid(&e.field, e.message))?;
         for (i, s) in self.services.iter().enumerate() {
             let spec = s
                 .to_spec()
@@ -341,30 +310,6 @@ impl NodeConfig {
         }
         Ok(())
     }
-}
-
-/// A lease TTL must span at least three heartbeats, so one lost heartbeat does not expire it,
-/// and at least the shortest election timeout: followers wait that long before they elect a
-/// new leader, so with a shorter TTL every leader failure would expire every lease. (Above
-/// `election_timeout_max` a lease survives every leader change; in between, most.)
-pub fn check_ttl(spec: &crate::state::ServiceSpec, timing: &TimingConfig) -> Result<(), String> {
-    let beats = timing.heartbeat.saturating_mul(3).as_millis() as u64;
-    if spec.lease_ttl_ms < beats {
-        return Err(format!(
-            "lease TTL {} ms is shorter than three heartbeats ({beats} ms): raise the TTL",
-            spec.lease_ttl_ms
-        ));
-    }
-    let election = timing.election_timeout_min.as_millis() as u64;
-    if spec.lease_ttl_ms < election {
-        return Err(format!(
-            "lease TTL {} ms is shorter than the election timeout ({election} ms, \
-             timing.election_timeout_min): every leader failure would expire the lease; raise \
-             the TTL",
-            spec.lease_ttl_ms
-        ));
-    }
-    Ok(())
 }
 
 pub(crate) fn check_addr(addr: &str) -> Result<(), String> {

@@ -6,9 +6,11 @@ pub mod keeper;
 pub mod moves;
 pub mod policy;
 pub mod read;
+pub mod timing;
 
 pub use keeper::{FenceOutcome, Keeper, KeeperTiming, Renewal, RenewalMsg};
 pub use read::ReadBarrier;
+pub use timing::TimingConfig;
 
 use crate::raft::{NodeId, NodeInfo, Raft};
 use crate::state::{Command, Request, Response};

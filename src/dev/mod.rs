@@ -57,7 +57,7 @@ impl DevCerts {
         }
         let err = |e: &dyn std::fmt::Display| NodeError::Other(format!("dev certificates: {e}"));
         std::fs::create_dir_all(&certs.dir).map_err(|e| err(&e))?;
-        use crate::cli::cert;
+        use crate::pki as cert;
         let (ca, ca_key) = cert::make_ca("baton dev CA").map_err(|e| err(&e))?;
         let mut files = vec![(certs.ca(), ca.pem(), false)];
         for id in 1..=DEV_REGIONS.len() as u64 {

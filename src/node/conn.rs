@@ -25,7 +25,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
-use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -33,10 +32,9 @@ use tokio::time::Sleep;
 use tonic::transport::server::Connected;
 
 use super::tls::ServerTls;
-use crate::auth::CertIdentity;
+use crate::connection::{CertIdentity, ConnInfo};
 
-/// Most connections a node accepts at once (clients, agents and peers together).
-pub const MAX_CONNECTIONS: usize = 4096;
+pub use crate::config::limits::MAX_CONNECTIONS;
 /// Descriptors kept free for storage, outbound channels and logs.
 pub const FD_RESERVE: u64 = 256;
 /// Time a new connection has to send its first byte.
@@ -79,49 +77,6 @@ pub fn connection_budget(wanted: usize) -> usize {
         );
     }
     room.clamp(1, wanted.max(1))
-}
-
-/// What a connection proved, set on every request it carries (read it with [`ConnInfo::of`]).
-#[derive(Debug, Clone, Default)]
-pub struct ConnInfo {
-    /// The caller's address.
-    pub remote: Option<SocketAddr>,
-    /// The verified client certificate chain (TLS with a client certificate only).
-    certs: Option<Arc<Vec<CertificateDer<'static>>>>,
-    /// The names of that certificate.
-    identity: Option<CertIdentity>,
-}
-
-impl ConnInfo {
-    /// The info of a plaintext connection from `remote`.
-    pub fn plain(remote: SocketAddr) -> Self {
-        ConnInfo {
-            remote: Some(remote),
-            ..ConnInfo::default()
-        }
-    }
-
-    /// The connection info of a request served by a baton listener.
-    pub fn of<T>(req: &tonic::Request<T>) -> Option<&ConnInfo> {
-        req.extensions().get::<ConnInfo>()
-    }
-
-    /// The caller's address: from a baton listener, else tonic's own connect info.
-    pub fn remote_addr<T>(req: &tonic::Request<T>) -> Option<SocketAddr> {
-        Self::of(req)
-            .and_then(|c| c.remote)
-            .or_else(|| req.remote_addr())
-    }
-
-    /// The client certificate chain the TLS handshake verified, leaf first.
-    pub fn peer_certs(&self) -> Option<&[CertificateDer<'static>]> {
-        self.certs.as_deref().map(Vec::as_slice)
-    }
-
-    /// The names of the verified client certificate.
-    pub fn identity(&self) -> Option<&CertIdentity> {
-        self.identity.as_ref()
-    }
 }
 
 enum Io {
@@ -308,11 +263,7 @@ async fn handshake(
         .map(|leaf| CertIdentity {
             names: super::tls::cert_names(leaf),
         });
-    let info = ConnInfo {
-        remote: Some(peer),
-        certs,
-        identity,
-    };
+    let info = ConnInfo::verified(peer, certs, identity);
     Some((Io::Tls(Box::new(stream)), info, deadline))
 }
 
@@ -345,10 +296,7 @@ pub fn incoming(
                 None => {
                     let conn = Conn {
                         io: Io::Plain(io),
-                        info: ConnInfo {
-                            remote: Some(peer),
-                            ..ConnInfo::default()
-                        },
+                        info: ConnInfo::plain(peer),
                         handshake: Some(deadline),
                         _slot: slot,
                     };
@@ -418,7 +366,7 @@ mod tests {
     /// A CA, a server certificate for 127.0.0.1 and a client certificate for `alice`, as
     /// files in `dir`; the server's TLS (client certificates required) and a client config.
     fn pki(dir: &std::path::Path) -> (Arc<ServerTls>, Arc<rustls::ClientConfig>) {
-        use crate::cli::cert;
+        use crate::pki as cert;
         let (ca, ca_key) = cert::make_ca("t").unwrap();
         let (node, node_key) = cert::make_node(1, &[], &ca, &ca_key).unwrap();
         let (alice, alice_key) = cert::make_client("alice", &ca, &ca_key).unwrap();

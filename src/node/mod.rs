@@ -34,11 +34,7 @@ use crate::state::{audit::AUTOMATION, AuditEntry, Command, Response as StateResp
 /// The store's folder inside a node's `data_dir` (`baton snapshot restore` seeds it).
 pub const RAFT_DIR: &str = "raft";
 
-/// Largest public API message sent (a ListServices of every service fits).
-pub const MAX_API_MESSAGE: usize = 64 * 1024 * 1024;
-/// Largest public API request accepted: the biggest legitimate one is a PutService of a
-/// definition within `state::limits::MAX_SPEC_BYTES`; more is refused before it is decoded.
-pub const MAX_API_REQUEST: usize = 1024 * 1024;
+pub use crate::wire::{MAX_API_MESSAGE, MAX_API_REQUEST};
 
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -389,7 +385,14 @@ impl Node {
             admin_http::serve(l, ctx.clone(), metrics.clone(), shutdown_rx.clone());
         }
         let mut stop = shutdown_rx.clone();
-        let shed = crate::api::shed::Shed::new((&cfg.limits).into());
+        let l = &cfg.limits;
+        let shed = crate::api::shed::Shed::new(crate::api::shed::ShedLimits {
+            rate: f64::from(l.requests_per_second_per_caller),
+            burst: f64::from(l.request_burst_per_caller),
+            per_caller: l.max_requests_in_flight_per_caller,
+            total: l.max_requests_in_flight,
+            max_callers: l.max_tracked_callers,
+        });
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 // One span per request, carrying the caller's request id (or a fresh one),

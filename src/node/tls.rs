@@ -494,9 +494,9 @@ mod tests {
     #[test]
     fn a_key_of_another_certificate_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let (ca, ca_key) = crate::cli::cert::make_ca("t").unwrap();
-        let (a, _) = crate::cli::cert::make_leaf("a", vec!["a".into()], &ca, &ca_key).unwrap();
-        let (_, b_key) = crate::cli::cert::make_leaf("b", vec!["b".into()], &ca, &ca_key).unwrap();
+        let (ca, ca_key) = crate::pki::make_ca("t").unwrap();
+        let (a, _) = crate::pki::make_leaf("a", vec!["a".into()], &ca, &ca_key).unwrap();
+        let (_, b_key) = crate::pki::make_leaf("b", vec!["b".into()], &ca, &ca_key).unwrap();
         let (cert, key) = (dir.path().join("a.pem"), dir.path().join("b.key"));
         std::fs::write(&cert, a.pem()).unwrap();
         std::fs::write(&key, b_key.serialize_pem()).unwrap();
@@ -506,8 +506,8 @@ mod tests {
 
     #[test]
     fn names_are_the_dns_sans_then_the_common_name() {
-        let (ca, ca_key) = crate::cli::cert::make_ca("t").unwrap();
-        let (c, _) = crate::cli::cert::make_leaf(
+        let (ca, ca_key) = crate::pki::make_ca("t").unwrap();
+        let (c, _) = crate::pki::make_leaf(
             "client-alice",
             vec!["alice".into(), "127.0.0.1".into()],
             &ca,
@@ -515,8 +515,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cert_names(c.der()), vec!["alice", "client-alice"]);
-        let (n, _) =
-            crate::cli::cert::make_leaf("node-1", vec!["node-1".into()], &ca, &ca_key).unwrap();
+        let (n, _) = crate::pki::make_leaf("node-1", vec!["node-1".into()], &ca, &ca_key).unwrap();
         assert_eq!(cert_names(n.der()), vec!["node-1"]);
         assert!(cert_names(&CertificateDer::from(vec![1, 2, 3])).is_empty());
     }

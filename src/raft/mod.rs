@@ -69,7 +69,10 @@ pub type LogId = openraft::LogId<NodeId>;
 /// a `typ` module) so every other module imports them from `raft` and an openraft upgrade is
 /// a change of this module.
 pub mod typ {
-    pub use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
+    pub use openraft::{
+        ChangeMembers, CommittedLeaderId, Config, LogId, Membership, ServerState, SnapshotPolicy,
+        StoredMembership,
+    };
 
     /// openraft's error types.
     pub mod error {

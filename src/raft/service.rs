@@ -117,7 +117,7 @@ impl RaftService {
         &self,
         request: Request<RaftRequest>,
     ) -> Result<(NodeId, T), Status> {
-        let leaf = crate::node::conn::ConnInfo::of(&request)
+        let leaf = crate::connection::ConnInfo::of(&request)
             .and_then(|c| c.peer_certs())
             .and_then(|c| c.first())
             .cloned();

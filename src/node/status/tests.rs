@@ -207,7 +207,7 @@ fn sse_slots_refuse_beyond_the_limit_and_free_on_drop() {
 
 #[test]
 fn leader_facts_give_every_member_its_lag() {
-    use openraft::{LogId, Membership, StoredMembership};
+    use crate::raft::typ::{CommittedLeaderId, LogId, Membership, StoredMembership};
     use std::collections::BTreeSet;
     let mut m = crate::raft::Metrics::new_initial(1);
     let nodes: BTreeMap<u64, crate::raft::NodeInfo> = (1..=3)
@@ -228,10 +228,7 @@ fn leader_facts_give_every_member_its_lag() {
     m.current_leader = Some(1);
     m.last_log_index = Some(10);
     let mut repl = BTreeMap::new();
-    repl.insert(
-        2,
-        Some(LogId::new(openraft::CommittedLeaderId::new(1, 1), 7)),
-    );
+    repl.insert(2, Some(LogId::new(CommittedLeaderId::new(1, 1), 7)));
     repl.insert(3, None);
     m.replication = Some(repl);
     let f = node_facts("dev", 1, "us-east", true, &m);

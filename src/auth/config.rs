@@ -27,9 +27,28 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use super::ConfigError;
-use crate::auth::policy::{is_reserved, Role};
+use super::policy::{is_reserved, Role};
 use crate::state::names::check_name;
+
+/// A wrong `[auth]` field: its dotted name and what to do about it (`config` reports it as
+/// a `ConfigError::Invalid`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    /// Dotted name of the field.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl FieldError {
+    fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self {
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+}
 
 /// `[auth]`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,52 +126,51 @@ fn check_scope(
     roles: &[Role],
     services: &[String],
     regions: &[String],
-) -> Result<(), ConfigError> {
+) -> Result<(), FieldError> {
     if roles.is_empty() {
-        return Err(ConfigError::invalid(
+        return Err(FieldError::invalid(
             &format!("{field}.roles"),
             "is empty: give at least one of reader, agent, operator, admin",
         ));
     }
     for s in services {
         check_name("service", s)
-            .map_err(|m| ConfigError::invalid(&format!("{field}.services"), m))?;
+            .map_err(|m| FieldError::invalid(&format!("{field}.services"), m))?;
     }
     for r in regions {
-        check_name("region", r)
-            .map_err(|m| ConfigError::invalid(&format!("{field}.regions"), m))?;
+        check_name("region", r).map_err(|m| FieldError::invalid(&format!("{field}.regions"), m))?;
     }
     Ok(())
 }
 
 impl AuthConfig {
     /// Checks names, hashes and roles; errors name the entry and say how to fix it.
-    pub(super) fn validate(&self, has_peer_listener: bool) -> Result<(), ConfigError> {
+    pub fn validate(&self, has_peer_listener: bool) -> Result<(), FieldError> {
         let mut names = BTreeSet::new();
         let mut hashes = BTreeSet::new();
         for (i, t) in self.tokens.iter().enumerate() {
             let field = format!("auth.tokens[{i}]");
             check_principal(&t.name)
-                .map_err(|m| ConfigError::invalid(&format!("{field}.name"), m))?;
+                .map_err(|m| FieldError::invalid(&format!("{field}.name"), m))?;
             let hex_ok = t.sha256.len() == 64
                 && t.sha256
                     .bytes()
                     .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
             if !hex_ok {
-                return Err(ConfigError::invalid(
+                return Err(FieldError::invalid(
                     &format!("{field}.sha256"),
                     "must be the 64 lowercase hex digits of the token's SHA-256 \
                      (`baton auth token NAME` prints a token and its hash; never put the token itself here)",
                 ));
             }
             if !hashes.insert(t.sha256.as_str()) {
-                return Err(ConfigError::invalid(
+                return Err(FieldError::invalid(
                     &format!("{field}.sha256"),
                     "the same token is listed twice: give each principal its own token",
                 ));
             }
             if !names.insert(t.name.as_str()) {
-                return Err(ConfigError::invalid(
+                return Err(FieldError::invalid(
                     &format!("{field}.name"),
                     format!("{:?} is listed twice: one entry per principal", t.name),
                 ));
@@ -162,9 +180,9 @@ impl AuthConfig {
         for (i, c) in self.certs.iter().enumerate() {
             let field = format!("auth.certs[{i}]");
             check_principal(&c.name)
-                .map_err(|m| ConfigError::invalid(&format!("{field}.name"), m))?;
+                .map_err(|m| FieldError::invalid(&format!("{field}.name"), m))?;
             if !names.insert(c.name.as_str()) {
-                return Err(ConfigError::invalid(
+                return Err(FieldError::invalid(
                     &format!("{field}.name"),
                     format!("{:?} is listed twice: one entry per principal", c.name),
                 ));
@@ -173,14 +191,14 @@ impl AuthConfig {
         }
         if self.enabled {
             if self.tokens.is_empty() && self.certs.is_empty() {
-                return Err(ConfigError::invalid(
+                return Err(FieldError::invalid(
                     "auth",
                     "enabled with no [[auth.tokens]] or [[auth.certs]]: nobody could call the cluster; \
                      add one (`baton auth token admin` prints a token entry)",
                 ));
             }
             if !has_peer_listener {
-                return Err(ConfigError::invalid(
+                return Err(FieldError::invalid(
                     "auth.enabled",
                     "needs `peer_listen`: without it the internal Raft service answers on the client \
                      port, outside every role check; add peer_listen = \"host:port\" and each peer's \
