@@ -14,7 +14,7 @@ use crate::node::NodeError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Exit {
-    /// Success.
+    /// Done as asked (`0`).
     Ok = 0,
     /// Any other error (I/O, a node failed, an internal error).
     Error = 1,
@@ -73,7 +73,7 @@ pub enum CliError {
     ClientAt {
         /// What was being done (`applying service "payments"`).
         context: String,
-        /// Cause.
+        /// The error underneath, printed after the context.
         source: ClientError,
     },
     /// No node could be reached (the message says which were tried).
@@ -93,7 +93,7 @@ pub enum CliError {
     Io {
         /// What was being done.
         context: String,
-        /// Cause.
+        /// The error underneath, printed after the context.
         source: io::Error,
     },
     /// The command line is inconsistent in a way clap cannot see.

@@ -137,7 +137,7 @@ pub(crate) fn validity_deadline(
 /// What the session must do after an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Reaction {
-    /// Nothing.
+    /// No change: keep renewing on schedule.
     None,
     /// Send a message with `demoted = true` now.
     SendDemoted,

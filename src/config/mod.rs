@@ -29,15 +29,15 @@ pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
-        /// File.
+        /// The file named on the command line.
         path: PathBuf,
-        /// Cause.
+        /// What the OS said.
         source: std::io::Error,
     },
     /// The TOML does not parse or has a wrong field.
     #[error("{path}: {message}")]
     Parse {
-        /// File.
+        /// The file that does not parse.
         path: PathBuf,
         /// toml's message, which names the field and line.
         message: String,
@@ -139,10 +139,10 @@ pub struct NodeConfig {
     /// Per-peer dial address overrides (node id → `host:port`), e.g. through a proxy.
     #[serde(default)]
     pub dial: BTreeMap<String, String>,
-    /// Timing.
+    /// `[timing]`: heartbeat, election timeouts, drift and margin (see `control::timing`).
     #[serde(default)]
     pub timing: TimingConfig,
-    /// Storage.
+    /// `[storage]`: snapshot cadence and watch history.
     #[serde(default)]
     pub storage: StorageConfig,
     /// Connection and stream limits.

@@ -106,7 +106,7 @@ pub enum MoveError {
         state: &'static str,
         /// The step it ended at.
         step: &'static str,
-        /// Why.
+        /// The run's error, or "no detail".
         error: String,
     },
 }

@@ -83,7 +83,7 @@ pub fn region_health(
 /// One candidate region and whether automation may move the lease there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
-    /// Region.
+    /// The candidate region.
     pub region: String,
     /// Eligible now?
     pub eligible: bool,
@@ -135,11 +135,11 @@ pub enum Decision {
     Wait(String),
     /// Start a run.
     Start {
-        /// Kind.
+        /// Failover or failback.
         kind: RunKind,
-        /// Trigger.
+        /// What the policy saw (health, a vacant lease, a healed preferred region).
         trigger: Trigger,
-        /// Target.
+        /// The region to move the lease to.
         to: String,
         /// Why, in words.
         reason: String,

@@ -42,17 +42,17 @@ pub enum NodeError {
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source} — is another baton (or `baton dev`) running? stop it or change `listen`")]
     Bind {
-        /// Address.
+        /// The `listen` (or `peer_listen`, `admin_listen`) address.
         addr: String,
-        /// Cause.
+        /// What the OS said.
         source: std::io::Error,
     },
     /// Storage could not be opened.
     #[error("cannot open the data directory {dir}: {message}")]
     Storage {
-        /// Directory.
+        /// `data_dir` as configured.
         dir: String,
-        /// Cause.
+        /// What sled said.
         message: String,
     },
     /// Raft refused to start or initialise.

@@ -101,7 +101,7 @@ pub struct VantageReport {
 /// A region's health for one service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RegionHealthView {
-    /// Region.
+    /// The region probed.
     pub region: String,
     /// `healthy`, `down` or `unknown` (no check, no report, split view).
     pub verdict: &'static str,
@@ -116,7 +116,7 @@ pub struct RegionHealthView {
 pub struct RunView {
     /// Run id (log index of the entry that started it).
     pub id: u64,
-    /// Service.
+    /// The service the entry is about.
     pub service: String,
     /// `failover`, `switchover` or `failback`.
     pub kind: &'static str,
@@ -128,7 +128,7 @@ pub struct RunView {
     pub to: String,
     /// Who started it.
     pub actor: String,
-    /// Why.
+    /// The reason given (operator, automation or the audit entry).
     pub reason: String,
     /// `running`, `succeeded`, `failed`, `rejected`, `rolled-back`.
     pub state: &'static str,
@@ -163,7 +163,7 @@ pub struct RunView {
 /// A service with its lease, health and run in progress.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ServiceView {
-    /// Name.
+    /// The service's name.
     pub name: String,
     /// Regions in preference order.
     pub regions: Vec<String>,
@@ -198,7 +198,7 @@ pub struct ServiceView {
 pub struct LeaseChange {
     /// Revision (log index).
     pub revision: u64,
-    /// Service.
+    /// The service the entry is about.
     pub service: String,
     /// `granted`, `revoking`, `vacated`, `mode-changed`, `service-put`, `service-deleted`,
     /// `freeze-changed`.
@@ -207,7 +207,7 @@ pub struct LeaseChange {
     pub holder: Option<String>,
     /// Token after the change.
     pub token: u64,
-    /// Why.
+    /// The reason given (operator, automation or the audit entry).
     pub reason: String,
     /// Leader time, where the state records it (grants).
     pub at_ms: Option<i64>,
