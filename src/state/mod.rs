@@ -28,6 +28,8 @@ pub mod service;
 pub mod workflow;
 
 #[cfg(test)]
+mod codec_tests;
+#[cfg(test)]
 mod run_tests;
 #[cfg(test)]
 mod tests;
