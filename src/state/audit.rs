@@ -28,7 +28,7 @@ pub struct AuditEntry {
     pub action: String,
     /// Service concerned (empty for cluster-wide actions).
     pub service: String,
-    /// Why.
+    /// Why, in the caller's words.
     pub reason: String,
     /// JSON of the object before.
     pub before: String,

@@ -24,14 +24,14 @@ pub enum Command {
     PutService {
         /// The definition.
         spec: ServiceSpec,
-        /// Why.
+        /// Why, in the caller's words (kept in the audit trail).
         reason: String,
     },
     /// Delete a service and its lease.
     DeleteService {
         /// Service name.
         name: String,
-        /// Why.
+        /// Why, in the caller's words (kept in the audit trail).
         reason: String,
     },
     /// Start revoking the held lease whose token is `token` (Held -> Revoking).
@@ -40,7 +40,7 @@ pub enum Command {
         service: String,
         /// Token being revoked: the command is refused if the lease moved on.
         token: u64,
-        /// Why.
+        /// Why, in the caller's words (kept in the audit trail).
         reason: String,
     },
     /// Grant the lease to `region` with a new token (the entry's log index). Allowed only
@@ -52,7 +52,7 @@ pub enum Command {
         region: String,
         /// The lease's token when the leader decided: refused if it changed since.
         expected_token: u64,
-        /// Why.
+        /// Why, in the caller's words (kept in the audit trail).
         reason: String,
     },
     /// End the lease whose token is `token` (Held or Revoking -> Vacant): its holder
@@ -71,7 +71,7 @@ pub enum Command {
         service: String,
         /// New mode.
         mode: LeaseMode,
-        /// Why.
+        /// Why, in the caller's words (kept in the audit trail).
         reason: String,
     },
     /// Pause (or resume) automation for a service.
@@ -80,7 +80,7 @@ pub enum Command {
         service: String,
         /// Frozen or not.
         frozen: bool,
-        /// Why.
+        /// Why, in the caller's words (kept in the audit trail).
         reason: String,
     },
     /// A vantage node's health verdict about a region changed.
@@ -108,9 +108,9 @@ pub enum Command {
         trigger: Trigger,
         /// Target region.
         to: String,
-        /// Steps.
+        /// The steps the run takes, fixed when it starts.
         plan: Vec<StepSpec>,
-        /// Why.
+        /// Why, in the caller's words (kept in the audit trail).
         reason: String,
         /// When the trigger was observed (leader wall clock).
         detected_ms: i64,
@@ -142,14 +142,14 @@ pub enum Command {
         run: u64,
         /// Approve (true) or reject.
         approve: bool,
-        /// Why.
+        /// Why, in the caller's words (kept in the audit trail).
         reason: String,
     },
     /// An operator acknowledges a flap pause: automation resumes.
     AckFlap {
         /// Service name.
         service: String,
-        /// Why.
+        /// Why, in the caller's words (kept in the audit trail).
         reason: String,
     },
     // New variants go last: entries are bincode, which numbers variants in order, so the
@@ -299,7 +299,7 @@ pub enum Rejection {
     /// The region is not a candidate of the service.
     #[error("region {region:?} is not a candidate region of service {service:?} (candidates: {candidates})")]
     UnknownRegion {
-        /// Service.
+        /// The service named.
         service: String,
         /// Region asked for.
         region: String,
@@ -309,7 +309,7 @@ pub enum Rejection {
     /// The region is a candidate but not allowed to hold the lease.
     #[error("region {region:?} is not allowed to hold service {service:?} (allowed: {allowed})")]
     NotAllowed {
-        /// Service.
+        /// The service named.
         service: String,
         /// Region asked for.
         region: String,
@@ -319,7 +319,7 @@ pub enum Rejection {
     /// Compare-and-set failed: the lease moved on.
     #[error("service {service:?} has token {actual}, not the expected {expected}: the lease changed; read it again")]
     TokenMismatch {
-        /// Service.
+        /// The service named.
         service: String,
         /// Token the caller expected.
         expected: u64,

@@ -322,9 +322,9 @@ pub struct Phases {
 pub struct Run {
     /// Log index of the entry that started it.
     pub id: u64,
-    /// Service.
+    /// The service whose lease the run moves.
     pub service: String,
-    /// Kind.
+    /// Failover, switchover or failback.
     pub kind: RunKind,
     /// What started it.
     pub trigger: Trigger,
@@ -334,7 +334,7 @@ pub struct Run {
     pub to: String,
     /// Who started it.
     pub actor: String,
-    /// Why.
+    /// Why the run was started (the trigger's or operator's words).
     pub reason: String,
     /// The steps.
     pub steps: Vec<Step>,
@@ -369,7 +369,7 @@ impl Run {
 pub enum Effect {
     /// Revoke the lease with this token (Held -> Revoking).
     Revoke {
-        /// Token.
+        /// The token being revoked: the effect applies only while it is still current.
         token: u64,
     },
     /// Grant the run's target a new token (from Vacant or Revoking with this token).
@@ -398,10 +398,10 @@ pub enum StepOutcome {
 /// Which phase a step completion marks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PhaseMark {
-    /// Fenced.
+    /// The old holder is fenced (acks or TTL): `fenced_ms`.
     Fenced,
-    /// Granted.
+    /// The new holder has its token: `granted_ms`.
     Granted,
-    /// Verified.
+    /// The new holder was seen healthy: `verified_ms`.
     Verified,
 }
