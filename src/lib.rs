@@ -49,6 +49,7 @@ pub mod convert;
 pub mod dev;
 pub mod health;
 pub mod node;
+pub mod postgres;
 pub mod raft;
 pub mod state;
 pub mod telemetry;

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The rejoiner: one per region, started by pg.sh (follow.sh REGION, DIR in the environment).
+# While this region is not primary it keeps the local PostgreSQL a replica of the primary:
+#  - a stopped server (demoted by on_demote, or restarted after its region died) is rewound
+#    against the lease holder's server when it diverged (pg_rewind; "no rewind required"
+#    otherwise) and started as a replica;
+#  - a replica that has not been streaming for 3 s is stopped, to be rewound the same way;
+#  - a server taking writes while its agent does not hold the lease is stopped at once.
+# It takes the region lock for every step, and does nothing while the role file says
+# promoting or primary (the promote hook holds the same lock). A separate process, not the
+# demote hook: the third region gets no hook when the primary moves between the other two.
+set -uo pipefail
+REGION=${1:?usage: follow.sh REGION}
+. "$(dirname "$0")/lib.sh"
+exec 9>"$RDIR/lock"
+stuck=0 failures=0
+
+rejoin() {
+  local src=$1 out
+  # pg_rewind first finishes crash recovery in single-user mode, which refuses standby mode.
+  rm -f "$DATA/standby.signal"
+  write_follow_conf
+  if ! out=$(as_pg "$PGBIN/pg_rewind" -D "$DATA" \
+    --source-server="host=${src%:*} port=${src##*:} user=postgres dbname=postgres connect_timeout=2" 2>&1); then
+    failures=$((failures + 1))
+    log "rejoin: pg_rewind from $src failed ($failures): $(tail -1 <<<"$out")"
+    ((failures < 3)) && return 1
+    # Three failures (say the WAL it needs is gone): clone the primary afresh.
+    log "rejoin: cloning $src with pg_basebackup"
+    rm -rf "$DATA" && mkdir -m 700 "$DATA" && chown "${RUN_AS:-$(id -un)}" "$DATA" 2>/dev/null
+    as_pg "$PGBIN/pg_basebackup" -h "${src%:*}" -p "${src##*:}" -U postgres -D "$DATA" -X stream -c fast \
+      >>"$LOG" 2>&1 || { log "rejoin: pg_basebackup failed"; return 1; }
+  fi
+  failures=0
+  as_pg touch "$DATA/standby.signal"
+  pg_start || { log "rejoin: the server did not start (see $LOG)"; return 1; }
+  log "rejoin: replica of $src ($(tail -1 <<<"$out"))"
+}
+
+step() {
+  local role holder src rec
+  role=$(cat "$RDIR/role" 2>/dev/null)
+  case $role in promoting* | primary*) stuck=0; return ;; esac
+  if pg_running; then
+    rec=$(q "SELECT pg_is_in_recovery()" 2>/dev/null) || return # starting or stopping
+    if [[ $rec == f ]]; then
+      log "follow: the server takes writes but this region is not primary ($role): stopping it"
+      pg_stop 1
+    elif [[ $(q "SELECT status FROM pg_stat_wal_receiver" 2>/dev/null) == streaming ]]; then
+      stuck=0
+    elif ((++stuck >= 15)); then
+      log "follow: not streaming for 3 s: stopping to rejoin"
+      stuck=0
+      pg_stop 50
+    fi
+    return
+  fi
+  holder=$(lease_holder)
+  [[ -n $holder && $holder != "$REGION" ]] || return
+  src=$(peer_addr "$holder")
+  # The holder's promote hook may still be running: rejoin once it takes writes.
+  [[ $(qpeer "$src" "SELECT pg_is_in_recovery()" 2>/dev/null) == f ]] || return
+  rejoin "$src"
+}
+
+while :; do
+  sleep 0.2
+  flock 9
+  step
+  flock -u 9
+done
