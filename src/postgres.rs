@@ -593,10 +593,13 @@ async fn healthy_once(
         .get(&holder)
         .ok_or_else(|| format!("baton's primary {holder} is not among --pg"))?;
     let c = connect(t).await?;
+    // Replicas by name: a pg_basebackup still cloning one also streams WAL.
+    let names: Vec<String> = opts.targets.keys().cloned().collect();
     let n: i64 = c
         .query_one(
-            "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
-            &[],
+            "SELECT count(*) FROM pg_stat_replication \
+             WHERE state = 'streaming' AND application_name = ANY($1)",
+            &[&names],
         )
         .await
         .map_err(|e| e.to_string())?

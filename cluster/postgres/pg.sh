@@ -78,6 +78,8 @@ if [[ $MODE == loopback ]]; then
   pg_port() { echo "${PORTS[$((12 + $1))]}"; }
   in_region() { shift; "$@"; }
   in_ops() { "$@"; }
+  # For `spawn_in R CMD &`: the background subshell becomes CMD, so $! is CMD's pid.
+  spawn_in() { shift; exec "$@"; }
 else
   addr_of() { echo "$SUBNET.$((11 + $1))"; }
   client_port() { echo 7100; }
@@ -86,6 +88,7 @@ else
   agent_port() { echo 7400; }
   pg_port() { echo 5432; }
   in_region() { local r=$1; shift; ip netns exec "$PREFIX$r" "$@"; }
+  spawn_in() { local r=$1; shift; exec ip netns exec "$PREFIX$r" "$@"; }
   in_ops() { ip netns exec "${PREFIX}ops" "$@"; }
 fi
 RUN_AS=$([[ $(id -u) == 0 ]] && echo "${BATON_PG_USER:-postgres}" || true)
@@ -106,7 +109,13 @@ pg_targets() {
   for i in "${!REGIONS[@]}"; do out+=("${REGIONS[i]}=$(addr_of "$i"):$(pg_port "$i")"); done
   (IFS=,; echo "${out[*]}")
 }
-alive() { [[ -e $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# The process in pid file $1 runs (a killed one may stay a zombie until PID 1 reaps it).
+alive() {
+  local st
+  [[ -e $1 ]] || return 1
+  st=$(cut -d')' -f2 "/proc/$(cat "$1")/stat" 2>/dev/null) || return 1
+  [[ $st != " Z"* && $st != " X"* ]]
+}
 
 install_postgres() {
   [[ -x $PGBIN/postgres ]] && return
@@ -161,7 +170,7 @@ max_wal_senders = 10
 wal_keep_size = 512MB               # a replica or a rewind finds the WAL it needs
 hot_standby = on
 wal_receiver_status_interval = 1s
-wal_retrieve_retry_interval = 100ms # a replica retries the primary list every 100 ms
+wal_retrieve_retry_interval = 50ms  # a replica retries the primary list every 50 ms
 # A commit is acknowledged once one replica has flushed it. The list names every region
 # (the server's own name never matches a replica).
 synchronous_standby_names = 'ANY 1 ($(IFS=,; echo "${sync[*]}"))'
@@ -202,17 +211,18 @@ data_dir = "$DIR/$r/node"
 $dial
 [timing]
 heartbeat = "50ms"
-election_timeout_min = "300ms"
-election_timeout_max = "600ms"
+election_timeout_min = "200ms"
+election_timeout_max = "400ms"
 
 $peers
-# A 1 s lease: the shortest this timing allows comfortably (at least three heartbeats and
-# one election timeout). Moves are never held back by cooldown or flap limits here.
+# A 700 ms lease (at least three heartbeats and one election timeout): a dead primary's
+# lease is refilled within about a second. Moves are never held back by cooldown or flap
+# limits here.
 [[services]]
 name = "$SERVICE"
 regions = ["us-east", "eu-west", "ap-south"]
 initial_primary = "us-east"
-lease_ttl = "1s"
+lease_ttl = "700ms"
 failback = "manual"
 cooldown = "1s"
 flap_limit = 0
@@ -221,24 +231,24 @@ TOML
 
 start_node() {
   local r=$1
-  in_region "$r" "$(bin)" server --config "$DIR/$r/node.toml" >>"$DIR/$r/node.log" 2>&1 </dev/null &
+  spawn_in "$r" "$(bin)" server --config "$DIR/$r/node.toml" >>"$DIR/$r/node.log" 2>&1 </dev/null &
   echo $! >"$DIR/$r/node.pid"
 }
 start_agent() {
   local r=$1 i
   i=$(index_of "$r")
   # shellcheck disable=SC2016
-  in_region "$r" env DIR="$DIR" RUST_LOG=info "$(bin)" agent --service "$SERVICE" --region "$r" \
+  spawn_in "$r" env DIR="$DIR" RUST_LOG=info "$(bin)" agent --service "$SERVICE" --region "$r" \
     --agent-id "agent-$r" --endpoints "$(addr_of "$i"):$(client_port "$i"),$(endpoints)" \
     --on-promote "$HERE/hooks/promote.sh" --on-demote "$HERE/hooks/demote.sh" \
-    --demote-timeout 250ms --hook-timeout 20s \
+    --demote-timeout 175ms --hook-timeout 20s \
     --state-file "$DIR/$r/agent.json" --http-listen "127.0.0.1:$(agent_port "$i")" \
     >>"$DIR/$r/agent.log" 2>&1 </dev/null &
   echo $! >"$DIR/$r/agent.pid"
 }
 start_follow() {
   local r=$1
-  in_region "$r" env DIR="$DIR" "$HERE/hooks/follow.sh" "$r" >>"$DIR/$r/follow.log" 2>&1 </dev/null &
+  spawn_in "$r" env DIR="$DIR" "$HERE/hooks/follow.sh" "$r" >>"$DIR/$r/follow.log" 2>&1 </dev/null &
   echo $! >"$DIR/$r/follow.pid"
 }
 pg_ctl_start() {
@@ -310,7 +320,7 @@ ENV
   # us-east: a new database, the schema; then the two replicas cloned from it.
   mkdir -m 700 "$DIR/us-east/pgdata"
   if [[ -n $RUN_AS ]]; then chown "$RUN_AS" "$DIR/us-east/pgdata"; fi
-  as_pg "$PGBIN/initdb" -D "$DIR/us-east/pgdata" -U postgres -A trust --no-sync >"$DIR/us-east/initdb.log" 2>&1 ||
+  as_pg "$PGBIN/initdb" -D "$DIR/us-east/pgdata" -U postgres -A trust -k --no-sync >"$DIR/us-east/initdb.log" 2>&1 ||
     die "initdb failed: $DIR/us-east/initdb.log"
   pg_ctl_start us-east || die "PostgreSQL of us-east did not start: $DIR/us-east/postgresql.log"
   # No replica yet: the schema must not wait for one.

@@ -4,7 +4,8 @@
 #  - a stopped server (demoted by on_demote, or restarted after its region died) is rewound
 #    against the lease holder's server when it diverged (pg_rewind; "no rewind required"
 #    otherwise) and started as a replica;
-#  - a replica that has not been streaming for 3 s is stopped, to be rewound the same way;
+#  - a replica that has not been streaming for 3 s while another server takes writes as the
+#    lease holder is stopped, to be rewound the same way;
 #  - a server taking writes while its agent does not hold the lease is stopped at once.
 # It takes the region lock for every step, and does nothing while the role file says
 # promoting or primary (the promote hook holds the same lock). A separate process, not the
@@ -24,8 +25,8 @@ rejoin() {
     --source-server="host=${src%:*} port=${src##*:} user=postgres dbname=postgres connect_timeout=2" 2>&1); then
     failures=$((failures + 1))
     log "rejoin: pg_rewind from $src failed ($failures): $(tail -1 <<<"$out")"
-    ((failures < 3)) && return 1
-    # Three failures (say the WAL it needs is gone): clone the primary afresh.
+    # Twice (it cannot rewind, say the WAL it needs is gone): clone the primary afresh.
+    ((failures < 2)) && return 1
     log "rejoin: cloning $src with pg_basebackup"
     rm -rf "$DATA" && mkdir -m 700 "$DATA" && chown "${RUN_AS:-$(id -un)}" "$DATA" 2>/dev/null
     as_pg "$PGBIN/pg_basebackup" -h "${src%:*}" -p "${src##*:}" -U postgres -D "$DATA" -X stream -c fast \
@@ -38,29 +39,38 @@ rejoin() {
 }
 
 step() {
-  local role holder src rec
+  local role src rec
   role=$(cat "$RDIR/role" 2>/dev/null)
   case $role in promoting* | primary*) stuck=0; return ;; esac
   if pg_running; then
     rec=$(q "SELECT pg_is_in_recovery()" 2>/dev/null) || return # starting or stopping
     if [[ $rec == f ]]; then
       log "follow: the server takes writes but this region is not primary ($role): stopping it"
-      pg_stop 1
+      pg_stop 0.75
     elif [[ $(q "SELECT status FROM pg_stat_wal_receiver" 2>/dev/null) == streaming ]]; then
       stuck=0
     elif ((++stuck >= 15)); then
-      log "follow: not streaming for 3 s: stopping to rejoin"
+      # Only when there is a primary to rejoin: a replica waiting out a failover stays up.
       stuck=0
+      src=$(primary_addr) || return
+      log "follow: not streaming for 3 s while $src takes writes: stopping to rejoin"
       pg_stop 50
     fi
     return
   fi
-  holder=$(lease_holder)
-  [[ -n $holder && $holder != "$REGION" ]] || return
-  src=$(peer_addr "$holder")
-  # The holder's promote hook may still be running: rejoin once it takes writes.
-  [[ $(qpeer "$src" "SELECT pg_is_in_recovery()" 2>/dev/null) == f ]] || return
+  src=$(primary_addr) || return
   rejoin "$src"
+}
+
+# The server of the lease holder, if that is another region and its server takes writes
+# (the holder's promote hook may still be running).
+primary_addr() {
+  local holder src
+  holder=$(lease_holder)
+  [[ -n $holder && $holder != "$REGION" ]] || return 1
+  src=$(peer_addr "$holder")
+  [[ $(qpeer "$src" "SELECT pg_is_in_recovery()" 2>/dev/null) == f ]] || return 1
+  echo "$src"
 }
 
 while :; do

@@ -16,12 +16,16 @@ as_pg() {
   if [[ -n $RUN_AS && $(id -u) == 0 ]]; then runuser -u "$RUN_AS" -- "$@"; else "$@"; fi
 }
 # One statement on the local server (unix socket); prints the value, fails on any error.
-q() { as_pg "$PGBIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$SOCK" -p "$PORT" -U postgres -d postgres -c "$1"; }
+# psql itself needs no runuser: the servers trust the role postgres on their socket and
+# network, and skipping runuser saves the hooks ~15 ms per statement.
+q() { "$PGBIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$SOCK" -p "$PORT" -U postgres -d postgres -c "$1"; }
 # One statement on another region's server, given as host:port; gives up after 1 s.
 qpeer() {
-  as_pg "$PGBIN/psql" -X -q -At -v ON_ERROR_STOP=1 \
+  "$PGBIN/psql" -X -q -At -v ON_ERROR_STOP=1 \
     "host=${1%:*} port=${1##*:} user=postgres dbname=postgres connect_timeout=1" -c "$2"
 }
+# An LSN (X/Y, hexadecimal) as one number, to compare in the shell.
+lsn_num() { local x=${1%/*} y=${1#*/}; echo $(((16#$x << 32) + 16#$y)); }
 
 # Running and not a zombie: exited processes may wait a while for PID 1 to reap them.
 proc_alive() {
@@ -39,10 +43,11 @@ pg_running() { pm_pid >/dev/null; }
 pg_start() {
   as_pg "$PGBIN/pg_ctl" -D "$DATA" -o "-c config_file=$CONF/postgresql.conf" -l "$LOG" -w -t 60 start >/dev/null
 }
-# Waits (50 ms steps) up to $1 tenths of a second for the postmaster $2 to be gone.
+# Waits (25 ms steps) up to $1 tenths of a second for the postmaster $2 to be gone.
 gone_within() {
-  local i
-  for ((i = 0; i < $1 * 4; i++)); do proc_alive "$2" || return 0; sleep 0.025; done
+  local i n
+  n=$(awk "BEGIN { print int($1 * 4) }")
+  for ((i = 0; i < n; i++)); do proc_alive "$2" || return 0; sleep 0.025; done
   ! proc_alive "$2"
 }
 # Stops the server: fast shutdown first (it ends every session at once, and lets the

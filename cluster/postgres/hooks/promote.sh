@@ -19,39 +19,49 @@ log "promote token=$BATON_TOKEN: start"
 if ! pg_running; then
   # A stopped server (demoted, or crashed) comes back as a replica first, so it replays
   # whatever its peers have before it may take writes.
-  touch "$DATA/standby.signal"
+  as_pg touch "$DATA/standby.signal"
   write_follow_conf
   pg_start
 fi
 
-if [[ $(q "SELECT pg_is_in_recovery()") == t ]]; then
-  best="" best_lsn=""
+# Where this server is, and (in parallel) how much WAL each peer replica has received.
+for r in $(other_regions); do
+  qpeer "$(peer_addr "$r")" "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() END" \
+    >"$RDIR/peer-$r.lsn" 2>/dev/null &
+done
+IFS='|' read -r recovering mine < <(q "SELECT pg_is_in_recovery(), coalesce(greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), '0/0')")
+wait
+if [[ $recovering == t ]]; then
+  best="" best_lsn=$mine
   for r in $(other_regions); do
-    a=$(peer_addr "$r")
-    lsn=$(qpeer "$a" "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() END" 2>/dev/null) || continue
-    [[ -n $lsn ]] || continue
-    if [[ $(q "SELECT pg_wal_lsn_diff('$lsn', greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())) > 0") == t ]]; then
-      if [[ -z $best_lsn || $(q "SELECT pg_wal_lsn_diff('$lsn', '$best_lsn') > 0") == t ]]; then
-        best=$a best_lsn=$lsn
-      fi
+    lsn=$(cat "$RDIR/peer-$r.lsn" 2>/dev/null) || continue
+    if [[ -n $lsn ]] && (($(lsn_num "$lsn") > $(lsn_num "$best_lsn"))); then
+      best=$(peer_addr "$r") best_lsn=$lsn
     fi
   done
   if [[ -n $best ]]; then
     log "promote: catching up to $best_lsn from $best"
     write_follow_conf "$best"
     q "SELECT pg_reload_conf()" >/dev/null
-    for ((i = 0; i < 100; i++)); do
+    for ((i = 0; i < 200; i++)); do
       [[ $(q "SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '$best_lsn') >= 0") == t ]] && break
-      sleep 0.02
+      sleep 0.01
     done
-    [[ $i -lt 100 ]] || { log "promote: could not catch up to $best_lsn"; exit 1; }
+    ((i < 200)) || { log "promote: could not catch up to $best_lsn"; exit 1; }
   fi
-  q "SELECT pg_promote(true, 30)" >/dev/null
   write_follow_conf # for when it is a replica again
+  # One session: promote, wait for the end of recovery (pg_promote's own wait polls every
+  # 100 ms), then record the token. synchronous_commit=local: the fence must not wait for a
+  # replica that is still finding the new primary; a fence row lost with this server is
+  # replaced by the next promotion's.
+  "$PGBIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$SOCK" -p "$PORT" -U postgres -d postgres \
+    -c "SELECT pg_promote(false)" \
+    -c "DO \$\$ BEGIN WHILE pg_is_in_recovery() LOOP PERFORM pg_sleep(0.005); END LOOP; END \$\$" \
+    -c "SET synchronous_commit = local" \
+    -c "INSERT INTO baton_fence(token, region) VALUES ($BATON_TOKEN, '$REGION') ON CONFLICT (token) DO NOTHING" >/dev/null
+else
+  # Already primary (the first grant, or a repeated hook): only the fence.
+  q "SET synchronous_commit = local; INSERT INTO baton_fence(token, region) VALUES ($BATON_TOKEN, '$REGION') ON CONFLICT (token) DO NOTHING" >/dev/null
 fi
-
-# synchronous_commit=local: the fence must not wait for a replica that is still finding the
-# new primary; a fence row lost with this server is replaced by the next promotion's.
-q "SET synchronous_commit = local; INSERT INTO baton_fence(token, region) VALUES ($BATON_TOKEN, '$REGION') ON CONFLICT (token) DO NOTHING" >/dev/null
 set_role primary "$BATON_TOKEN"
 log "promote token=$BATON_TOKEN: primary"
