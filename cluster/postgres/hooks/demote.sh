@@ -3,23 +3,30 @@
 # of the 700 ms TTL), before the lease's validity ends: it stops this region's PostgreSQL.
 # The very first thing it does is signal the postmaster: a fast shutdown ends every session
 # at once (a commit not yet acknowledged fails at the client) and lets the replicas receive
-# the last WAL; after 75 ms it becomes an immediate shutdown. Even if the agent kills the
+# the last WAL; after 20 ms it becomes an immediate shutdown. Even if the agent kills the
 # hook at its timeout, the server no longer takes writes. Setting the server read-only would
 # not be enough: sessions already inside a transaction could still commit.
-# standby.signal is written next, so whoever starts this server again starts a replica;
-# the rejoiner (follow.sh) then brings it back as a replica of the new primary.
+# Then standby.signal, so whoever starts this server again starts a replica; the rejoiner
+# (follow.sh) brings it back as a replica of the new primary. No forks before the server is
+# gone: a hook on a busy machine must still finish in time.
 set -uo pipefail
-REGION=$BATON_REGION
 # shellcheck source=/dev/null
-. "$DIR/$REGION/env"
-pm=$(head -1 "$DATA/postmaster.pid" 2>/dev/null) || pm=""
-if [[ -n $pm ]]; then kill -INT "$pm" 2>/dev/null || true; fi
-. "$(dirname "$0")/lib.sh"
-set_role demoting "${BATON_TOKEN:-}"
-[[ -d $DATA ]] && { as_pg touch "$DATA/standby.signal" || true; }
-if [[ -n $pm ]] && ! gone_within 0.75 "$pm"; then
-  kill -QUIT "$pm" 2>/dev/null || true
-  gone_within 100 "$pm" || { log "demote token=${BATON_TOKEN:-} (${BATON_REASON:-}): the server did not stop"; exit 1; }
-fi
-set_role standby
-log "demote token=${BATON_TOKEN:-} (${BATON_REASON:-}): stopped"
+. "$DIR/$BATON_REGION/env"
+pm=""
+[[ -r $DATA/postmaster.pid ]] && read -r pm <"$DATA/postmaster.pid"
+[[ -n $pm ]] && kill -INT "$pm" 2>/dev/null
+# Running and not a zombie (PID 1 may reap an exited postmaster late).
+up() { local s; read -r s <"/proc/$1/stat" 2>/dev/null || return 1; s=${s##*) }; [[ $s != [ZX]* ]]; }
+exec {never}<> <(:) # a pipe nobody writes to: `read -t` on it sleeps without a fork
+i=0
+while [[ -n $pm ]] && up "$pm"; do
+  ((i++ == 2)) && kill -QUIT "$pm" 2>/dev/null
+  ((i > 400)) && exit 1 # the agent's timeout ends this long before
+  read -r -t 0.01 -u "$never"
+done
+# Builtins only: the file is root's, which does not stop the server from removing it.
+[[ -d $DATA ]] && : >"$DATA/standby.signal"
+echo standby >"$DIR/$BATON_REGION/role"
+ms=${EPOCHREALTIME#*.}
+printf '%(%FT%T)T.%sZ %s demote token=%s (%s): stopped after %s0 ms%s\n' -1 "${ms:0:3}" "$BATON_REGION" "${BATON_TOKEN:-}" \
+  "${BATON_REASON:-}" "$i" "$( ((i > 2)) && echo ', immediate' || true)" >>"$DIR/hooks.log"

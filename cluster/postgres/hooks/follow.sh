@@ -39,17 +39,19 @@ rejoin() {
 }
 
 step() {
-  local role src rec
-  role=$(cat "$RDIR/role" 2>/dev/null)
+  local role="" src rec
+  read -r role <"$RDIR/role" 2>/dev/null
   case $role in promoting* | primary*) stuck=0; return ;; esac
   if pg_running; then
-    rec=$(q "SELECT pg_is_in_recovery()" 2>/dev/null) || return # starting or stopping
-    if [[ $rec == f ]]; then
+    # One statement per step: this loop runs on busy machines beside the hooks.
+    rec=$(q "SELECT pg_is_in_recovery()::text || coalesce((SELECT status FROM pg_stat_wal_receiver), '')" 2>/dev/null) ||
+      return # starting or stopping
+    if [[ $rec == false* ]]; then
       log "follow: the server takes writes but this region is not primary ($role): stopping it"
       pg_stop 0.75
-    elif [[ $(q "SELECT status FROM pg_stat_wal_receiver" 2>/dev/null) == streaming ]]; then
+    elif [[ $rec == truestreaming ]]; then
       stuck=0
-    elif ((++stuck >= 15)); then
+    elif ((++stuck >= 6)); then
       # Only when there is a primary to rejoin: a replica waiting out a failover stays up.
       stuck=0
       src=$(primary_addr) || return
@@ -74,7 +76,7 @@ primary_addr() {
 }
 
 while :; do
-  sleep 0.2
+  sleep 0.5
   flock 9
   step
   flock -u 9

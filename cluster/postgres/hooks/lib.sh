@@ -28,15 +28,16 @@ qpeer() {
 lsn_num() { local x=${1%/*} y=${1#*/}; echo $(((16#$x << 32) + 16#$y)); }
 
 # Running and not a zombie: exited processes may wait a while for PID 1 to reap them.
+# Builtins only (no fork): the rejoiner calls these every step.
 proc_alive() {
   local st
-  st=$(cut -d')' -f2 "/proc/$1/stat" 2>/dev/null) || return 1
-  [[ $st != " Z"* && $st != " X"* ]]
+  read -r st <"/proc/$1/stat" 2>/dev/null || return 1
+  st=${st##*) }
+  [[ $st != [ZX]* ]]
 }
 pm_pid() {
-  local p
-  [[ -r $DATA/postmaster.pid ]] || return 1
-  p=$(head -1 "$DATA/postmaster.pid" 2>/dev/null) || return 1
+  local p=""
+  [[ -r $DATA/postmaster.pid ]] && read -r p <"$DATA/postmaster.pid" 2>/dev/null
   [[ -n $p ]] && proc_alive "$p" && echo "$p"
 }
 pg_running() { pm_pid >/dev/null; }
