@@ -303,7 +303,11 @@ async fn write_loop(mut w: WriteLoop) {
                 if let Ok(r) = quick.primary(&w.service, Consistency::Linearizable).await {
                     if let Some(l) = r.lease {
                         if l.state() == proto::LeaseState::Held && !l.holder_region.is_empty() {
-                            let newer = w.primary.borrow().as_ref().is_none_or(|(_, t)| *t < l.token);
+                            let newer = w
+                                .primary
+                                .borrow()
+                                .as_ref()
+                                .is_none_or(|(_, t)| *t < l.token);
                             if newer {
                                 w.primary_tx.send_replace(Some((l.holder_region, l.token)));
                             }
@@ -351,11 +355,7 @@ pub struct Checks {
 /// overlapping intervals, judged from the writer's log (tokens of acknowledged writes never
 /// go back, one region per token) and from the database (every row's token was recorded by
 /// a promotion of the same region, and committed before the next promotion).
-pub async fn check(
-    primary: &(String, u16),
-    name: &str,
-    acks: &[Ack],
-) -> Result<Checks, String> {
+pub async fn check(primary: &(String, u16), name: &str, acks: &[Ack]) -> Result<Checks, String> {
     let c = connect(primary).await?;
     let q = |e: tokio_postgres::Error| format!("reading the final primary: {e}");
     let rows = c
@@ -605,10 +605,15 @@ async fn healthy_once(
         .map_err(|e| e.to_string())?
         .get(0);
     if n < replicas {
-        return Err(format!("{n} of {replicas} replicas streaming from {holder}"));
+        return Err(format!(
+            "{n} of {replicas} replicas streaming from {holder}"
+        ));
     }
     let recent = Instant::now() - Duration::from_millis(500);
-    if writer.first_after(recent, None).is_none_or(|a| a.region != holder) {
+    if writer
+        .first_after(recent, None)
+        .is_none_or(|a| a.region != holder)
+    {
         return Err(format!("no recent write acknowledged by {holder}"));
     }
     Ok(holder)

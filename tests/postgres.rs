@@ -137,7 +137,11 @@ async fn postgres_failover_and_switchover_lose_no_acknowledged_write() {
     let c = &report.checks;
     assert!(c.acked > 0);
     assert!(c.lost.is_empty(), "acknowledged writes lost: {:?}", c.lost);
-    assert!(c.overlaps.is_empty(), "overlapping primaries: {:?}", c.overlaps);
+    assert!(
+        c.overlaps.is_empty(),
+        "overlapping primaries: {:?}",
+        c.overlaps
+    );
     assert!(!c.synchronous.is_empty(), "commits wait for a replica");
 
     // The fence table: one row per promotion, tokens rising, in the order the primary moved.
@@ -149,7 +153,10 @@ async fn postgres_failover_and_switchover_lose_no_acknowledged_write() {
         c.fence
     );
     assert!(c.fence.windows(2).all(|w| w[0].token < w[1].token));
-    assert!(c.fence.windows(2).all(|w| w[0].promoted_us < w[1].promoted_us));
+    assert!(c
+        .fence
+        .windows(2)
+        .all(|w| w[0].promoted_us < w[1].promoted_us));
 
     // The writer's log: every acknowledged write, tokens never going back, each token from
     // the region promoted with it.
@@ -167,12 +174,18 @@ async fn postgres_failover_and_switchover_lose_no_acknowledged_write() {
         let fence = c.fence.iter().find(|f| f.token == token).unwrap();
         assert_eq!(l["region"].as_str(), Some(fence.region.as_str()));
     }
-    assert_eq!(last, c.fence[2].token, "the last writes carry the last token");
+    assert_eq!(
+        last, c.fence[2].token,
+        "the last writes carry the last token"
+    );
 
     // The trigger itself: on the final primary a stale token and a token it was not
     // promoted with are both refused.
     let pg = postgres::connect(&targets[s.to.as_str()]).await.unwrap();
-    for (token, why) in [(c.fence[0].token, "stale"), (c.fence[2].token + 1, "not promoted")] {
+    for (token, why) in [
+        (c.fence[0].token, "stale"),
+        (c.fence[2].token + 1, "not promoted"),
+    ] {
         let err = pg
             .execute(
                 "INSERT INTO baton_writes(writer, seq, token) VALUES ('test', 1, $1)",
@@ -180,7 +193,10 @@ async fn postgres_failover_and_switchover_lose_no_acknowledged_write() {
             )
             .await
             .unwrap_err();
-        let msg = err.as_db_error().map(|e| e.message().to_string()).unwrap_or_default();
+        let msg = err
+            .as_db_error()
+            .map(|e| e.message().to_string())
+            .unwrap_or_default();
         assert!(msg.contains(why), "token {token}: {msg}");
     }
     drop(launcher);

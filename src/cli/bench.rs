@@ -301,12 +301,12 @@ async fn postgres(ctx: &mut Ctx<'_>, args: PostgresArgs) -> Result<Exit, CliErro
     let targets = pg::parse_targets(&args.pg).map_err(|m| CliError::Usage(format!("--pg: {m}")))?;
     // Read Patroni's table first: a wrong path fails before the rounds, not after them.
     let patroni = match &args.patroni_summary {
-        Some(p) => Some(pg::parse_patroni_summary(&std::fs::read_to_string(p).map_err(
-            |source| CliError::Io {
+        Some(p) => Some(pg::parse_patroni_summary(
+            &std::fs::read_to_string(p).map_err(|source| CliError::Io {
                 context: format!("cannot read Patroni's summary {}", p.display()),
                 source,
-            },
-        )?)),
+            })?,
+        )),
         None => None,
     };
     let client = ctx.client()?;
@@ -322,7 +322,13 @@ async fn postgres(ctx: &mut Ctx<'_>, args: PostgresArgs) -> Result<Exit, CliErro
     };
     let report = pg::bench(&client, &opts).await.map_err(CliError::Other)?;
     let secs = |d: Duration| Value::from((d.as_secs_f64() * 1e3).round() / 1e3);
-    let mut fo = Table::new(&["round", "killed", "leader_there", "new_primary", "first_write_s"]);
+    let mut fo = Table::new(&[
+        "round",
+        "killed",
+        "leader_there",
+        "new_primary",
+        "first_write_s",
+    ]);
     for (i, r) in report.failovers.iter().enumerate() {
         fo.push(vec![
             Value::from(i + 1),
@@ -332,7 +338,14 @@ async fn postgres(ctx: &mut Ctx<'_>, args: PostgresArgs) -> Result<Exit, CliErro
             secs(r.first_write),
         ]);
     }
-    let mut so = Table::new(&["round", "from", "to", "call_s", "first_write_s", "write_gap_s"]);
+    let mut so = Table::new(&[
+        "round",
+        "from",
+        "to",
+        "call_s",
+        "first_write_s",
+        "write_gap_s",
+    ]);
     for (i, r) in report.switchovers.iter().enumerate() {
         so.push(vec![
             Value::from(i + 1),
@@ -378,9 +391,10 @@ async fn postgres(ctx: &mut Ctx<'_>, args: PostgresArgs) -> Result<Exit, CliErro
         .map(|r| r.first_write)
         .collect();
     let find = |scenario: &str, label: &str| {
-        patroni
-            .as_ref()
-            .and_then(|rows| rows.iter().find(|r| r.scenario == scenario && r.label == label))
+        patroni.as_ref().and_then(|rows| {
+            rows.iter()
+                .find(|r| r.scenario == scenario && r.label == label)
+        })
     };
     let cell = |row: Option<&pg::PatroniRow>, i: usize| {
         Value::from(
@@ -403,18 +417,25 @@ async fn postgres(ctx: &mut Ctx<'_>, args: PostgresArgs) -> Result<Exit, CliErro
     let gap_target = find("switchover", "aggressive")
         .and_then(|r| r.median(4))
         .map(|m| m / 10.0);
-    let met = |v: f64, t: Option<f64>| Value::from(t.map_or("-", |t| if v <= t { "yes" } else { "NO" }));
+    let met =
+        |v: f64, t: Option<f64>| Value::from(t.map_or("-", |t| if v <= t { "yes" } else { "NO" }));
     side.push(vec![
         Value::from("failover: region killed -> first write on the new primary"),
         Value::from(pg::spread(&fo_times)),
         cell(fastest, 2),
         cell(find("failover", "defaults"), 2),
-        Value::from(fo_target.map_or("-".into(), |t| format!("<= {t:.2} (1/10 of Patroni's fastest)"))),
+        Value::from(fo_target.map_or("-".into(), |t| {
+            format!("<= {t:.2} (1/10 of Patroni's fastest)")
+        })),
         met(fo_med, fo_target),
     ]);
     side.push(vec![
         Value::from("  of which baton's Raft leader was elsewhere / in the killed region"),
-        Value::from(format!("{} / {}", pg::spread(&fo_other), pg::spread(&fo_leader))),
+        Value::from(format!(
+            "{} / {}",
+            pg::spread(&fo_other),
+            pg::spread(&fo_leader)
+        )),
         Value::from(""),
         Value::from(""),
         Value::from(""),
