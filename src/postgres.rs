@@ -375,26 +375,31 @@ pub async fn check(primary: &(String, u16), name: &str, acks: &[Ack]) -> Result<
         .await
         .map_err(q)?
         .iter()
-        .map(|r| Fence {
-            token: r.get::<_, i64>(0) as u64,
-            region: r.get(1),
-            promoted_us: r.get(2),
+        .map(|r| {
+            Ok(Fence {
+                token: r.try_get::<_, i64>(0)? as u64,
+                region: r.try_get(1)?,
+                promoted_us: r.try_get(2)?,
+            })
         })
-        .collect();
+        .collect::<Result<_, tokio_postgres::Error>>()
+        .map_err(q)?;
     let synchronous: String = c
         .query_one("SHOW synchronous_standby_names", &[])
         .await
         .map_err(q)?
-        .get(0);
+        .try_get(0)
+        .map_err(q)?;
     let stored: BTreeMap<u64, (u64, String, i64)> = rows
         .iter()
         .map(|r| {
-            (
-                r.get::<_, i64>(0) as u64,
-                (r.get::<_, i64>(1) as u64, r.get(2), r.get(3)),
-            )
+            Ok((
+                r.try_get::<_, i64>(0)? as u64,
+                (r.try_get::<_, i64>(1)? as u64, r.try_get(2)?, r.try_get(3)?),
+            ))
         })
-        .collect();
+        .collect::<Result<_, tokio_postgres::Error>>()
+        .map_err(q)?;
     let lost = acks
         .iter()
         .filter(|a| !stored.contains_key(&a.seq))
@@ -603,7 +608,8 @@ async fn healthy_once(
         )
         .await
         .map_err(|e| e.to_string())?
-        .get(0);
+        .try_get(0)
+        .map_err(|e| e.to_string())?;
     if n < replicas {
         return Err(format!(
             "{n} of {replicas} replicas streaming from {holder}"

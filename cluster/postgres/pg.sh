@@ -170,6 +170,7 @@ max_wal_senders = 10
 wal_keep_size = 512MB               # a replica or a rewind finds the WAL it needs
 hot_standby = on
 wal_receiver_status_interval = 1s
+checkpoint_timeout = 30s            # a recent common checkpoint: rewinds need less old WAL
 wal_retrieve_retry_interval = 50ms  # a replica retries the primary list every 50 ms
 # A commit is acknowledged once one replica has flushed it. The list names every region
 # (the server's own name never matches a replica).

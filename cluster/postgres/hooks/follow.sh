@@ -16,6 +16,14 @@ REGION=${1:?usage: follow.sh REGION}
 exec 9>"$RDIR/lock"
 stuck=0 failures=0
 
+# A fresh copy of the primary at $1 (host:port), when rewinding cannot do.
+clone() {
+  log "rejoin: cloning $1 with pg_basebackup"
+  rm -rf "$DATA" && mkdir -m 700 "$DATA" && chown "${RUN_AS:-$(id -un)}" "$DATA" 2>/dev/null
+  as_pg "$PGBIN/pg_basebackup" -h "${1%:*}" -p "${1##*:}" -U postgres -D "$DATA" -X stream -c fast \
+    >>"$LOG" 2>&1 || { log "rejoin: pg_basebackup failed"; return 1; }
+}
+
 rejoin() {
   local src=$1 out
   # pg_rewind first finishes crash recovery in single-user mode, which refuses standby mode.
@@ -27,14 +35,21 @@ rejoin() {
     log "rejoin: pg_rewind from $src failed ($failures): $(tail -1 <<<"$out")"
     # Twice (it cannot rewind, say the WAL it needs is gone): clone the primary afresh.
     ((failures < 2)) && return 1
-    log "rejoin: cloning $src with pg_basebackup"
-    rm -rf "$DATA" && mkdir -m 700 "$DATA" && chown "${RUN_AS:-$(id -un)}" "$DATA" 2>/dev/null
-    as_pg "$PGBIN/pg_basebackup" -h "${src%:*}" -p "${src##*:}" -U postgres -D "$DATA" -X stream -c fast \
-      >>"$LOG" 2>&1 || { log "rejoin: pg_basebackup failed"; return 1; }
+    clone "$src" || return 1
+    out="cloned"
   fi
   failures=0
   as_pg touch "$DATA/standby.signal"
-  pg_start || { log "rejoin: the server did not start (see $LOG)"; return 1; }
+  if ! pg_start 15; then
+    # Rewound, but the WAL back to the last common checkpoint is nowhere to be streamed
+    # (say the primary itself was cloned since): clone it instead.
+    log "rejoin: the server did not become consistent within 15 s: cloning $src"
+    pg_stop 0
+    clone "$src" || return 1
+    as_pg touch "$DATA/standby.signal"
+    pg_start 60 || { log "rejoin: the server did not start (see $LOG)"; return 1; }
+    out="cloned"
+  fi
   log "rejoin: replica of $src ($(tail -1 <<<"$out"))"
 }
 

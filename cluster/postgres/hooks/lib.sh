@@ -41,8 +41,9 @@ pm_pid() {
   [[ -n $p ]] && proc_alive "$p" && echo "$p"
 }
 pg_running() { pm_pid >/dev/null; }
+# Starts the server; waits up to $1 seconds (default 60) until it accepts connections.
 pg_start() {
-  as_pg "$PGBIN/pg_ctl" -D "$DATA" -o "-c config_file=$CONF/postgresql.conf" -l "$LOG" -w -t 60 start >/dev/null
+  as_pg "$PGBIN/pg_ctl" -D "$DATA" -o "-c config_file=$CONF/postgresql.conf" -l "$LOG" -w -t "${1:-60}" start >/dev/null
 }
 # Waits (25 ms steps) up to $1 tenths of a second for the postmaster $2 to be gone.
 gone_within() {

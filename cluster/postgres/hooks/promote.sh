@@ -24,6 +24,10 @@ if ! pg_running; then
   pg_start
 fi
 
+# A server still starting (a rejoin in progress) first has to accept connections.
+for ((i = 0; i < 100; i++)); do q "SELECT 1" >/dev/null 2>&1 && break; sleep 0.1; done
+((i < 100)) || { log "promote token=$BATON_TOKEN: the server does not accept connections"; exit 1; }
+
 # Where this server is, and (in parallel) how much WAL each peer replica has received.
 for r in $(other_regions); do
   qpeer "$(peer_addr "$r")" "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() END" \
