@@ -39,7 +39,7 @@ rejoin() {
     out="cloned"
   fi
   failures=0
-  as_pg touch "$DATA/standby.signal"
+  rm -f "$DATA/standby.signal"; as_pg touch "$DATA/standby.signal"
   if ! pg_start 15; then
     # Rewound, but the WAL back to the last common checkpoint is nowhere to be streamed
     # (say the primary itself was cloned since): clone it instead.

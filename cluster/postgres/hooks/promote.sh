@@ -19,7 +19,7 @@ log "promote token=$BATON_TOKEN: start"
 if ! pg_running; then
   # A stopped server (demoted, or crashed) comes back as a replica first, so it replays
   # whatever its peers have before it may take writes.
-  as_pg touch "$DATA/standby.signal"
+  [[ -e $DATA/standby.signal ]] || as_pg touch "$DATA/standby.signal"
   write_follow_conf
   pg_start
 fi
