@@ -12,6 +12,8 @@
 //! - [`client`]: the Rust client: finds and follows the leader, reads, watches with
 //!   resume, holds a lease for an agent.
 //! - [`bench`]: benchmarks that start their own cluster (`baton bench leader-kill`).
+//! - [`postgres`]: `baton bench postgres`: a fenced writer against PostgreSQL behind baton
+//!   (cluster/postgres/) and its failover/switchover measurements.
 //! - [`node`]: one coordinator process: wires config, storage, Raft, the API, the lease
 //!   keeper, the controller and the health probes together; its listeners and accept loop.
 //! - [`dev`]: `baton dev`, three nodes and the simulated regions (agents, health endpoints)
@@ -58,6 +60,7 @@ pub mod health;
 pub mod http_client;
 pub mod node;
 pub mod pki;
+pub mod postgres;
 pub mod raft;
 pub mod state;
 pub mod telemetry;

@@ -19,6 +19,7 @@ mod limits;
 mod load;
 mod membership;
 mod ops;
+mod postgres;
 mod runbook;
 mod security;
 mod status_page;

@@ -23,6 +23,40 @@ pub enum BenchCommand {
     /// process) and measure each planned switchover: the call, and the write gap from the
     /// old holder stopping to the new one holding.
     Switchover(SwitchoverArgs),
+    /// PostgreSQL behind baton (cluster/postgres/pg.sh bench): fail over by killing the
+    /// primary's region and switch over, with a fenced writer; time to the first write on
+    /// the new primary, the write gap, lost acknowledged writes and overlapping primaries,
+    /// beside Patroni's figures.
+    Postgres(PostgresArgs),
+}
+
+/// `baton bench postgres`.
+#[derive(Debug, Args)]
+pub struct PostgresArgs {
+    /// The service whose primary is PostgreSQL.
+    #[arg(long, default_value = "payments")]
+    pub service: String,
+    /// Each region's PostgreSQL server: REGION=HOST:PORT,... (`pg.sh env` prints it).
+    #[arg(long, value_name = "REGION=HOST:PORT,...")]
+    pub pg: String,
+    /// The launcher, called as `CONTROL kill-region R` and `CONTROL revive-region R`.
+    #[arg(long, value_name = "PATH")]
+    pub control: std::path::PathBuf,
+    /// Failover rounds, then as many switchover rounds.
+    #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub rounds: u64,
+    /// Time between two writes of the writer.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10ms")]
+    pub interval: Duration,
+    /// Log every acknowledged write here (JSON lines).
+    #[arg(long, value_name = "PATH")]
+    pub writer_log: Option<std::path::PathBuf>,
+    /// Patroni's results/summary.txt (measure.py summary), printed side by side.
+    #[arg(long, value_name = "PATH")]
+    pub patroni_summary: Option<std::path::PathBuf>,
+    /// Where Patroni's figures come from, for the side-by-side table.
+    #[arg(long, default_value = "recorded")]
+    pub patroni_label: String,
 }
 
 /// `baton bench switchover`.
@@ -204,6 +238,7 @@ pub async fn run(ctx: &mut Ctx<'_>, cmd: BenchCommand) -> Result<Exit, CliError>
         BenchCommand::GetPrimary(a) => get_primary(ctx, a).await,
         BenchCommand::LeaderKill(a) => kill(ctx, a).await,
         BenchCommand::Switchover(a) => switchover(ctx, a).await,
+        BenchCommand::Postgres(a) => postgres(ctx, a).await,
     }
 }
 
@@ -259,6 +294,189 @@ async fn kill(ctx: &mut Ctx<'_>, args: LeaderKillArgs) -> Result<Exit, CliError>
         ["new leader", "first read"],
         &pairs,
     )
+}
+
+async fn postgres(ctx: &mut Ctx<'_>, args: PostgresArgs) -> Result<Exit, CliError> {
+    use crate::postgres::{self as pg, BenchOptions};
+    let targets = pg::parse_targets(&args.pg).map_err(|m| CliError::Usage(format!("--pg: {m}")))?;
+    // Read Patroni's table first: a wrong path fails before the rounds, not after them.
+    let patroni = match &args.patroni_summary {
+        Some(p) => Some(pg::parse_patroni_summary(
+            &std::fs::read_to_string(p).map_err(|source| CliError::Io {
+                context: format!("cannot read Patroni's summary {}", p.display()),
+                source,
+            })?,
+        )),
+        None => None,
+    };
+    let client = ctx.client()?;
+    let opts = BenchOptions {
+        service: args.service,
+        targets,
+        control: args.control,
+        failovers: args.rounds as usize,
+        switchovers: args.rounds as usize,
+        interval: args.interval,
+        writer_log: args.writer_log,
+        settle: Duration::from_secs(120),
+    };
+    let report = pg::bench(&client, &opts).await.map_err(CliError::Other)?;
+    let secs = |d: Duration| Value::from((d.as_secs_f64() * 1e3).round() / 1e3);
+    let mut fo = Table::new(&[
+        "round",
+        "killed",
+        "leader_there",
+        "new_primary",
+        "first_write_s",
+    ]);
+    for (i, r) in report.failovers.iter().enumerate() {
+        fo.push(vec![
+            Value::from(i + 1),
+            Value::from(r.killed.clone()),
+            Value::from(r.leader_killed),
+            Value::from(r.new.clone()),
+            secs(r.first_write),
+        ]);
+    }
+    let mut so = Table::new(&[
+        "round",
+        "from",
+        "to",
+        "call_s",
+        "first_write_s",
+        "write_gap_s",
+    ]);
+    for (i, r) in report.switchovers.iter().enumerate() {
+        so.push(vec![
+            Value::from(i + 1),
+            Value::from(r.from.clone()),
+            Value::from(r.to.clone()),
+            secs(r.call),
+            secs(r.first_write),
+            secs(r.gap),
+        ]);
+    }
+    let c = &report.checks;
+    let replication = if c.synchronous.is_empty() {
+        "asynchronous".to_string()
+    } else {
+        format!("synchronous: {}", c.synchronous)
+    };
+    let mut checks = Table::new(&["check", "value"]);
+    for (k, v) in [
+        ("acknowledged writes", c.acked.to_string()),
+        ("lost acknowledged writes", c.lost.len().to_string()),
+        ("overlapping primaries", c.overlaps.len().to_string()),
+        ("promotions in baton_fence", c.fence.len().to_string()),
+        ("replication", replication.clone()),
+        ("writer", report.writer.clone()),
+    ] {
+        checks.push(vec![Value::from(k), Value::from(v)]);
+    }
+    for o in c.overlaps.iter().take(10) {
+        checks.push(vec![Value::from("overlap"), Value::from(o.clone())]);
+    }
+    let fo_times: Vec<Duration> = report.failovers.iter().map(|r| r.first_write).collect();
+    let gaps: Vec<Duration> = report.switchovers.iter().map(|r| r.gap).collect();
+    let fo_other: Vec<Duration> = report
+        .failovers
+        .iter()
+        .filter(|r| !r.leader_killed)
+        .map(|r| r.first_write)
+        .collect();
+    let fo_leader: Vec<Duration> = report
+        .failovers
+        .iter()
+        .filter(|r| r.leader_killed)
+        .map(|r| r.first_write)
+        .collect();
+    let find = |scenario: &str, label: &str| {
+        patroni.as_ref().and_then(|rows| {
+            rows.iter()
+                .find(|r| r.scenario == scenario && r.label == label)
+        })
+    };
+    let cell = |row: Option<&pg::PatroniRow>, i: usize| {
+        Value::from(
+            row.and_then(|r| r.columns.get(i).cloned().flatten())
+                .unwrap_or_else(|| "-".into()),
+        )
+    };
+    let fastest = find("failover", "aggressive");
+    let mut side = Table::new(&[
+        "measure (s, median [min-max])",
+        "baton",
+        "patroni_fastest_20_1_3",
+        "patroni_defaults_30_10_10",
+        "target",
+        "met",
+    ]);
+    let fo_med = pg::median_secs(&fo_times);
+    let gap_med = pg::median_secs(&gaps);
+    let fo_target = fastest.and_then(|r| r.median(2)).map(|m| m / 10.0);
+    let gap_target = find("switchover", "aggressive")
+        .and_then(|r| r.median(4))
+        .map(|m| m / 10.0);
+    let met =
+        |v: f64, t: Option<f64>| Value::from(t.map_or("-", |t| if v <= t { "yes" } else { "NO" }));
+    side.push(vec![
+        Value::from("failover: region killed -> first write on the new primary"),
+        Value::from(pg::spread(&fo_times)),
+        cell(fastest, 2),
+        cell(find("failover", "defaults"), 2),
+        Value::from(fo_target.map_or("-".into(), |t| {
+            format!("<= {t:.2} (1/10 of Patroni's fastest)")
+        })),
+        met(fo_med, fo_target),
+    ]);
+    side.push(vec![
+        Value::from("  of which baton's Raft leader was elsewhere / in the killed region"),
+        Value::from(format!(
+            "{} / {}",
+            pg::spread(&fo_other),
+            pg::spread(&fo_leader)
+        )),
+        Value::from(""),
+        Value::from(""),
+        Value::from(""),
+        Value::from(""),
+    ]);
+    side.push(vec![
+        Value::from("switchover: client's longest write gap"),
+        Value::from(pg::spread(&gaps)),
+        cell(find("switchover", "aggressive"), 4),
+        cell(find("switchover", "defaults"), 4),
+        Value::from(gap_target.map_or("-".into(), |t| format!("<= {t:.3} (1/10 of Patroni's)"))),
+        met(gap_med, gap_target),
+    ]);
+    side.push(vec![
+        Value::from("acknowledged writes lost"),
+        Value::from(format!("{} of {} ({replication})", c.lost.len(), c.acked)),
+        Value::from("not measured (asynchronous)"),
+        Value::from("not measured (asynchronous)"),
+        Value::from("0"),
+        Value::from(if c.lost.is_empty() { "yes" } else { "NO" }),
+    ]);
+    side.push(vec![
+        Value::from("writes accepted by two primaries at once"),
+        Value::from(c.overlaps.len().to_string()),
+        Value::from("not measured"),
+        Value::from("not measured"),
+        Value::from("0"),
+        Value::from(if c.overlaps.is_empty() { "yes" } else { "NO" }),
+    ]);
+    let side_title = format!("side by side (Patroni: {})", args.patroni_label);
+    let mut sections: Vec<(&str, &Table)> = vec![
+        ("failover rounds", &fo),
+        ("switchover rounds", &so),
+        ("checks", &checks),
+    ];
+    if patroni.is_some() {
+        sections.push((side_title.as_str(), &side));
+    }
+    ctx.print_sections(&sections)?;
+    let failed = !c.lost.is_empty() || !c.overlaps.is_empty();
+    Ok(if failed { Exit::CheckFailed } else { Exit::Ok })
 }
 
 /// Prints one row per round of two measures, then their p50 and max.
