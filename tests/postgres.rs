@@ -22,10 +22,10 @@ fn postgres_or_skip(test: &str) -> bool {
         return true;
     }
     if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{test}: no PostgreSQL 15 at {PGBIN} and CI=true: install it (apt-get install -y postgresql)");
+        panic!("{test}: no PostgreSQL 15 at {PGBIN} and CI=true: install it (apt-get install -y postgresql-15)");
     }
     eprintln!(
-        "\n********** SKIP {test}: no PostgreSQL 15 at {PGBIN} (apt-get install -y postgresql) **********\n"
+        "\n********** SKIP {test}: no PostgreSQL 15 at {PGBIN} (apt-get install -y postgresql-15) **********\n"
     );
     false
 }
