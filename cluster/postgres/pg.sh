@@ -92,12 +92,14 @@ else
   in_ops() { ip netns exec "${PREFIX}ops" "$@"; }
 fi
 RUN_AS=$([[ $(id -u) == 0 ]] && echo "${BATON_PG_USER:-postgres}" || true)
-as_pg() { if [[ -n $RUN_AS ]]; then runuser -u "$RUN_AS" -- "$@"; else "$@"; fi; }
+# From `/`: the PostgreSQL user may not enter the checkout (a clone under a 0700 directory),
+# and its tools fail or warn when they cannot.
+as_pg() { if [[ -n $RUN_AS ]]; then (cd / && runuser -u "$RUN_AS" -- "$@"); else "$@"; fi; }
 # "$@" in region $1's namespace (if any) as the PostgreSQL user.
 pg_in() {
   local r=$1
   shift
-  if [[ -n $RUN_AS ]]; then in_region "$r" runuser -u "$RUN_AS" -- "$@"; else in_region "$r" "$@"; fi
+  if [[ -n $RUN_AS ]]; then (cd / && in_region "$r" runuser -u "$RUN_AS" -- "$@"); else in_region "$r" "$@"; fi
 }
 endpoints() {
   local out=() i
@@ -325,7 +327,8 @@ ENV
     die "initdb failed: $DIR/us-east/initdb.log"
   pg_ctl_start us-east || die "PostgreSQL of us-east did not start: $DIR/us-east/postgresql.log"
   # No replica yet: the schema must not wait for one.
-  psql_in us-east -q -v ON_ERROR_STOP=1 -c "SET synchronous_commit = local" -f "$HERE/schema.sql" >/dev/null
+  # On stdin: the PostgreSQL user may not be able to read the checkout.
+  psql_in us-east -q -v ON_ERROR_STOP=1 -c "SET synchronous_commit = local" -f - <"$HERE/schema.sql" >/dev/null
   for i in 1 2; do
     r=${REGIONS[i]}
     mkdir -m 700 "$DIR/$r/pgdata"

@@ -13,7 +13,8 @@ log() { printf '%s %s %s\n' "$(ts)" "$REGION" "$*" >>"$DIR/hooks.log"; }
 
 # PostgreSQL refuses to run as root: every pg command runs as $RUN_AS when we are root.
 as_pg() {
-  if [[ -n $RUN_AS && $(id -u) == 0 ]]; then runuser -u "$RUN_AS" -- "$@"; else "$@"; fi
+  # From `/`: the PostgreSQL user may not enter the directory the agent runs in.
+  if [[ -n $RUN_AS && $(id -u) == 0 ]]; then (cd / && runuser -u "$RUN_AS" -- "$@"); else "$@"; fi
 }
 # One statement on the local server (unix socket); prints the value, fails on any error.
 # psql itself needs no runuser: the servers trust the role postgres on their socket and
