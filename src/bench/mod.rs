@@ -2,6 +2,8 @@
 //! `baton bench switchover` (against a running cluster).
 //! They print figures; nothing here asserts a timing.
 
+pub mod shape;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
