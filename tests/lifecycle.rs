@@ -212,3 +212,58 @@ async fn a_client_listing_a_follower_first_sends_reads_to_the_leader() {
     let now = c.leader(Duration::from_secs(20)).await;
     assert_eq!(cl.leader().as_deref(), Some(c.endpoints()[now].as_str()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_serves_linearizable_reads_itself_and_sees_every_acknowledged_write() {
+    let c = TestCluster::start(3, &service_toml("payments", "2s")).await;
+    let leader = c.leader(Duration::from_secs(20)).await;
+    let follower = (leader + 1) % 3;
+    let cl = client(&c);
+    let us = agent(&c, "payments", "us-east");
+    held(&us).await;
+    let fc = c.coordinator(follower).await;
+    for i in 0..10 {
+        let mode = if i % 2 == 0 {
+            proto::LeaseMode::ReadOnly
+        } else {
+            proto::LeaseMode::ReadWrite
+        };
+        let written = cl
+            .set_mode("payments", mode, "test: follower reads")
+            .await
+            .unwrap()
+            .lease
+            .unwrap();
+        // Every linearizable read on the follower, from the moment the write was
+        // acknowledged, shows it. The follower serves it itself, from the leader's read
+        // index (before, it forwarded every such read to the leader); a read point that
+        // fails under load falls back to forwarding, so wait for one served here.
+        let id = eventually(
+            Duration::from_secs(30),
+            "a linearizable read served by the follower",
+            || {
+                let (mut fc, written, c) = (fc.clone(), written.clone(), &c);
+                async move {
+                    let r = fc
+                        .get_primary(proto::GetPrimaryRequest {
+                            service: "payments".into(),
+                            consistency: proto::Consistency::Linearizable as i32,
+                        })
+                        .await
+                        .ok()?
+                        .into_inner();
+                    let l = r.lease.as_ref()?;
+                    assert!(r.linearizable);
+                    assert!(
+                        l.revision >= written.revision && l.mode == written.mode,
+                        "a linearizable read missed an acknowledged write: {l:?} after {written:?}"
+                    );
+                    let here = c.status(follower).await?.node_id;
+                    (r.served_by == here).then_some(here)
+                }
+            },
+        )
+        .await;
+        assert_ne!(id, 0);
+    }
+}

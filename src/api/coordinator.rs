@@ -106,13 +106,14 @@ impl CoordinatorService {
     async fn barrier(&self) -> Result<(), Status> {
         self.ctx
             .reads
-            .linearize()
+            .read_point()
             .await
             .map_err(|e| self.ctx.control_status(e))
     }
 
-    /// Serves a read here — after a linearizable read point when `lin` — or, when this node
-    /// cannot give one (UNAVAILABLE: not the leader, or cut off from it), forwards the
+    /// Serves a read here — after a linearizable read point when `lin` (a confirmation
+    /// round on the leader, the leader's read index on a follower) — or, when this node
+    /// cannot get one (UNAVAILABLE: no leader known, or cut off from it), forwards the
     /// request once to the leader and relays its answer.
     async fn read_or_forward<Req, Resp, L, LF, F, FF>(
         &self,
@@ -139,6 +140,9 @@ impl CoordinatorService {
                     .ctx
                     .leader_answered(forward(leader_client(ch), fwd).await);
             }
+            // A follower served it, and still names the leader: a client that needs one
+            // (writes, KeepAlive) goes there next, and its reads save the read-index call.
+            return self.ctx.leader_answered(local().await.map(Response::new));
         }
         local().await.map(Response::new)
     }

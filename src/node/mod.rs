@@ -229,6 +229,7 @@ impl Node {
         let t = &cfg.timing;
         let reads = ReadBarrier::start(
             raft.clone(),
+            peers.clone(),
             t.election_timeout_max * 2,
             confirmed,
             reads_stop_rx,
@@ -348,6 +349,7 @@ impl Node {
             cfg.cluster.clone(),
             contact,
             peer_tls.is_some(),
+            Some(read_index_source(ctx.reads.clone(), raft.clone())),
         );
         tls::spawn_reloader(
             peer_tls.iter().chain(client_tls.iter()).cloned().collect(),
@@ -678,4 +680,24 @@ pub async fn run_server(config: NodeConfig) -> Result<(), NodeError> {
             )))
         }
     }
+}
+
+/// The leader's answer to a follower's `ReadIndex`: a round of its read barrier (batched
+/// with its own readers, paused during a transfer), then its applied index, which the
+/// round guarantees covers everything committed when the round started.
+fn read_index_source(reads: ReadBarrier, raft: Raft) -> crate::raft::service::ReadIndexFn {
+    use crate::raft::ForwardReject;
+    Arc::new(move || {
+        let (reads, raft) = (reads.clone(), raft.clone());
+        Box::pin(async move {
+            match reads.linearize().await {
+                Ok(()) => Ok(raft.metrics().borrow().last_applied.map_or(0, |l| l.index)),
+                Err(crate::control::ControlError::NotLeader(l)) => Err(ForwardReject::NotLeader {
+                    leader_id: l.as_ref().map(|(id, _)| *id),
+                    leader: l.map(|(_, n)| n),
+                }),
+                Err(e) => Err(ForwardReject::Failed(e.to_string())),
+            }
+        })
+    })
 }

@@ -12,7 +12,7 @@ pub mod transfer;
 #[cfg(test)]
 mod cluster_tests;
 
-pub use network::{ForwardError, NetworkFactory, Peers, MAX_MESSAGE_SIZE};
+pub use network::{ForwardError, ForwardReject, NetworkFactory, Peers, MAX_MESSAGE_SIZE};
 pub use pool::ChannelPool;
 pub use service::server;
 pub use store::{

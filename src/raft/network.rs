@@ -285,6 +285,48 @@ impl Peers {
     }
 
     async fn forward_at(&self, addr: &str, req: &Request) -> Result<Response, ForwardError> {
+        let payload = bincode::serialize(req).map_err(|e| ForwardError::Other {
+            addr: addr.to_string(),
+            reason: format!("encoding: {e}"),
+        })?;
+        self.ask(
+            addr,
+            LeaderRpc::Forward,
+            payload,
+            self.inner.forward_timeout,
+        )
+        .await
+    }
+
+    /// Asks leader `leader_id` for a read point (its `ReadIndex` RPC): the applied log index
+    /// at which it confirmed its leadership with a quorum, after this call began.
+    pub async fn read_index_to(
+        &self,
+        leader_id: NodeId,
+        leader: &NodeInfo,
+        timeout: Duration,
+    ) -> Result<u64, ForwardError> {
+        let payload = bincode::serialize(&()).map_err(|e| ForwardError::Other {
+            addr: leader.addr.clone(),
+            reason: format!("encoding: {e}"),
+        })?;
+        self.ask(
+            self.dial_addr(leader_id, leader),
+            LeaderRpc::ReadIndex,
+            payload,
+            timeout,
+        )
+        .await
+    }
+
+    /// One call to the leader's `rpc`, its reply decoded.
+    async fn ask<T: serde::de::DeserializeOwned>(
+        &self,
+        addr: &str,
+        rpc: LeaderRpc,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<T, ForwardError> {
         let addr = addr.to_string();
         let other = |reason: String| ForwardError::Other {
             addr: addr.clone(),
@@ -294,9 +336,13 @@ impl Peers {
             addr: addr.clone(),
             reason: format!("bad address: {e}"),
         })?;
-        let payload = bincode::serialize(req).map_err(|e| other(format!("encoding: {e}")))?;
-        let timeout = self.inner.forward_timeout;
-        let call = client.forward(self.request(payload, timeout, None, None));
+        let req = self.request(payload, timeout, None, None);
+        let call = async {
+            match rpc {
+                LeaderRpc::Forward => client.forward(req).await,
+                LeaderRpc::ReadIndex => client.read_index(req).await,
+            }
+        };
         let reply = match tokio::time::timeout(timeout, call).await {
             Err(_) => return Err(other(format!("no answer within {timeout:?}"))),
             Ok(Err(status)) if is_connect_error(&status) => {
@@ -324,6 +370,13 @@ impl Peers {
         }
         bincode::deserialize(&reply.payload).map_err(|e| other(format!("undecodable reply: {e}")))
     }
+}
+
+/// The leader's RPCs a follower calls.
+#[derive(Clone, Copy)]
+enum LeaderRpc {
+    Forward,
+    ReadIndex,
 }
 
 /// Whether `status` means the connection could not be established (nothing was sent).

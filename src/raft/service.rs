@@ -22,9 +22,18 @@ use super::{LeaderContact, Metrics, NodeId, Raft};
 use crate::proto::raft_server::{Raft as RaftRpc, RaftServer};
 use crate::proto::{RaftReply, RaftRequest};
 
+/// How the leader answers a follower's `ReadIndex`: its read point (confirmed with a
+/// quorum after the call began) as an applied log index. The node supplies it from its
+/// batched read barrier, so a follower's reads share the leader's rounds and honour its
+/// pauses (a leadership transfer).
+pub type ReadIndexFn =
+    Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<u64, ForwardReject>> + Send + Sync>;
+
 /// The gRPC service; build it with [`server`].
 pub struct RaftService {
     raft: Raft,
+    /// Without one, `ReadIndex` is refused and followers forward their reads.
+    read_index: Option<ReadIndexFn>,
     cluster: String,
     contact: Arc<LeaderContact>,
     /// Peers authenticate with TLS certificates: the sender id must be the one the
@@ -87,7 +96,7 @@ pub fn server(
     cluster: impl Into<String>,
     contact: Arc<LeaderContact>,
 ) -> RaftServer<RaftService> {
-    server_verifying(raft, cluster, contact, false)
+    server_verifying(raft, cluster, contact, false, None)
 }
 
 /// Like [`server`]; with `verify_identity` (the peer listener runs mutual TLS) a request's
@@ -97,9 +106,11 @@ pub fn server_verifying(
     cluster: impl Into<String>,
     contact: Arc<LeaderContact>,
     verify_identity: bool,
+    read_index: Option<ReadIndexFn>,
 ) -> RaftServer<RaftService> {
     RaftServer::new(RaftService {
         raft,
+        read_index,
         cluster: cluster.into(),
         contact,
         verify_identity,
@@ -260,21 +271,7 @@ impl RaftRpc for RaftService {
 
     async fn forward(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let (from, mut req): (_, crate::state::Request) = self.decode(request)?;
-        // Only members forward writes (the sender's id is only claimed until peers
-        // authenticate with certificates).
-        let member = {
-            let metrics = self.raft.metrics();
-            let m = metrics.borrow();
-            m.membership_config.membership().get_node(&from).is_some()
-        };
-        if !member {
-            return Err(self.refuse(
-                "Forward",
-                Status::permission_denied(format!(
-                    "node {from} is not a member of this cluster: refused"
-                )),
-            ));
-        }
+        self.member("Forward", from)?;
         // Time enters the state only as the leader stamps it: replace the forwarder's clock.
         req.at_ms = crate::clock::wall_clock_ms();
         let res = match self.raft.client_write(req).await {
@@ -282,6 +279,41 @@ impl RaftRpc for RaftService {
             Err(e) => Err(forward_reject(e)),
         };
         reply(res)
+    }
+
+    async fn read_index(
+        &self,
+        request: Request<RaftRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let (from, ()) = self.decode(request)?;
+        self.member("ReadIndex", from)?;
+        let Some(read_index) = &self.read_index else {
+            return Err(Status::unimplemented(
+                "this node serves no read index; forward the read instead",
+            ));
+        };
+        reply(read_index().await)
+    }
+}
+
+impl RaftService {
+    /// Only members forward writes and ask for read points (the sender's id is only claimed
+    /// until peers authenticate with certificates).
+    fn member(&self, rpc: &str, from: NodeId) -> Result<(), Status> {
+        let member = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            m.membership_config.membership().get_node(&from).is_some()
+        };
+        if member {
+            return Ok(());
+        }
+        Err(self.refuse(
+            rpc,
+            Status::permission_denied(format!(
+                "node {from} is not a member of this cluster: refused"
+            )),
+        ))
     }
 }
 
