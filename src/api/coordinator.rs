@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
@@ -310,8 +310,12 @@ impl Coordinator for CoordinatorService {
             .ctx
             .watchers
             .admit(crate::connection::ConnInfo::remote_addr(&request))?;
+        // Nodes serve Watch through `watch::WatchRoute`, which sends the encoded responses
+        // as they are; this path (the generated server alone) decodes them again.
         let stream = super::watch::open(self.ctx.clone(), request.into_inner(), slot)?;
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(
+            stream.map(|r| r.and_then(|e| e.decode())),
+        )))
     }
 
     type KeepAliveStream = BoxStream<proto::KeepAliveResponse>;

@@ -1,15 +1,20 @@
 //! `Watch`: the current state (or the history from a revision), then every change, in
 //! revision order, with no gap and no duplicate. Any node serves it from its applied state.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures::Stream;
-use tokio::sync::{broadcast, mpsc};
+use prost::bytes::{BufMut, Bytes};
+use prost::Message;
+use tokio::sync::{broadcast, Notify};
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::server::NamedService;
 use tonic::Status;
 
 use super::Ctx;
@@ -29,21 +34,14 @@ pub const MAX_WATCHERS_PER_CONNECTION: usize = 256;
 /// Most watch streams open at once from one client address.
 pub const MAX_WATCHERS_PER_CALLER: usize = 1024;
 
-/// Counts of open watch streams, per connection and per caller address; and the responses
-/// of the last revisions, shared by every watcher they go to.
+/// Counts of open watch streams, per connection and per caller address; and the fan-out
+/// that hands every applied change to every open stream.
 #[derive(Debug, Default, Clone)]
 pub struct Watchers {
     counts: Arc<Mutex<Counts>>,
     trimmer: super::trim::Trimmer,
-    recent: Arc<Mutex<Recent>>,
+    hub: Arc<Mutex<Hub>>,
 }
-
-/// The unfiltered responses of the last revisions, by revision.
-type Recent = VecDeque<(u64, Arc<proto::WatchResponse>)>;
-
-/// Revisions whose unfiltered response is kept for sharing: watchers handle a revision at
-/// about the same time, so a few cover every one that is not far behind.
-const SHARED_REVISIONS: usize = 16;
 
 /// Open watches per connection, per caller address and in all.
 #[derive(Debug, Default)]
@@ -54,37 +52,44 @@ struct Counts {
     trim: super::trim::TrimCore,
 }
 
+/// The open streams of this node. One task ([`fan_out`]) takes every applied change from
+/// the broadcast and queues it on each stream itself: one wake-up per change instead of
+/// one task per watcher, and one encoding of a revision for every stream that wants all
+/// of it.
+#[derive(Default)]
+struct Hub {
+    /// By connection, so the streams of one connection are woken one after the other and
+    /// its HTTP/2 task can write their frames together.
+    subs: BTreeMap<SubKey, Arc<Sub>>,
+    next_id: u64,
+    /// The fan-out task runs (it stops when the node shuts down or the broadcast closes).
+    running: bool,
+    /// Wakes [`idle`], a task that does nothing: see [`Paced`].
+    nudge: Arc<Notify>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("subs", &self.subs.len())
+            .field("running", &self.running)
+            .finish()
+    }
+}
+
+/// A stream's connection (when known) and a number unique on this node.
+type SubKey = (Option<SocketAddr>, u64);
+
 /// A watch stream's place in [`Watchers`]; released when dropped.
 pub struct WatchSlot {
     watchers: Watchers,
     peer: Option<SocketAddr>,
 }
-
 impl Watchers {
     /// Watch streams open now (from callers with an address).
     pub fn open(&self) -> usize {
         let c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         c.per_conn.values().sum()
-    }
-
-    /// The response carrying every event of `revision`, built once and shared (a lagging
-    /// watcher queues a pointer, not a copy).
-    fn shared(&self, served_by: u64, revision: u64, events: &[Event]) -> Arc<proto::WatchResponse> {
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, r)) = recent.iter().find(|(rev, _)| *rev == revision) {
-            return r.clone();
-        }
-        let r = Arc::new(proto::WatchResponse {
-            revision,
-            events: events.iter().map(event_to_proto).collect(),
-            progress: false,
-            served_by,
-        });
-        if recent.len() >= SHARED_REVISIONS {
-            recent.pop_front();
-        }
-        recent.push_back((revision, r.clone()));
-        r
     }
 
     /// Admits one more watch from `peer`, or says which limit it hit.
@@ -147,33 +152,105 @@ impl Drop for WatchSlot {
     }
 }
 
+/// A `WatchResponse` already encoded. A revision every stream wants whole is encoded once
+/// and the bytes are shared: a lagging watcher queues a pointer, not a copy, and no stream
+/// clones or encodes it again.
+#[derive(Debug, Clone)]
+pub struct Encoded(Bytes);
+
+impl Encoded {
+    fn of(r: &proto::WatchResponse) -> Self {
+        Encoded(Bytes::from(r.encode_to_vec()))
+    }
+
+    /// The response these bytes encode.
+    pub fn decode(&self) -> Result<proto::WatchResponse, Status> {
+        proto::WatchResponse::decode(self.0.clone())
+            .map_err(|e| Status::internal(format!("re-reading a watch response: {e}")))
+    }
+}
+
 /// What a watch stream's buffer holds: small, so a full buffer of a lagging watcher is a
 /// few KiB of pointers to responses shared with the other watchers.
 enum Out {
-    Response(Arc<proto::WatchResponse>),
+    /// The current state or the requested history: sent whatever the buffer.
+    First(Encoded),
+    /// A live change or a progress message: counts toward [`WATCH_BUFFER`].
+    Live(Encoded),
     End(Box<Status>),
 }
 
-/// Queues `r` unless the client has fallen [`WATCH_BUFFER`] responses behind; then queues
-/// the error that ends the stream (the last slot is kept for it) and returns false.
-fn offer(tx: &mpsc::Sender<Out>, r: Arc<proto::WatchResponse>) -> bool {
-    if tx.capacity() > 1 {
-        return tx.try_send(Out::Response(r)).is_ok();
-    }
-    let _ = tx.try_send(Out::End(Box::new(Status::resource_exhausted(format!(
-        "this watch fell more than {WATCH_BUFFER} responses behind and was ended; resume it \
-         from your last received revision + 1 (revision {} was not delivered)",
-        r.revision
-    )))));
-    false
+/// One open stream as the fan-out sees it.
+struct Sub {
+    filter: Filter,
+    /// Revisions below this were not asked for (a start ahead of this node).
+    floor: u64,
+    state: Mutex<SubState>,
 }
 
-/// The stream tonic sends: one response per poll, then `Pending` (waking at once). tonic
-/// otherwise encodes every queued response into one chunk of up to 32 KiB, which HTTP/2
-/// then holds for a client that does not read; this way it holds one response, and the
-/// rest stay shared in the buffer until the client makes room.
+struct SubState {
+    /// The last revision this stream has seen (sent or filtered out).
+    cursor: u64,
+    queue: VecDeque<Out>,
+    /// `Live` responses in `queue`.
+    live: usize,
+    /// Nothing more will be queued: cut off, failed, or the node stops.
+    ended: bool,
+    sent_since_tick: bool,
+    /// The stream's task, waiting for a response.
+    waker: Option<Waker>,
+}
+
+impl Sub {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SubState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl SubState {
+    /// Queues `r` unless the client has fallen [`WATCH_BUFFER`] responses behind; then
+    /// queues the error that ends the stream instead.
+    fn offer(&mut self, r: Encoded, revision: u64) {
+        if self.ended {
+            return;
+        }
+        if self.live < WATCH_BUFFER {
+            self.queue.push_back(Out::Live(r));
+            self.live += 1;
+            return;
+        }
+        self.end(Status::resource_exhausted(format!(
+            "this watch fell more than {WATCH_BUFFER} responses behind and was ended; resume it \
+             from your last received revision + 1 (revision {revision} was not delivered)"
+        )));
+    }
+
+    fn end(&mut self, status: Status) {
+        if !self.ended {
+            self.queue.push_back(Out::End(Box::new(status)));
+            self.ended = true;
+        }
+    }
+
+    /// The waker to call once the lock is released, if something was queued for a stream
+    /// that waits.
+    fn wake(&mut self) -> Option<Waker> {
+        if self.queue.is_empty() && !self.ended {
+            return None;
+        }
+        self.waker.take()
+    }
+}
+
+/// The stream tonic sends: one response per poll, then `Pending`. tonic otherwise encodes
+/// every queued response into one chunk of up to 32 KiB, which HTTP/2 then holds for a
+/// client that does not read; this way it holds one response, and the rest stay shared in
+/// the buffer until the client makes room.
 struct Paced {
-    rx: mpsc::Receiver<Out>,
+    sub: Arc<Sub>,
+    key: SubKey,
+    hub: Arc<Mutex<Hub>>,
+    nudge: Arc<Notify>,
     yielded: bool,
     /// Held as long as tonic holds the stream: a watcher that was cut off still counts,
     /// and still holds memory, until its client reads the error or goes away.
@@ -181,23 +258,64 @@ struct Paced {
 }
 
 impl Stream for Paced {
-    type Item = Result<proto::WatchResponse, Status>;
+    type Item = Result<Encoded, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let sub = self.sub.clone();
+        let mut s = sub.lock();
         if self.yielded {
             self.yielded = false;
-            cx.waker().wake_by_ref();
+            if s.queue.is_empty() && !s.ended {
+                // Nothing more yet: sleep until the fan-out queues something.
+                store_waker(&mut s.waker, cx);
+                // The response just handed over woke the connection's task, which tokio
+                // would run next (the task woken last runs first) to write that one frame
+                // alone: one write(2) per watcher. Waking a task that does nothing takes
+                // that place, so the connection runs after the other streams the fan-out
+                // woke and writes all their frames at once.
+                drop(s);
+                self.nudge.notify_one();
+            } else {
+                cx.waker().wake_by_ref();
+            }
             return Poll::Pending;
         }
-        match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(Out::Response(r))) => {
+        match s.queue.pop_front() {
+            Some(Out::First(r)) => {
                 self.yielded = true;
-                Poll::Ready(Some(Ok(Arc::unwrap_or_clone(r))))
+                Poll::Ready(Some(Ok(r)))
             }
-            Poll::Ready(Some(Out::End(s))) => Poll::Ready(Some(Err(*s))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+            Some(Out::Live(r)) => {
+                s.live -= 1;
+                self.yielded = true;
+                Poll::Ready(Some(Ok(r)))
+            }
+            Some(Out::End(status)) => Poll::Ready(Some(Err(*status))),
+            None if s.ended => Poll::Ready(None),
+            None => {
+                store_waker(&mut s.waker, cx);
+                Poll::Pending
+            }
         }
+    }
+}
+
+fn store_waker(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    match slot {
+        Some(w) if w.will_wake(cx.waker()) => {}
+        _ => *slot = Some(cx.waker().clone()),
+    }
+}
+
+impl Drop for Paced {
+    fn drop(&mut self) {
+        let mut hub = self.hub.lock().unwrap_or_else(|e| e.into_inner());
+        hub.subs.remove(&self.key);
+        drop(hub);
+        // What is still queued goes now, not when the last reference does.
+        let mut s = self.sub.lock();
+        s.queue.clear();
+        s.ended = true;
     }
 }
 
@@ -224,23 +342,7 @@ impl Filter {
         self.0.as_ref().is_none_or(|s| s.contains(service))
     }
 
-    /// The response for a live revision: the shared one when this watch wants all of it.
-    fn live(
-        &self,
-        ctx: &Ctx,
-        revision: u64,
-        events: &[Event],
-    ) -> Option<Arc<proto::WatchResponse>> {
-        if events.is_empty() {
-            return None;
-        }
-        if events.iter().all(|e| self.wants(&e.service)) {
-            return Some(ctx.watchers.shared(ctx.id, revision, events));
-        }
-        self.response(ctx, revision, events).map(Arc::new)
-    }
-
-    fn response(&self, ctx: &Ctx, revision: u64, events: &[Event]) -> Option<proto::WatchResponse> {
+    fn response(&self, id: u64, revision: u64, events: &[Event]) -> Option<proto::WatchResponse> {
         let events: Vec<_> = events
             .iter()
             .filter(|e| self.wants(&e.service))
@@ -250,26 +352,207 @@ impl Filter {
             revision,
             events,
             progress: false,
-            served_by: ctx.id,
+            served_by: id,
         })
     }
 }
 
 /// Revisions `>= from` from the history, as responses, and the new cursor.
 fn replay(
-    ctx: &Ctx,
+    id: u64,
     state: &State,
     filter: &Filter,
     from: u64,
-) -> Result<(Vec<proto::WatchResponse>, u64), Status> {
+) -> Result<(Vec<(u64, Encoded)>, u64), Status> {
     let entries = state.history().since(from).map_err(compacted)?;
     let out = entries
         .iter()
-        .filter_map(|(rev, events)| filter.response(ctx, *rev, events))
+        .filter_map(|(rev, events)| {
+            filter
+                .response(id, *rev, events)
+                .map(|r| (*rev, Encoded::of(&r)))
+        })
         .collect();
     // The cursor is what this node has applied, even when `from` is ahead of it, so
     // progress messages never claim a revision that does not exist yet.
     Ok((out, state.revision()))
+}
+
+/// The response of a live revision for every stream that wants all of it, encoded on first
+/// use.
+struct Whole<'a> {
+    id: u64,
+    revision: u64,
+    events: &'a [Event],
+    encoded: Option<Encoded>,
+}
+
+impl Whole<'_> {
+    fn get(&mut self) -> Encoded {
+        let (id, revision, events) = (self.id, self.revision, self.events);
+        self.encoded
+            .get_or_insert_with(|| {
+                Encoded::of(&proto::WatchResponse {
+                    revision,
+                    events: events.iter().map(event_to_proto).collect(),
+                    progress: false,
+                    served_by: id,
+                })
+            })
+            .clone()
+    }
+}
+
+impl Sub {
+    /// Queues what this stream wants of a live revision.
+    fn live(&self, whole: &mut Whole<'_>) -> Option<Waker> {
+        let mut s = self.lock();
+        let revision = whole.revision;
+        if s.ended || revision <= s.cursor {
+            return None;
+        }
+        s.cursor = revision;
+        if revision < self.floor || whole.events.is_empty() {
+            return None;
+        }
+        let r = if whole.events.iter().all(|e| self.filter.wants(&e.service)) {
+            whole.get()
+        } else {
+            Encoded::of(&self.filter.response(whole.id, revision, whole.events)?)
+        };
+        s.sent_since_tick = true;
+        s.offer(r, revision);
+        s.wake()
+    }
+
+    /// Queues what this stream missed, from the history (after a lag or a snapshot).
+    fn catch_up(&self, id: u64, state: &State) -> Option<Waker> {
+        let mut s = self.lock();
+        if s.ended {
+            return None;
+        }
+        match replay(id, state, &self.filter, (s.cursor + 1).max(self.floor)) {
+            Ok((out, cursor)) => {
+                s.cursor = cursor;
+                for (rev, r) in out {
+                    s.sent_since_tick = true;
+                    s.offer(r, rev);
+                }
+            }
+            Err(status) => s.end(status),
+        }
+        s.wake()
+    }
+
+    /// Ends the stream once the client has what is queued (the node stops).
+    fn finish(&self) -> Option<Waker> {
+        let mut s = self.lock();
+        s.ended = true;
+        s.wake()
+    }
+}
+
+/// Hands every change this node applies to every open stream, until the node stops.
+async fn fan_out(
+    ctx: Weak<Ctx>,
+    hub: Arc<Mutex<Hub>>,
+    mut rx: broadcast::Receiver<Change>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let lock = || hub.lock().unwrap_or_else(|e| e.into_inner());
+    let mut wake = Vec::new();
+    loop {
+        let msg = if *shutdown.borrow() {
+            None
+        } else {
+            tokio::select! {
+                _ = shutdown.changed() => None,
+                m = rx.recv() => Some(m),
+            }
+        };
+        let Some(ctx) = ctx.upgrade() else { break };
+        let id = ctx.id;
+        {
+            let hub = lock();
+            match msg {
+                Some(Ok(Change::Events { revision, events })) => {
+                    let mut whole = Whole {
+                        id,
+                        revision,
+                        events: &events,
+                        encoded: None,
+                    };
+                    wake.extend(hub.subs.values().filter_map(|s| s.live(&mut whole)));
+                }
+                // Missed broadcasts, or the state was replaced by a snapshot: re-read.
+                Some(Ok(Change::Reset { .. }))
+                | Some(Err(broadcast::error::RecvError::Lagged(_))) => {
+                    let view = ctx.shared.read().unwrap_or_else(|e| e.into_inner());
+                    wake.extend(
+                        hub.subs
+                            .values()
+                            .filter_map(|s| s.catch_up(id, &view.state)),
+                    );
+                }
+                Some(Err(broadcast::error::RecvError::Closed)) | None => break,
+            }
+        }
+        // Woken outside the locks, so the streams' tasks do not wait on them.
+        for w in wake.drain(..) {
+            w.wake();
+        }
+    }
+    let mut hub = lock();
+    hub.running = false;
+    let ended: Vec<_> = hub.subs.values().filter_map(|s| s.finish()).collect();
+    drop(hub);
+    for w in ended {
+        w.wake();
+    }
+}
+
+/// Does nothing each time it is woken, until the node stops (see [`Paced`]).
+async fn idle(nudge: Arc<Notify>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    while !*shutdown.borrow() {
+        tokio::select! {
+            _ = nudge.notified() => {}
+            r = shutdown.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+/// Sends a progress message every `every` while the stream is idle, until it ends.
+async fn progress(ctx: Weak<Ctx>, sub: Weak<Sub>, every: Duration) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let (Some(ctx), Some(sub)) = (ctx.upgrade(), sub.upgrade()) else {
+            return;
+        };
+        let mut s = sub.lock();
+        if s.ended {
+            return;
+        }
+        // Progress vouches for "nothing changed up to `cursor`": only true while this
+        // node is current.
+        if !s.sent_since_tick && ctx.is_current() {
+            let cursor = s.cursor;
+            let p = proto::WatchResponse {
+                revision: cursor,
+                events: vec![],
+                progress: true,
+                served_by: ctx.id,
+            };
+            s.offer(Encoded::of(&p), cursor);
+        }
+        s.sent_since_tick = false;
+        let waker = s.wake();
+        drop(s);
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
 }
 
 /// Opens a watch stream.
@@ -277,12 +560,28 @@ pub fn open(
     ctx: Arc<Ctx>,
     req: proto::WatchRequest,
     slot: WatchSlot,
-) -> Result<impl Stream<Item = Result<proto::WatchResponse, Status>>, Status> {
+) -> Result<impl Stream<Item = Result<Encoded, Status>>, Status> {
+    subscribe(ctx, req, slot)
+}
+
+fn subscribe(ctx: Arc<Ctx>, req: proto::WatchRequest, slot: WatchSlot) -> Result<Paced, Status> {
     super::validate::watch(&req)?;
     let filter = Filter((!req.services.is_empty()).then(|| req.services.iter().cloned().collect()));
-    // Subscribe before reading the state so no change falls between the two.
-    let mut rx = ctx.changes.subscribe();
-    let (first, mut cursor) = {
+    let hub = ctx.watchers.hub.clone();
+    let mut h = hub.lock().unwrap_or_else(|e| e.into_inner());
+    // The fan-out subscribes before the state is read below, so no change falls between
+    // the two: older revisions it still holds are skipped by the cursor.
+    if !h.running {
+        h.running = true;
+        tokio::spawn(idle(h.nudge.clone(), ctx.shutdown.clone()));
+        tokio::spawn(fan_out(
+            Arc::downgrade(&ctx),
+            hub.clone(),
+            ctx.changes.subscribe(),
+            ctx.shutdown.clone(),
+        ));
+    }
+    let (first, cursor) = {
         let view = ctx.shared.read().unwrap_or_else(|e| e.into_inner());
         let state = &view.state;
         if req.start_revision == 0 {
@@ -297,7 +596,7 @@ pub fn open(
                 progress: false,
                 served_by: ctx.id,
             };
-            (vec![resp], state.revision())
+            (vec![Encoded::of(&resp)], state.revision())
         } else {
             let ahead = req.start_revision.saturating_sub(state.revision());
             if ahead > MAX_WATCH_AHEAD {
@@ -308,95 +607,286 @@ pub fn open(
                     state.revision()
                 )));
             }
-            replay(&ctx, state, &filter, req.start_revision)?
+            let (out, cursor) = replay(ctx.id, state, &filter, req.start_revision)?;
+            (out.into_iter().map(|(_, r)| r).collect(), cursor)
         }
     };
-    // Revisions below this were not asked for (a start ahead of this node).
-    let floor = req.start_revision;
-    // One more than the buffer: the last slot carries the error that ends a slow watch.
-    let (tx, out) = mpsc::channel::<Out>(WATCH_BUFFER + 1);
-    let progress = (req.progress_interval_ms > 0)
-        .then(|| Duration::from_millis(req.progress_interval_ms.max(10)));
-    let mut shutdown = ctx.shutdown.clone();
-    tokio::spawn(async move {
-        // The first answer may be large (every service): it is sent whatever the buffer.
-        for r in first {
-            if tx.send(Out::Response(Arc::new(r))).await.is_err() {
-                return;
-            }
-        }
-        let mut ticker = progress.map(|p| {
-            let mut t = tokio::time::interval(p);
-            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            t
-        });
-        let mut sent_since_tick = true;
-        loop {
-            let tick = async {
-                match ticker.as_mut() {
-                    Some(t) => {
-                        t.tick().await;
-                    }
-                    None => std::future::pending::<()>().await,
-                }
-            };
-            let msg = tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tx.closed() => return,
-                _ = tick => {
-                    // Progress vouches for "nothing changed up to `cursor`": only true while
-                    // this node is current.
-                    if !sent_since_tick && ctx.is_current() {
-                        let p = proto::WatchResponse { revision: cursor, events: vec![], progress: true, served_by: ctx.id };
-                        if !offer(&tx, Arc::new(p)) {
-                            return;
-                        }
-                    }
-                    sent_since_tick = false;
-                    continue;
-                }
-                m = rx.recv() => m,
-            };
-            let batch: Result<Vec<Arc<proto::WatchResponse>>, Status> = match msg {
-                Ok(Change::Events { revision, events }) => {
-                    if revision <= cursor {
-                        continue;
-                    }
-                    cursor = revision;
-                    if revision < floor {
-                        continue;
-                    }
-                    Ok(filter.live(&ctx, revision, &events).into_iter().collect())
-                }
-                // Missed broadcasts, or the state was replaced by a snapshot: re-read.
-                Ok(Change::Reset { .. }) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                    let view = ctx.shared.read().unwrap_or_else(|e| e.into_inner());
-                    replay(&ctx, &view.state, &filter, (cursor + 1).max(floor)).map(|(out, c)| {
-                        cursor = c;
-                        out.into_iter().map(Arc::new).collect()
-                    })
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
-            };
-            match batch {
-                Ok(responses) => {
-                    for r in responses {
-                        sent_since_tick = true;
-                        if !offer(&tx, r) {
-                            return;
-                        }
-                    }
-                }
-                Err(status) => {
-                    let _ = tx.send(Out::End(Box::new(status))).await;
-                    return;
-                }
-            }
-        }
+    // Registered while the fan-out cannot run: it sees this stream from its next change on.
+    let sub = Arc::new(Sub {
+        filter,
+        floor: req.start_revision,
+        state: Mutex::new(SubState {
+            cursor,
+            queue: first.into_iter().map(Out::First).collect(),
+            live: 0,
+            ended: *ctx.shutdown.borrow(),
+            sent_since_tick: true,
+            waker: None,
+        }),
     });
+    let key = (slot.peer, h.next_id);
+    h.next_id += 1;
+    h.subs.insert(key, sub.clone());
+    if req.progress_interval_ms > 0 {
+        let every = Duration::from_millis(req.progress_interval_ms.max(10));
+        tokio::spawn(progress(Arc::downgrade(&ctx), Arc::downgrade(&sub), every));
+    }
+    let nudge = h.nudge.clone();
+    drop(h);
     Ok(Paced {
-        rx: out,
+        sub,
+        key,
+        hub,
+        nudge,
         yielded: false,
         _slot: slot,
     })
+}
+
+/// The gRPC path of `Watch`, served by [`WatchRoute`].
+pub const WATCH_PATH: &str = "/baton.v1.Coordinator/Watch";
+
+/// Codec of `Watch`: requests are decoded as usual, responses arrive encoded.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WatchCodec;
+
+/// Writes the bytes of an [`Encoded`] response.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WatchEncoder;
+
+/// Decodes a `WatchRequest`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WatchDecoder;
+
+/// tonic's encode buffer per stream: one response at a time goes through it, so the 8 KiB
+/// default would be mostly idle memory for every open watch.
+const ENCODE_BUFFER: usize = 512;
+/// tonic's default; [`Paced`] hands it one response at a time anyway.
+const YIELD_THRESHOLD: usize = 32 * 1024;
+
+impl Codec for WatchCodec {
+    type Encode = Encoded;
+    type Decode = proto::WatchRequest;
+    type Encoder = WatchEncoder;
+    type Decoder = WatchDecoder;
+
+    fn encoder(&mut self) -> WatchEncoder {
+        WatchEncoder
+    }
+
+    fn decoder(&mut self) -> WatchDecoder {
+        WatchDecoder
+    }
+}
+
+impl Encoder for WatchEncoder {
+    type Item = Encoded;
+    type Error = Status;
+
+    fn encode(&mut self, item: Encoded, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item.0);
+        Ok(())
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::new(ENCODE_BUFFER, YIELD_THRESHOLD)
+    }
+}
+
+impl Decoder for WatchDecoder {
+    type Item = proto::WatchRequest;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<proto::WatchRequest>, Status> {
+        proto::WatchRequest::decode(src)
+            .map(Some)
+            .map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+/// The Coordinator service with `Watch` answered by [`WatchCodec`] (responses encoded once
+/// and shared); every other method goes to `inner`, the generated server.
+#[derive(Clone)]
+pub struct WatchRoute<S> {
+    inner: S,
+    ctx: Arc<Ctx>,
+    max_request: usize,
+    max_response: usize,
+}
+
+impl<S> WatchRoute<S> {
+    /// Wraps the Coordinator server `inner`, with its message size limits.
+    pub fn new(inner: S, ctx: Arc<Ctx>, max_request: usize, max_response: usize) -> Self {
+        Self {
+            inner,
+            ctx,
+            max_request,
+            max_response,
+        }
+    }
+}
+
+impl<S: NamedService> NamedService for WatchRoute<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+/// `Watch` as tonic's server-streaming handler sees it.
+struct WatchMethod(Arc<Ctx>);
+
+impl tower_service::Service<tonic::Request<proto::WatchRequest>> for WatchMethod {
+    type Response = tonic::Response<Paced>;
+    type Error = Status;
+    type Future = std::future::Ready<Result<tonic::Response<Paced>, Status>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: tonic::Request<proto::WatchRequest>) -> Self::Future {
+        let ctx = self.0.clone();
+        std::future::ready((|| {
+            let slot = ctx
+                .watchers
+                .admit(crate::connection::ConnInfo::remote_addr(&request))?;
+            subscribe(ctx, request.into_inner(), slot).map(tonic::Response::new)
+        })())
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
+
+impl<S> tower_service::Service<http::Request<tonic::body::Body>> for WatchRoute<S>
+where
+    S: tower_service::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        if req.uri().path() != WATCH_PATH {
+            return Box::pin(self.inner.call(req));
+        }
+        let method = WatchMethod(self.ctx.clone());
+        let (max_request, max_response) = (self.max_request, self.max_response);
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(WatchCodec)
+                .apply_max_message_size_config(Some(max_request), Some(max_response));
+            Ok(grpc.server_streaming(method, req).await)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::task::noop_waker_ref;
+
+    fn encoded(revision: u64) -> Encoded {
+        Encoded::of(&proto::WatchResponse {
+            revision,
+            events: vec![],
+            progress: true,
+            served_by: 1,
+        })
+    }
+
+    fn paced(first: usize) -> Paced {
+        let watchers = Watchers::default();
+        let sub = Arc::new(Sub {
+            filter: Filter(None),
+            floor: 0,
+            state: Mutex::new(SubState {
+                cursor: 0,
+                queue: (0..first as u64).map(|r| Out::First(encoded(r))).collect(),
+                live: 0,
+                ended: false,
+                sent_since_tick: true,
+                waker: None,
+            }),
+        });
+        let slot = watchers.admit(None).unwrap();
+        watchers
+            .hub
+            .lock()
+            .unwrap()
+            .subs
+            .insert((None, 0), sub.clone());
+        Paced {
+            sub,
+            key: (None, 0),
+            hub: watchers.hub.clone(),
+            nudge: Arc::new(Notify::new()),
+            yielded: false,
+            _slot: slot,
+        }
+    }
+
+    fn poll(p: &mut Paced) -> Poll<Option<Result<Encoded, Status>>> {
+        Pin::new(p).poll_next(&mut Context::from_waker(noop_waker_ref()))
+    }
+
+    #[test]
+    fn one_response_per_poll_then_the_end() {
+        let mut p = paced(2);
+        p.sub.finish();
+        assert!(matches!(poll(&mut p), Poll::Ready(Some(Ok(_)))));
+        assert!(
+            poll(&mut p).is_pending(),
+            "a poll after a response sends nothing"
+        );
+        assert!(matches!(poll(&mut p), Poll::Ready(Some(Ok(_)))));
+        assert!(poll(&mut p).is_pending());
+        assert!(matches!(poll(&mut p), Poll::Ready(None)));
+    }
+
+    #[test]
+    fn a_watcher_a_buffer_behind_gets_the_resume_error_and_nothing_more() {
+        // The first batch, however long, does not count toward the buffer.
+        let mut p = paced(WATCH_BUFFER * 2);
+        {
+            let mut s = p.sub.lock();
+            for r in 0..WATCH_BUFFER as u64 + 5 {
+                s.offer(encoded(r), r);
+            }
+            assert!(s.ended);
+            assert_eq!(s.live, WATCH_BUFFER);
+            assert_eq!(s.queue.len(), WATCH_BUFFER * 3 + 1);
+        }
+        let mut got = 0;
+        let err = loop {
+            match poll(&mut p) {
+                Poll::Ready(Some(Ok(_))) => got += 1,
+                Poll::Ready(Some(Err(e))) => break e,
+                Poll::Ready(None) => panic!("ended without the error"),
+                Poll::Pending => {}
+            }
+        };
+        assert_eq!(got, WATCH_BUFFER * 3);
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        assert!(err
+            .message()
+            .contains(&format!("revision {}", WATCH_BUFFER)));
+        assert!(matches!(poll(&mut p), Poll::Ready(None)));
+    }
+
+    #[test]
+    fn a_closed_stream_leaves_the_fan_out() {
+        let p = paced(1);
+        let hub = p.hub.clone();
+        assert_eq!(hub.lock().unwrap().subs.len(), 1);
+        drop(p);
+        assert!(hub.lock().unwrap().subs.is_empty());
+    }
 }

@@ -3,6 +3,7 @@
 //! They print figures; nothing here asserts a timing.
 
 pub mod shape;
+pub mod watch_load;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -28,6 +28,34 @@ pub enum BenchCommand {
     /// the new primary, the write gap, lost acknowledged writes and overlapping primaries,
     /// beside Patroni's figures.
     Postgres(PostgresArgs),
+    /// Watch fan-out, as the etcd peer measures it: --watchers Watch streams of one service
+    /// over --conns connections, then --rounds writes --gap apart that each produce one
+    /// event; p50/p99/max (each the median over rounds) from a write's send to each
+    /// watcher's receipt, and watchers that missed an event.
+    Watch(WatchArgs),
+}
+
+/// `baton bench watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// The service to watch (its frozen flag is toggled once per round, and restored).
+    #[arg(long, default_value = "payments")]
+    pub service: String,
+    /// Watch streams.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub watchers: u64,
+    /// HTTP/2 connections, round-robin over --endpoints.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub conns: u64,
+    /// Writes, each one measured round.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub rounds: u64,
+    /// Time between two writes (and before the first).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    pub gap: Duration,
+    /// The serving process (e.g. `baton dev`): its RSS growth per idle watcher is printed.
+    #[arg(long, value_name = "PID")]
+    pub rss_pid: Option<u32>,
 }
 
 /// `baton bench postgres`.
@@ -239,7 +267,68 @@ pub async fn run(ctx: &mut Ctx<'_>, cmd: BenchCommand) -> Result<Exit, CliError>
         BenchCommand::LeaderKill(a) => kill(ctx, a).await,
         BenchCommand::Switchover(a) => switchover(ctx, a).await,
         BenchCommand::Postgres(a) => postgres(ctx, a).await,
+        BenchCommand::Watch(a) => watch(ctx, a).await,
     }
+}
+
+/// VmRSS of process `pid` in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+async fn watch(ctx: &mut Ctx<'_>, args: WatchArgs) -> Result<Exit, CliError> {
+    let before = args.rss_pid.and_then(rss_kib);
+    let mut idle = None;
+    let m = crate::bench::watch_load::run_observed(
+        &ctx.global.endpoints,
+        &args.service,
+        args.watchers as usize,
+        args.conns as usize,
+        args.rounds as usize,
+        args.gap,
+        || idle = args.rss_pid.and_then(rss_kib),
+    )
+    .await
+    .map_err(CliError::Other)?;
+    let us = |v: u64| Value::from(v as f64 / 1e3);
+    let mut t = Table::new(&[
+        "watchers",
+        "conns",
+        "rounds",
+        "received",
+        "p50_ms",
+        "p99_ms",
+        "max_ms",
+        "failed",
+        "write_errors",
+        "rss_kib_per_watcher",
+    ]);
+    let per_watcher = match (before, idle) {
+        (Some(b), Some(i)) => {
+            Value::from((i.saturating_sub(b) as f64 / args.watchers as f64 * 100.0).round() / 100.0)
+        }
+        _ => Value::from("-"),
+    };
+    t.push(vec![
+        Value::from(args.watchers),
+        Value::from(args.conns),
+        Value::from(args.rounds),
+        Value::from(m.ops),
+        us(m.p50_us),
+        us(m.p99_us),
+        us(m.max_us),
+        Value::from(m.failed),
+        Value::from(m.errors),
+        per_watcher,
+    ]);
+    ctx.print(&t)?;
+    Ok(if m.failed > 0 {
+        Exit::CheckFailed
+    } else {
+        Exit::Ok
+    })
 }
 
 async fn get_primary(ctx: &mut Ctx<'_>, args: GetPrimaryArgs) -> Result<Exit, CliError> {

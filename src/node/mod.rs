@@ -338,9 +338,14 @@ impl Node {
             &tasks,
         );
 
-        let coordinator = CoordinatorServer::new(CoordinatorService::new(ctx.clone()))
-            .max_decoding_message_size(MAX_API_REQUEST)
-            .max_encoding_message_size(MAX_API_MESSAGE);
+        let coordinator = crate::api::watch::WatchRoute::new(
+            CoordinatorServer::new(CoordinatorService::new(ctx.clone()))
+                .max_decoding_message_size(MAX_API_REQUEST)
+                .max_encoding_message_size(MAX_API_MESSAGE),
+            ctx.clone(),
+            MAX_API_REQUEST,
+            MAX_API_MESSAGE,
+        );
         let admin = AdminServer::new(AdminService::new(ctx.clone()))
             .max_decoding_message_size(MAX_API_REQUEST)
             .max_encoding_message_size(MAX_API_MESSAGE);
