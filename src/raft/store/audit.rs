@@ -216,8 +216,8 @@ pub(super) fn replace(trees: &Trees, tail: &[AuditEntry], next_seq: u64) -> Resu
     Ok(())
 }
 
-/// Checks that `tail` is a contiguous run ending at `next_seq - 1` (starting at 0 when
-/// nothing was compacted).
+/// Checks that `tail` is a contiguous, non-empty run ending at `next_seq - 1` (starting at 0
+/// when nothing was compacted); the retention keeps at least one entry.
 pub(super) fn check_tail(tail: &[AuditEntry], next_seq: u64) -> Result<(), StoreError> {
     let first = next_seq.saturating_sub(tail.len() as u64);
     for (i, e) in tail.iter().enumerate() {
@@ -228,6 +228,12 @@ pub(super) fn check_tail(tail: &[AuditEntry], next_seq: u64) -> Result<(), Store
                 first + i as u64
             )));
         }
+    }
+    if tail.is_empty() && next_seq > 0 {
+        return Err(StoreError::Corrupt(format!(
+            "the snapshot carries no audit entry, its state has {next_seq}: it was built \
+             without its trail (only get_current_snapshot appends it)"
+        )));
     }
     if tail.len() as u64 > next_seq {
         return Err(StoreError::Corrupt(format!(

@@ -450,6 +450,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
 /// Builds a snapshot from a copy of the state taken by
 /// [`RaftStateMachine::get_snapshot_builder`], so applying continues meanwhile.
+///
+/// The [`Snapshot`] it returns carries no audit trail: openraft 0.9 takes only its meta
+/// (`core/sm/worker.rs`) and sends what [`RaftStateMachine::get_current_snapshot`] returns,
+/// which appends the trail. Reading up to `audit_retention` entries at every build only to
+/// drop them would cost far more than the build itself. Should a trail-less snapshot ever be
+/// installed, the install refuses it (`check_tail`) instead of losing the trail.
 pub struct SnapshotBuilder {
     trees: Trees,
     lock: Arc<Mutex<()>>,
@@ -487,7 +493,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             let next_seq = state.audit_head().next_seq;
             // Entries of this state's trail beyond the retention are compacted away.
             let floor = next_seq.saturating_sub(retention.keep.max(1));
-            let mut data = bincode::serialize(&PayloadRef {
+            let data = bincode::serialize(&PayloadRef {
                 state: &state,
                 last_applied: &last_applied,
                 last_membership: &last_membership,
@@ -495,20 +501,13 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             })?;
             let tail = Tail { floor, next_seq };
             let _guard = hold(&lock);
-            let from = if store_snapshot(&trees, &meta_c, &data, Some(tail), false)? {
+            if store_snapshot(&trees, &meta_c, &data, Some(tail), false)? {
                 // Only once the snapshot naming the new floor is stored: the one before it
                 // may still be sent until then.
                 audit::compact(&trees, floor, retention.archive.as_deref())?;
-                floor
-            } else {
-                // A newer snapshot was installed meanwhile and may have compacted further.
-                audit::oldest_seq(&trees)?.clamp(floor, next_seq)
-            };
+            }
             // A snapshot allows purging the log before it: it must be on disk first.
             trees.disk.sync()?;
-            // What this snapshot is when sent (openraft uses only its meta today).
-            strip_empty_trail(&mut data)?;
-            audit::encoded_range(&trees, from, next_seq, &mut data)?;
             Ok(data)
         })
         .await

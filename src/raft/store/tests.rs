@@ -157,8 +157,11 @@ async fn snapshot_built_while_applying_is_consistent() {
     let more: Vec<_> = (21..=60).map(normal).collect();
     let (snap, applied) = tokio::join!(builder.build_snapshot(), sm.apply(more));
     applied.unwrap();
-    let snap = snap.unwrap();
-    assert_eq!(snap.meta.last_log_id, Some(log_id(1, 1, 20)));
+    let built = snap.unwrap();
+    assert_eq!(built.meta.last_log_id, Some(log_id(1, 1, 20)));
+    // What is sent: the stored snapshot with its audit trail.
+    let snap = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(snap.meta, built.meta);
 
     // Install it on a fresh store: the state is exactly the one the builder copied.
     let dir2 = tempfile::tempdir().unwrap();
@@ -179,12 +182,12 @@ async fn audit_survives_snapshot_install_on_fresh_store() {
     let dir = tempfile::tempdir().unwrap();
     let (_log, mut sm, audit) = open(dir.path(), 100).unwrap();
     sm.apply(entries(15)).await.unwrap();
-    let snap = sm
-        .get_snapshot_builder()
+    sm.get_snapshot_builder()
         .await
         .build_snapshot()
         .await
         .unwrap();
+    let snap = sm.get_current_snapshot().await.unwrap().unwrap();
     let source_trail = audit.list(0, 1000, None).unwrap();
 
     let dir2 = tempfile::tempdir().unwrap();
@@ -236,7 +239,32 @@ async fn large_snapshots_are_chunked() {
     let built;
     {
         let (_log, mut sm, _) = open(dir.path(), 100).unwrap();
-        sm.apply(entries(2_000)).await.unwrap();
+        // 1,000 services with long health-check targets: the state itself is over 1 MiB.
+        let many = (1..=1_000u64).map(|i| {
+            let mut spec = ServiceSpec::new(&format!("svc-{i}"), &["us-east", "eu-west"]);
+            for region in ["us-east", "eu-west"] {
+                let check = crate::state::HealthCheck {
+                    kind: "http".into(),
+                    target: format!("http://{region}.example/{}", "a".repeat(480)),
+                    interval_ms: 1_000,
+                    timeout_ms: 500,
+                    threshold: 3,
+                };
+                spec.health.insert(region.to_string(), check);
+            }
+            Entry {
+                log_id: log_id(1, 1, i),
+                payload: EntryPayload::Normal(Request {
+                    at_ms: 1,
+                    actor: "tester".into(),
+                    command: Command::PutService {
+                        spec,
+                        reason: "r".into(),
+                    },
+                }),
+            }
+        });
+        sm.apply(many).await.unwrap();
         built = sm
             .get_snapshot_builder()
             .await
@@ -249,7 +277,10 @@ async fn large_snapshots_are_chunked() {
     let (_log, mut sm, _) = open(dir.path(), 100).unwrap();
     let cur = sm.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(cur.meta, built.meta);
-    assert_eq!(cur.snapshot.into_inner(), bytes);
+    // Sent with its audit trail appended to the stored bytes.
+    let sent = cur.snapshot.into_inner();
+    assert_eq!(sent[..bytes.len() - 8], bytes[..bytes.len() - 8]);
+    assert!(sent.len() > bytes.len());
     // Nothing spilled into sled's unsynced blob files.
     let blobs = std::fs::read_dir(dir.path().join("blobs")).unwrap().count();
     assert_eq!(blobs, 0);
@@ -411,7 +442,16 @@ async fn retention_bounds_the_snapshot_trail_and_a_follower_verifies_it() {
         .build_snapshot()
         .await
         .unwrap();
-    let bytes = snap.snapshot.into_inner();
+    // The built snapshot is only what is stored: the trail is appended when it is sent.
+    let stored: Decoded = bincode::deserialize(&snap.snapshot.into_inner()).unwrap();
+    assert!(stored.audit.is_empty());
+    let bytes = sm
+        .get_current_snapshot()
+        .await
+        .unwrap()
+        .unwrap()
+        .snapshot
+        .into_inner();
     let decoded: Decoded = bincode::deserialize(&bytes).unwrap();
     assert_eq!(decoded.state, state);
     assert!(decoded.audit.len() as u64 <= R, "{}", decoded.audit.len());
@@ -425,9 +465,20 @@ async fn retention_bounds_the_snapshot_trail_and_a_follower_verifies_it() {
     let leader_trail = kept_trail(&audit_log, &head);
     assert!(audit_log.list(0, 5, None).unwrap()[0].seq >= 2 * R);
 
-    // What openraft sends is the same bytes.
-    let sent = sm.get_current_snapshot().await.unwrap().unwrap();
-    assert_eq!(sent.snapshot.into_inner(), bytes);
+    // A snapshot without its trail is refused, not installed as an empty trail.
+    let dir3 = tempfile::tempdir().unwrap();
+    let (_log3, mut sm3, _) = open_opts(dir3.path(), &retaining(R)).unwrap();
+    let bare = bincode::serialize(&(
+        &stored.state,
+        &stored._last_applied,
+        &stored._last_membership,
+        Vec::<crate::state::AuditEntry>::new(),
+    ))
+    .unwrap();
+    assert!(sm3
+        .install_snapshot(&snap.meta, Box::new(Cursor::new(bare)))
+        .await
+        .is_err());
 
     // A follower with a longer trail of its own ends with exactly the leader's kept range.
     let dir2 = tempfile::tempdir().unwrap();
@@ -461,12 +512,12 @@ async fn a_compacted_store_reopens_with_its_trail_checkpoint_and_archive() {
             .await
             .unwrap();
         sm.apply(entries(3 * R + 1)).await.unwrap();
-        let snap = sm
-            .get_snapshot_builder()
+        sm.get_snapshot_builder()
             .await
             .build_snapshot()
             .await
             .unwrap();
+        let snap = sm.get_current_snapshot().await.unwrap().unwrap();
         built = snap.snapshot.into_inner();
         head = state_of(&sm).0.audit_head().clone();
         trail = kept_trail(&audit_log, &head);
@@ -505,12 +556,12 @@ async fn a_snapshot_stored_with_its_whole_trail_still_loads_and_is_sent_as_it_is
     {
         let (_log, mut sm, audit_log) = open(dir.path(), 100).unwrap();
         sm.apply(entries(15)).await.unwrap();
-        let snap = sm
-            .get_snapshot_builder()
+        sm.get_snapshot_builder()
             .await
             .build_snapshot()
             .await
             .unwrap();
+        let snap = sm.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(audit_log.oldest_seq().unwrap(), 0);
         meta = snap.meta;
         data = snap.snapshot.into_inner();
