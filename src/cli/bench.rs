@@ -28,6 +28,10 @@ pub enum BenchCommand {
     /// the new primary, the write gap, lost acknowledged writes and overlapping primaries,
     /// beside Patroni's figures.
     Postgres(PostgresArgs),
+    /// Build a single-node data directory with a long history (1,000,000 log entries by
+    /// default) and measure restart to the first linearizable read, RSS, and the snapshot's
+    /// size, build and install times.
+    Restart(crate::bench::restart::RestartArgs),
 }
 
 /// `baton bench postgres`.
@@ -239,7 +243,25 @@ pub async fn run(ctx: &mut Ctx<'_>, cmd: BenchCommand) -> Result<Exit, CliError>
         BenchCommand::LeaderKill(a) => kill(ctx, a).await,
         BenchCommand::Switchover(a) => switchover(ctx, a).await,
         BenchCommand::Postgres(a) => postgres(ctx, a).await,
+        BenchCommand::Restart(a) => restart(ctx, a).await,
     }
+}
+
+async fn restart(
+    ctx: &mut Ctx<'_>,
+    a: crate::bench::restart::RestartArgs,
+) -> Result<Exit, CliError> {
+    let exe = std::env::current_exe().map_err(|source| CliError::Io {
+        context: "cannot find the baton executable to start the node".into(),
+        source,
+    })?;
+    let r = crate::bench::restart::restart(&exe, &a)
+        .await
+        .map_err(CliError::Other)?;
+    let (columns, row): (Vec<&'static str>, Vec<Value>) =
+        crate::bench::restart::fields(&r).into_iter().unzip();
+    ctx.print(&Table::record(&columns, row).vertical())?;
+    Ok(Exit::Ok)
 }
 
 async fn get_primary(ctx: &mut Ctx<'_>, args: GetPrimaryArgs) -> Result<Exit, CliError> {

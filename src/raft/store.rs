@@ -200,8 +200,12 @@ pub(crate) fn key_to_u64(k: &[u8]) -> Result<u64, StoreError> {
     Ok(u64::from_be_bytes(arr))
 }
 
-/// Audit entries kept behind the audit head at each snapshot by default.
-pub const DEFAULT_AUDIT_RETENTION: u64 = 100_000;
+/// Audit entries kept behind the audit head at each snapshot by default. An entry is about
+/// 1.2 KiB (before/after documents), and every kept entry is sent with each snapshot and
+/// read by openraft at each start (`get_current_snapshot`): measured with 1,000,000 log
+/// entries (`baton bench restart`), 100,000 kept made a 115 MB snapshot, 1.1 s to ready and
+/// 160 MB RSS; 10,000 make 13 MB, 0.2 s and 45 MB.
+pub const DEFAULT_AUDIT_RETENTION: u64 = 10_000;
 
 /// How a store is opened.
 #[derive(Debug, Clone)]

@@ -601,3 +601,38 @@ async fn a_snapshot_stored_with_its_whole_trail_still_loads_and_is_sent_as_it_is
     let cur = sm.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(cur.snapshot.into_inner(), data);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_from_a_compacted_trail_keeps_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm, audit_log) = open_opts(dir.path(), &retaining(4)).unwrap();
+    sm.apply(entries(13)).await.unwrap();
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let (state, applied) = state_of(&sm);
+    let head = state.audit_head().clone();
+    let tail = kept_trail(&audit_log, &head);
+    assert_eq!(tail[0].seq, 8);
+
+    let target = tempfile::tempdir().unwrap();
+    let data = target.path().join("data");
+    let members = BTreeMap::from([(
+        1,
+        NodeInfo {
+            addr: "127.0.0.1:1".into(),
+            region: "us-east".into(),
+        },
+    )]);
+    seed_restored(&data, "raft", &state, &tail, applied, members).unwrap();
+    let (_log2, mut sm2, audit2) = super::reopen(&data.join("raft")).unwrap();
+    assert_eq!(state_of(&sm2).0, state);
+    assert_eq!(kept_trail(&audit2, &head), tail);
+    assert_eq!(audit2.oldest_seq().unwrap(), 8);
+    // It sends the same trail on.
+    let sent = sm2.get_current_snapshot().await.unwrap().unwrap();
+    let decoded: Decoded = bincode::deserialize(&sent.snapshot.into_inner()).unwrap();
+    assert_eq!(decoded.audit, tail);
+}
