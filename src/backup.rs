@@ -5,7 +5,9 @@
 //! version  u32 BE    FORMAT_VERSION
 //! hlen     u32 BE    length of the header
 //! header   hlen      JSON Header: revision, source cluster and members, body length
-//! body     body_len  bincode Body: the replicated State and the audit trail behind it
+//! body     body_len  bincode Body: the replicated State and the audit trail behind it (the
+//!                    entries the node kept: from seq 0, or from after its compaction
+//!                    checkpoint, ending at the state's audit head)
 //! trailer  40 bytes  "BATONEND" + SHA-256 of every byte before the trailer
 //! ```
 //!
@@ -69,6 +71,10 @@ pub struct Header {
     pub services: u32,
     /// Number of audit entries.
     pub audit_entries: u64,
+    /// Seq of the first audit entry (above 0 when older ones were compacted away). Absent
+    /// from files written before compaction existed, which start at 0.
+    #[serde(default)]
+    pub audit_first_seq: u64,
     /// Bytes of the body.
     pub body_len: u64,
 }
@@ -78,7 +84,8 @@ pub struct Header {
 pub struct Body {
     /// The state machine's state.
     pub state: State,
-    /// Every audit entry, seq 0 to `state.audit_head().next_seq - 1`.
+    /// The retained audit entries, up to `state.audit_head().next_seq - 1`: from seq 0, or
+    /// from after the source node's compaction checkpoint.
     pub audit: Vec<AuditEntry>,
 }
 
@@ -139,6 +146,7 @@ pub fn encode(mut header: Header, body: &Body) -> Result<(Vec<u8>, String), Back
     header.body_len = body_bytes.len() as u64;
     header.services = u32::try_from(body.state.service_count()).unwrap_or(u32::MAX);
     header.audit_entries = body.audit.len() as u64;
+    header.audit_first_seq = body.audit.first().map_or(0, |e| e.seq);
     let header_bytes =
         serde_json::to_vec(&header).map_err(|e| BackupError::Decode(e.to_string()))?;
     let hlen = u32::try_from(header_bytes.len())
@@ -221,20 +229,32 @@ pub fn decode(bytes: &[u8]) -> Result<Backup, BackupError> {
     })
 }
 
-/// The audit trail is complete, chained, and ends where the state says it does.
+/// The audit trail is contiguous, chained, and ends where the state says it does. A trail
+/// cut by compaction starts later: its first entry's link is its anchor (the checkpoint).
 fn check_body(header: &Header, body: &Body) -> Result<(), String> {
     let head = body.state.audit_head();
-    if body.audit.len() as u64 != head.next_seq {
+    let len = body.audit.len() as u64;
+    if len > head.next_seq || (len == 0 && head.next_seq > 0) {
         return Err(format!(
-            "{} audit entries, the state expects {}",
-            body.audit.len(),
+            "{len} audit entries, the state expects up to {}",
             head.next_seq
         ));
     }
-    let mut prev = GENESIS.to_string();
+    let first = head.next_seq - len;
+    if header.audit_first_seq != first && !(header.audit_first_seq == 0 && len == 0) {
+        return Err(format!(
+            "the audit trail starts at {first}, the header says {}",
+            header.audit_first_seq
+        ));
+    }
+    let mut prev = match body.audit.first() {
+        Some(e) if e.seq > 0 => e.prev_hash.clone(),
+        _ => GENESIS.to_string(),
+    };
     for (i, e) in body.audit.iter().enumerate() {
-        if e.seq != i as u64 || e.prev_hash != prev || e.compute_hash() != e.hash {
-            return Err(format!("audit chain broken at entry {i}"));
+        let seq = first + i as u64;
+        if e.seq != seq || e.prev_hash != prev || e.compute_hash() != e.hash {
+            return Err(format!("audit chain broken at entry {seq}"));
         }
         prev = e.hash.clone();
     }
@@ -298,6 +318,7 @@ mod tests {
             }],
             services: 0,
             audit_entries: 0,
+            audit_first_seq: 0,
             body_len: 0,
         };
         let body = Body {

@@ -21,6 +21,8 @@ pub const DOMAIN: &str = "baton.v1";
 pub const LEADER_KEY: &str = "x-baton-leader";
 /// Metadata key naming the oldest revision a compacted watch can resume from.
 pub const OLDEST_REVISION_KEY: &str = "x-baton-oldest-revision";
+/// Metadata key naming the oldest audit seq a node still keeps, on a compacted ListAudit.
+pub const OLDEST_AUDIT_SEQ_KEY: &str = "x-baton-oldest-audit-seq";
 /// Metadata key with which a caller says on whose behalf it acts: a note in the audit
 /// reason, never the principal.
 pub const ACTOR_KEY: &str = "x-baton-actor";
@@ -61,6 +63,9 @@ pub mod reason {
     /// A watch asked for a revision no longer kept (metadata: `requested_revision`,
     /// `oldest_revision`).
     pub const REVISION_COMPACTED: &str = "REVISION_COMPACTED";
+    /// ListAudit asked for entries compacted away (metadata: `requested_seq`,
+    /// `oldest_seq`).
+    pub const AUDIT_COMPACTED: &str = "AUDIT_COMPACTED";
     /// A compare-and-set found another token (metadata: `service`, `expected_token`,
     /// `current_token`).
     pub const TOKEN_MISMATCH: &str = "TOKEN_MISMATCH";
@@ -105,6 +110,41 @@ pub fn compacted(requested: u64, oldest: u64, message: String) -> Status {
         s.metadata_mut().insert(OLDEST_REVISION_KEY, v);
     }
     s
+}
+
+/// FAILED_PRECONDITION for a ListAudit from a seq compacted away.
+pub fn audit_compacted(requested: u64, oldest: u64, message: String) -> Status {
+    let mut d = ErrorDetails::new();
+    d.set_error_info(
+        reason::AUDIT_COMPACTED,
+        DOMAIN,
+        info(&[
+            ("requested_seq", requested.to_string()),
+            ("oldest_seq", oldest.to_string()),
+        ]),
+    );
+    let mut s = Status::with_error_details(Code::FailedPrecondition, message, d);
+    if let Ok(v) = MetadataValue::try_from(oldest.to_string()) {
+        s.metadata_mut().insert(OLDEST_AUDIT_SEQ_KEY, v);
+    }
+    s
+}
+
+/// The oldest audit seq a compacted-ListAudit answer names: its details, else its metadata.
+pub fn oldest_audit_seq(status: &Status) -> Option<u64> {
+    if status.code() != Code::FailedPrecondition {
+        return None;
+    }
+    detail(status, reason::AUDIT_COMPACTED, "oldest_seq")
+        .or_else(|| {
+            status
+                .metadata()
+                .get(OLDEST_AUDIT_SEQ_KEY)?
+                .to_str()
+                .ok()
+                .map(str::to_string)
+        })
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// FAILED_PRECONDITION for a compare-and-set that found `actual` instead of `expected`.

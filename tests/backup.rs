@@ -339,3 +339,63 @@ async fn a_corrupted_or_truncated_snapshot_is_refused_and_nothing_is_written() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(std::fs::read_dir(&empty).unwrap().count() > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compacted_audit_trail_names_its_oldest_seq_verifies_and_backs_up() {
+    let c = TestCluster::start_with(
+        3,
+        &service_toml("payments", "1h"),
+        "[storage]\naudit_retention = 5\n",
+    )
+    .await;
+    c.leader(Duration::from_secs(20)).await;
+    let cl = client(&c);
+    for i in 0..12 {
+        cl.freeze("payments", i % 2 == 0, "fill the trail")
+            .await
+            .unwrap();
+    }
+    // The leader snapshots and keeps the last 5 entries.
+    cl.trigger_snapshot().await.unwrap();
+
+    let err = cl.audit(0, 10, None).await.unwrap_err();
+    let status = err.status().expect("an answer from the node");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{err}");
+    let oldest = baton::wire::oldest_audit_seq(status).expect("the oldest seq kept");
+    assert!(oldest >= 8, "{oldest}");
+    let msg = status.message();
+    assert!(
+        msg.contains(&format!("the oldest entry kept is {oldest}"))
+            && msg.contains(&format!("baton audit --from {oldest}")),
+        "{msg}"
+    );
+    // From there on, the first entry links to the checkpoint.
+    let page = cl.audit(oldest, 100, None).await.unwrap();
+    assert!(page.chain_ok);
+    assert_eq!(page.entries[0].seq, oldest);
+
+    // `baton audit verify` checks the kept chain from the checkpoint to the head.
+    let out = baton(&c, &["-w", "json", "audit", "verify"]);
+    assert!(out.status.success(), "verify: {}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["first_seq"].as_u64(), Some(oldest), "{v}");
+    assert_eq!(v["checkpoint_hash"], page.entries[0].prev_hash.as_str());
+    // `baton audit` without --from starts at the oldest entry kept.
+    let out = baton(&c, &["-w", "json", "audit"]);
+    assert!(out.status.success(), "audit: {}", text(&out));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows[0]["seq"].as_u64(), Some(oldest), "{rows}");
+    // An explicit compacted --from is an error that says what to do.
+    let out = baton(&c, &["audit", "--from", "1"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("compacted"), "{}", text(&out));
+
+    // A backup carries the kept trail and checks.
+    let file = c.root.path().join("compacted.snap");
+    save(&c, &file);
+    let b = baton::backup::decode(&std::fs::read(&file).unwrap()).unwrap();
+    assert!(b.header.audit_first_seq >= oldest);
+    assert_eq!(b.body.audit[0].seq, b.header.audit_first_seq);
+    let inspect = baton(&c, &["snapshot", "inspect", file.to_str().unwrap()]);
+    assert!(inspect.status.success(), "inspect: {}", text(&inspect));
+}

@@ -426,23 +426,29 @@ impl AdminService {
         };
         // Entries below the state's audit head are written before that state is published
         // (under the same lock) and never change, so reading them now is consistent.
+        // The node's retained trail: entries before its compaction checkpoint are gone.
         let next_seq = state.audit_head().next_seq;
-        let mut audit = Vec::with_capacity(usize::try_from(next_seq).unwrap_or(0));
-        while (audit.len() as u64) < next_seq {
-            let page = self
-                .ctx
-                .audit
-                .list(audit.len() as u64, AUDIT_PAGE, None)
-                .map_err(|e| Status::internal(format!("reading the audit trail: {e}")))?;
+        let read = |e: String| Status::internal(format!("reading the audit trail: {e}"));
+        let first = self.ctx.audit.oldest_seq().map_err(read)?.min(next_seq);
+        let mut audit = Vec::with_capacity(usize::try_from(next_seq - first).unwrap_or(0));
+        let mut from = first;
+        while from < next_seq {
+            let page = self.ctx.audit.list(from, AUDIT_PAGE, None).map_err(read)?;
             let before = audit.len();
-            audit.extend(page.into_iter().take_while(|e| e.seq < next_seq));
+            audit.extend(
+                page.into_iter()
+                    .take_while(|e| e.seq < next_seq)
+                    .enumerate()
+                    .take_while(|(i, e)| e.seq == from + *i as u64)
+                    .map(|(_, e)| e),
+            );
             if audit.len() == before {
                 return Err(Status::internal(format!(
-                    "the audit trail on node {} ends at {}, the state expects {next_seq}",
+                    "the audit trail on node {} has no entry {from}, the state expects entries up to {next_seq}",
                     self.ctx.id,
-                    audit.len()
                 )));
             }
+            from = first + audit.len() as u64;
         }
         let members = self
             .members()
@@ -464,6 +470,7 @@ impl AdminService {
             members,
             services: 0,
             audit_entries: 0,
+            audit_first_seq: 0,
             body_len: 0,
         };
         let body = backup::Body { state, audit };

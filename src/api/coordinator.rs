@@ -47,6 +47,21 @@ impl CoordinatorService {
     }
 }
 
+/// The answer to a ListAudit from a seq compacted away: names the oldest seq kept and what
+/// to do.
+fn audit_compacted(requested: u64, oldest: u64, node: u64) -> Status {
+    crate::wire::audit_compacted(
+        requested,
+        oldest,
+        format!(
+            "audit entry {requested} has been compacted; the oldest entry kept is {oldest} — \
+             read from {oldest} (`baton audit --from {oldest}`); older entries are in the \
+             archive segments (audit-archive/ in the data directory) of node {node} and the \
+             other nodes that compacted them, or in earlier `baton audit export` files"
+        ),
+    )
+}
+
 /// Most bytes of audit entries in one ListAudit page (at least one entry is always sent):
 /// large definitions are copied into `before` and `after`, and a page must stay well under
 /// the message limit. The caller continues from `next_seq`.
@@ -394,11 +409,17 @@ impl Coordinator for CoordinatorService {
         let req = request.into_inner();
         let limit = validate::list_audit(&req)?;
         let service = (!req.service.is_empty()).then_some(req.service.as_str());
+        let read = |e: String| Status::internal(format!("reading the audit trail: {e}"));
         let entries = self
             .ctx
             .audit
             .list(req.from_seq, limit, service)
-            .map_err(|e| Status::internal(format!("reading the audit trail: {e}")))?;
+            .map_err(read)?;
+        // Checked after the read: a compaction meanwhile may have taken the first entries.
+        let oldest = self.ctx.audit.oldest_seq().map_err(read)?;
+        if req.from_seq < oldest {
+            return Err(audit_compacted(req.from_seq, oldest, self.ctx.id));
+        }
         let entries = cap_page(entries);
         // The chain can only be checked on a contiguous page (no service filter).
         let chain_ok = if service.is_none() {

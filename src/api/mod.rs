@@ -55,6 +55,8 @@ pub trait AuditSource: Send + Sync + 'static {
     ) -> Result<Vec<AuditEntry>, String>;
     /// Hash of the entry before `seq` (None for seq 0).
     fn hash_before(&self, seq: u64) -> Result<Option<String>, String>;
+    /// The oldest seq kept: older entries were compacted away.
+    fn oldest_seq(&self) -> Result<u64, String>;
 }
 
 /// Everything a request handler needs from its node.

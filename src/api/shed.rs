@@ -30,6 +30,8 @@ use std::time::{Duration, Instant};
 use tonic::transport::server::TcpConnectInfo;
 use tonic::Status;
 
+use super::trim::{TrimCore, Trimmer};
+
 /// Who a call is counted against.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Caller {
@@ -268,7 +270,8 @@ impl ShedCore {
 /// A node's load shedder, shared by its connections.
 #[derive(Debug, Clone)]
 pub struct Shed {
-    core: Arc<Mutex<(ShedCore, Instant)>>,
+    core: Arc<Mutex<(ShedCore, Instant, TrimCore)>>,
+    trimmer: Trimmer,
 }
 
 /// An admitted call; ends it when dropped.
@@ -279,7 +282,17 @@ pub struct Admitted {
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        self.shed.lock().0.release(&self.caller);
+        let mut g = self.shed.lock();
+        g.0.release(&self.caller);
+        // After a burst of calls, glibc keeps the freed buffers (measured: RSS 45 -> 63 MB
+        // under 256-1,024 concurrent reads, still 64-68 MB 16 s later): give them back
+        // once the calls in flight have fallen to a quarter of the peak.
+        let open = g.0.in_flight() as usize;
+        let trim = g.2.closed(open);
+        drop(g);
+        if trim {
+            self.shed.trimmer.poke();
+        }
     }
 }
 
@@ -290,11 +303,16 @@ impl Shed {
     /// A shedder enforcing `limits`.
     pub fn new(limits: ShedLimits) -> Self {
         Self {
-            core: Arc::new(Mutex::new((ShedCore::new(limits), Instant::now()))),
+            core: Arc::new(Mutex::new((
+                ShedCore::new(limits),
+                Instant::now(),
+                TrimCore::default(),
+            ))),
+            trimmer: Trimmer::default(),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (ShedCore, Instant)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (ShedCore, Instant, TrimCore)> {
         self.core.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -302,16 +320,19 @@ impl Shed {
     pub fn admit(&self, caller: Caller) -> Result<Admitted, Status> {
         let now = Instant::now();
         let mut g = self.lock();
-        let (core, swept) = &mut *g;
+        let (core, swept, trim) = &mut *g;
         if now.saturating_duration_since(*swept) >= SWEEP_EVERY {
             core.sweep(now);
             *swept = now;
         }
         match core.admit(&caller, now) {
-            Ok(()) => Ok(Admitted {
-                shed: self.clone(),
-                caller,
-            }),
+            Ok(()) => {
+                trim.opened(core.in_flight() as usize);
+                Ok(Admitted {
+                    shed: self.clone(),
+                    caller,
+                })
+            }
             Err(r) => {
                 let n = core.shed_count();
                 drop(g);
@@ -438,6 +459,23 @@ mod tests {
             ));
         assert_eq!(caller_of(&req), Caller::Addr("127.0.0.9".parse().unwrap()));
         assert_eq!(caller_of(&http::Request::new(())), Caller::Unknown);
+    }
+
+    #[test]
+    fn the_end_of_a_burst_of_calls_asks_for_memory_back() {
+        let shed = Shed::new(ShedLimits {
+            rate: 1e6,
+            burst: 1e6,
+            per_caller: 1_000,
+            total: 1_000,
+            max_callers: 10,
+        });
+        let calls: Vec<_> = (0..100)
+            .map(|_| shed.admit(Caller::Unknown).unwrap())
+            .collect();
+        drop(calls);
+        // Armed: the burst's tail asks for a trim (a few calls never do, see trim.rs).
+        assert!(shed.lock().2.closed(0));
     }
 
     fn limits() -> ShedLimits {

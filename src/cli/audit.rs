@@ -12,6 +12,26 @@ use crate::state::audit::verify;
 /// Entries asked for per page.
 const PAGE: u32 = 500;
 
+/// The first page from `from`; when the entries there were compacted away and `skip` is
+/// set, the first page from the oldest entry kept instead, with that seq.
+async fn first_page(
+    client: &crate::client::Client,
+    from: u64,
+    want: u32,
+    service: Option<&str>,
+    skip: bool,
+) -> Result<(proto::ListAuditResponse, Option<u64>), CliError> {
+    match client.audit(from, want, service).await {
+        Ok(page) => Ok((page, None)),
+        Err(e) => match e.status().and_then(crate::wire::oldest_audit_seq) {
+            Some(oldest) if skip && oldest > from => {
+                Ok((client.audit(oldest, want, service).await?, Some(oldest)))
+            }
+            _ => Err(e.into()),
+        },
+    }
+}
+
 /// `baton audit`.
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -37,8 +57,9 @@ pub enum AuditCommand {
     /// Read the whole trail page by page (or an export with --file) and verify its hash
     /// chain on this machine; names the first bad entry (exit code 5 when it is broken).
     Verify(VerifyArgs),
-    /// Write the whole trail to FILE as JSON lines, one entry per line with its
-    /// `prev_hash` and `hash`, for archiving; `baton audit verify --file FILE` checks it.
+    /// Write the whole trail the cluster keeps to FILE as JSON lines, one entry per line
+    /// with its `prev_hash` and `hash`, for archiving; `baton audit verify --file FILE`
+    /// checks it.
     Export(ExportArgs),
 }
 
@@ -117,9 +138,18 @@ async fn list(ctx: &mut Ctx<'_>, args: AuditArgs) -> Result<Exit, CliError> {
     let mut from = args.from;
     let mut chain_ok = true;
     let mut more = false;
+    let mut compacted = None;
     while (entries.len() as u64) < u64::from(args.limit) {
         let want = (args.limit - entries.len() as u32).min(PAGE);
-        let page = client.audit(from, want, args.service.as_deref()).await?;
+        // Without --from (0), start at the oldest entry the cluster still keeps.
+        let page = if entries.is_empty() {
+            let (page, skipped) =
+                first_page(&client, from, want, args.service.as_deref(), args.from == 0).await?;
+            compacted = skipped;
+            page
+        } else {
+            client.audit(from, want, args.service.as_deref()).await?
+        };
         chain_ok &= page.chain_ok;
         let Some(last) = page.entries.last() else {
             break;
@@ -135,6 +165,11 @@ async fn list(ctx: &mut Ctx<'_>, args: AuditArgs) -> Result<Exit, CliError> {
     }
     ctx.print(&entries_table(&entries))?;
     if ctx.format() == OutputFormat::Table {
+        if let Some(oldest) = compacted {
+            note(&format!(
+                "(entries before {oldest} were compacted away; see `audit_retention` in the README)"
+            ));
+        }
         if more {
             note(&format!("(more entries: baton audit --from {from})"));
         }
@@ -149,13 +184,24 @@ async fn list(ctx: &mut Ctx<'_>, args: AuditArgs) -> Result<Exit, CliError> {
 
 async fn verify_chain(ctx: &mut Ctx<'_>) -> Result<Exit, CliError> {
     let client = ctx.client()?;
-    let mut from = 0u64;
+    let (first, skipped) = first_page(&client, 0, PAGE, None, true).await?;
+    let mut first = Some(first);
+    let mut from = skipped.unwrap_or(0);
+    // A compacted trail is verified from its checkpoint: the first kept entry's link.
     let mut prev_hash: Option<String> = None;
+    let mut anchor = None;
     let mut count = 0u64;
     loop {
-        let page = client.audit(from, PAGE, None).await?;
+        let page = match first.take() {
+            Some(p) => p,
+            None => client.audit(from, PAGE, None).await?,
+        };
         if page.entries.is_empty() {
             break;
+        }
+        if skipped.is_some() && anchor.is_none() {
+            anchor = Some(page.entries[0].prev_hash.clone());
+            prev_hash = anchor.clone();
         }
         let entries: Vec<_> = page.entries.iter().map(audit_from_proto).collect();
         if entries[0].seq != from {
@@ -172,29 +218,50 @@ async fn verify_chain(ctx: &mut Ctx<'_>) -> Result<Exit, CliError> {
         from = last.seq + 1;
     }
     let t = Table::record(
-        &["entries", "last_seq", "head_hash", "chain"],
+        &[
+            "entries",
+            "first_seq",
+            "last_seq",
+            "checkpoint_hash",
+            "head_hash",
+            "chain",
+        ],
         vec![
             Value::from(count),
+            Value::from(skipped.unwrap_or(0)),
             if count == 0 {
                 Value::Null
             } else {
                 Value::from(from - 1)
             },
+            anchor.map_or(Value::Null, Value::from),
             prev_hash.map_or(Value::Null, Value::from),
             Value::from("ok"),
         ],
     );
     ctx.print(&t)?;
+    if let (Some(oldest), OutputFormat::Table) = (skipped, ctx.format()) {
+        note(&format!(
+            "entries before {oldest} were compacted away: the chain was verified from the \
+             checkpoint (the hash of entry {}) to the head",
+            oldest - 1
+        ));
+    }
     Ok(Exit::Ok)
 }
 
 /// Every entry of the cluster's trail, in order, page by page.
 async fn fetch_all(ctx: &Ctx<'_>) -> Result<Vec<crate::state::AuditEntry>, CliError> {
     let client = ctx.client()?;
-    let mut from = 0u64;
+    let (first, skipped) = first_page(&client, 0, PAGE, None, true).await?;
+    let mut first = Some(first);
+    let mut from = skipped.unwrap_or(0);
     let mut all = Vec::new();
     loop {
-        let page = client.audit(from, PAGE, None).await?;
+        let page = match first.take() {
+            Some(p) => p,
+            None => client.audit(from, PAGE, None).await?,
+        };
         let Some(last) = page.entries.last() else {
             break;
         };

@@ -33,6 +33,10 @@ pub enum BenchCommand {
     /// event; p50/p99/max (each the median over rounds) from a write's send to each
     /// watcher's receipt, and watchers that missed an event.
     Watch(WatchArgs),
+    /// Build a single-node data directory with a long history (1,000,000 log entries by
+    /// default) and measure restart to the first linearizable read, RSS, and the snapshot's
+    /// size, build and install times.
+    Restart(crate::bench::restart::RestartArgs),
 }
 
 /// `baton bench watch`.
@@ -268,6 +272,7 @@ pub async fn run(ctx: &mut Ctx<'_>, cmd: BenchCommand) -> Result<Exit, CliError>
         BenchCommand::Switchover(a) => switchover(ctx, a).await,
         BenchCommand::Postgres(a) => postgres(ctx, a).await,
         BenchCommand::Watch(a) => watch(ctx, a).await,
+        BenchCommand::Restart(a) => restart(ctx, a).await,
     }
 }
 
@@ -329,6 +334,23 @@ async fn watch(ctx: &mut Ctx<'_>, args: WatchArgs) -> Result<Exit, CliError> {
     } else {
         Exit::Ok
     })
+}
+
+async fn restart(
+    ctx: &mut Ctx<'_>,
+    a: crate::bench::restart::RestartArgs,
+) -> Result<Exit, CliError> {
+    let exe = std::env::current_exe().map_err(|source| CliError::Io {
+        context: "cannot find the baton executable to start the node".into(),
+        source,
+    })?;
+    let r = crate::bench::restart::restart(&exe, &a)
+        .await
+        .map_err(CliError::Other)?;
+    let (columns, row): (Vec<&'static str>, Vec<Value>) =
+        crate::bench::restart::fields(&r).into_iter().unzip();
+    ctx.print(&Table::record(&columns, row).vertical())?;
+    Ok(Exit::Ok)
 }
 
 async fn get_primary(ctx: &mut Ctx<'_>, args: GetPrimaryArgs) -> Result<Exit, CliError> {

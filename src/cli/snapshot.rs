@@ -109,6 +109,7 @@ fn summary(file: &Path, b: &Backup) -> Vec<(&'static str, Value)> {
         ("sha256", Value::from(b.sha256.clone())),
         ("services", Value::from(b.header.services)),
         ("audit_entries", Value::from(b.header.audit_entries)),
+        ("audit_first_seq", Value::from(b.header.audit_first_seq)),
     ]
 }
 

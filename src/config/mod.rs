@@ -89,6 +89,14 @@ pub struct StorageConfig {
     pub keep_behind_snapshot: u64,
     /// Revisions kept for watch resume.
     pub watch_history: usize,
+    /// Audit entries kept on the node (and sent in snapshots) behind the newest, counted at
+    /// each snapshot: older ones are compacted away, leaving a checkpoint (seq and hash of
+    /// the last one dropped) the kept chain links to. Between snapshots up to
+    /// `snapshot_every` more accumulate.
+    pub audit_retention: u64,
+    /// Archive compacted audit entries to checksummed segment files in
+    /// `<data_dir>/raft/audit-archive/` instead of dropping them.
+    pub audit_archive: bool,
 }
 
 impl Default for StorageConfig {
@@ -97,6 +105,8 @@ impl Default for StorageConfig {
             snapshot_every: 10_000,
             keep_behind_snapshot: 1_000,
             watch_history: crate::state::history::DEFAULT_HISTORY,
+            audit_retention: crate::raft::store::DEFAULT_AUDIT_RETENTION,
+            audit_archive: true,
         }
     }
 }
@@ -252,6 +262,12 @@ impl NodeConfig {
             return Err(ConfigError::invalid(
                 "storage.snapshot_every",
                 "must be above zero",
+            ));
+        }
+        if self.storage.audit_retention == 0 {
+            return Err(ConfigError::invalid(
+                "storage.audit_retention",
+                "must be at least 1: the kept trail links to the checkpoint through its first entry",
             ));
         }
         if self.storage.watch_history == 0 {

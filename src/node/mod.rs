@@ -76,6 +76,10 @@ impl AuditSource for AuditLog {
     fn hash_before(&self, seq: u64) -> Result<Option<String>, String> {
         AuditLog::hash_before(self, seq).map_err(|e| e.to_string())
     }
+
+    fn oldest_seq(&self) -> Result<u64, String> {
+        AuditLog::oldest_seq(self).map_err(|e| e.to_string())
+    }
 }
 
 /// A running node.
@@ -99,6 +103,14 @@ pub struct Node {
     /// Keeper, controller, probes, read barrier: awaited before Raft stops.
     tasks: tokio_util::task::TaskTracker,
     reads_stop: watch::Sender<bool>,
+}
+
+fn store_options(cfg: &NodeConfig) -> store::Options {
+    store::Options {
+        history_limit: cfg.storage.watch_history,
+        audit_retention: cfg.storage.audit_retention,
+        audit_archive: cfg.storage.audit_archive,
+    }
 }
 
 fn raft_config(cfg: &NodeConfig) -> Result<crate::raft::typ::Config, NodeError> {
@@ -160,7 +172,7 @@ impl Node {
         };
         let raft_dir = cfg.data_dir.join(RAFT_DIR);
         let (log, sm, audit) =
-            store::open(&raft_dir, cfg.storage.watch_history).map_err(|e| NodeError::Storage {
+            store::open_opts(&raft_dir, &store_options(&cfg)).map_err(|e| NodeError::Storage {
                 dir: raft_dir.display().to_string(),
                 message: e.to_string(),
             })?;

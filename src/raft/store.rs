@@ -5,11 +5,13 @@
 //! - `logs`: big-endian `u64` index -> bincode [`Entry`](openraft::Entry);
 //! - `meta`: `vote`, `committed`, `last_purged`;
 //! - `snapshot`: the latest snapshot (a header plus chunks, see [`state_machine`]);
-//! - `audit`: big-endian `u64` seq -> bincode [`AuditEntry`].
+//! - `audit`: big-endian `u64` seq -> bincode [`AuditEntry`], the retained tail of the trail
+//!   (older entries are compacted away at snapshots, see [`audit`]).
 //!
 //! Every write that openraft (or a client) is told is durable goes through [`Durable::sync`],
 //! the one place where data reaches the disk.
 
+pub mod audit;
 mod log;
 mod state_machine;
 #[cfg(test)]
@@ -198,6 +200,35 @@ pub(crate) fn key_to_u64(k: &[u8]) -> Result<u64, StoreError> {
     Ok(u64::from_be_bytes(arr))
 }
 
+/// Audit entries kept behind the audit head at each snapshot by default. An entry is about
+/// 1.2 KiB (before/after documents), and every kept entry is sent with each snapshot and
+/// read by openraft at each start (`get_current_snapshot`): measured with 1,000,000 log
+/// entries (`baton bench restart`), 100,000 kept made a 115 MB snapshot, 1.1 s to ready and
+/// 160 MB RSS; 10,000 make 13 MB, 0.2 s and 45 MB.
+pub const DEFAULT_AUDIT_RETENTION: u64 = 10_000;
+
+/// How a store is opened.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Revisions of watch history a fresh state keeps.
+    pub history_limit: usize,
+    /// Audit entries kept behind the audit head at each snapshot (at least 1).
+    pub audit_retention: u64,
+    /// Archive compacted audit entries to segment files under `audit-archive/`.
+    pub audit_archive: bool,
+}
+
+impl Options {
+    /// The defaults, with `history_limit`.
+    pub fn new(history_limit: usize) -> Self {
+        Self {
+            history_limit,
+            audit_retention: DEFAULT_AUDIT_RETENTION,
+            audit_archive: true,
+        }
+    }
+}
+
 /// Opens (or creates) the store in `dir`: the Raft log store, the state machine (loaded from
 /// the latest snapshot; openraft re-applies later committed entries) and a reader of the
 /// audit trail. `history_limit` sizes the watch history of a fresh state.
@@ -205,13 +236,21 @@ pub fn open(
     dir: &Path,
     history_limit: usize,
 ) -> Result<(LogStore, StateMachineStore, AuditLog), StoreError> {
-    open_with(dir, history_limit, |disk| disk)
+    open_with(dir, &Options::new(history_limit), |disk| disk)
 }
 
-/// Like [`open`], with `wrap` around the durability step (tests count syncs with it).
+/// Like [`open`], with every option.
+pub fn open_opts(
+    dir: &Path,
+    opts: &Options,
+) -> Result<(LogStore, StateMachineStore, AuditLog), StoreError> {
+    open_with(dir, opts, |disk| disk)
+}
+
+/// Like [`open_opts`], with `wrap` around the durability step (tests count syncs with it).
 pub(crate) fn open_with(
     dir: &Path,
-    history_limit: usize,
+    opts: &Options,
     wrap: impl FnOnce(Arc<dyn Durable>) -> Arc<dyn Durable>,
 ) -> Result<(LogStore, StateMachineStore, AuditLog), StoreError> {
     if !dir.exists() {
@@ -231,7 +270,11 @@ pub(crate) fn open_with(
         disk,
     };
     let log = LogStore::open(trees.clone())?;
-    let sm = StateMachineStore::open(trees.clone(), history_limit)?;
+    let retention = audit::Retention {
+        keep: opts.audit_retention.max(1),
+        archive: opts.audit_archive.then(|| dir.join(audit::ARCHIVE_DIR)),
+    };
+    let sm = StateMachineStore::open(trees.clone(), opts.history_limit, retention)?;
     let audit = AuditLog { trees };
     Ok((log, sm, audit))
 }
@@ -347,8 +390,20 @@ pub struct AuditLog {
 }
 
 impl AuditLog {
+    /// The oldest seq this node still has: entries before it were compacted away (0 when
+    /// none were).
+    pub fn oldest_seq(&self) -> Result<u64, StoreError> {
+        audit::oldest_seq(&self.trees)
+    }
+
+    /// The compaction checkpoint: seq and hash of the last entry dropped, if any.
+    pub fn checkpoint(&self) -> Result<Option<audit::Checkpoint>, StoreError> {
+        audit::read_checkpoint(&self.trees)
+    }
+
     /// Up to `limit` entries with `seq >= from_seq`, in order; only those of `service` when
-    /// given (the page then skips entries of other services and may be sparse).
+    /// given (the page then skips entries of other services and may be sparse). Entries
+    /// below [`AuditLog::oldest_seq`] are not returned (callers check it first).
     pub fn list(
         &self,
         from_seq: u64,
@@ -359,6 +414,7 @@ impl AuditLog {
         if limit == 0 {
             return Ok(out);
         }
+        let from_seq = from_seq.max(self.oldest_seq()?);
         for kv in self.trees.audit.range(key(from_seq)..) {
             let (_, v) = kv?;
             let entry: AuditEntry = bincode::deserialize(&v)?;
@@ -373,11 +429,15 @@ impl AuditLog {
     }
 
     /// The hash a page starting at `seq` must link to: [`GENESIS`] for seq 0, the hash of
-    /// entry `seq - 1` otherwise, `None` if this node does not have that entry.
+    /// entry `seq - 1` otherwise (the checkpoint's when that entry was compacted), `None` if
+    /// this node does not have it.
     pub fn hash_before(&self, seq: u64) -> Result<Option<String>, StoreError> {
         let Some(prev) = seq.checked_sub(1) else {
             return Ok(Some(GENESIS.to_string()));
         };
+        if let Some(cp) = audit::read_checkpoint(&self.trees)?.filter(|cp| cp.seq == prev) {
+            return Ok(Some(cp.hash));
+        }
         match self.trees.audit.get(key(prev))? {
             Some(v) => {
                 let entry: AuditEntry = bincode::deserialize(&v)?;
@@ -391,7 +451,7 @@ impl AuditLog {
     pub fn next_seq(&self) -> Result<u64, StoreError> {
         match self.trees.audit.last()? {
             Some((k, _)) => Ok(key_to_u64(&k)? + 1),
-            None => Ok(0),
+            None => self.oldest_seq(),
         }
     }
 

@@ -3,6 +3,13 @@
 //! On restart the store loads the latest snapshot and openraft re-applies the committed log
 //! entries after it (the log store keeps `committed`). Applying writes each audit entry to
 //! the `audit` tree keyed by seq, so a replay rewrites the same bytes.
+//!
+//! The audit trail is not stored inside the snapshot: the `snapshot` tree holds the payload
+//! with an empty trail plus a marker naming the retained range `[floor, next_seq)` in the
+//! `audit` tree, and [`RaftStateMachine::get_current_snapshot`] appends that range when a
+//! snapshot is sent. So a restart reads no audit entry, and what a follower receives holds
+//! at most `audit_retention` entries (see [`super::audit`]). A snapshot stored without the
+//! marker (written before) holds its whole trail and is used as it is.
 
 use std::io::Cursor;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -16,7 +23,8 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use super::{blocking, key, key_to_u64, StoreError, Trees};
+use super::audit::{self, Retention};
+use super::{blocking, key, StoreError, Trees};
 use crate::raft::{Change, Changes, LogId, NodeId, NodeInfo, SharedState, StateView, TypeConfig};
 use crate::state::{AuditEntry, Response, State};
 
@@ -34,8 +42,22 @@ pub(super) const CHUNK: usize = 4 * 1024;
 
 const HEADER: &[u8] = b"header";
 const CHUNK_PREFIX: u8 = b'c';
+/// Key of the [`Tail`] marker in the `snapshot` tree.
+const AUDIT_TAIL: &[u8] = b"audit_tail";
+/// The bincode of an empty `Vec` (its u64 length): how a stored payload with a marker ends.
+const EMPTY_VEC: [u8; 8] = [0; 8];
 
-/// What a snapshot holds. Field order is the encoding: keep [`PayloadRef`] in step.
+/// The audit entries `[floor, next_seq)` of the `audit` tree that belong to the stored
+/// snapshot, whose own trail is empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Tail {
+    floor: u64,
+    next_seq: u64,
+}
+
+/// What a snapshot holds. Field order is the encoding: keep [`PayloadRef`] in step. `audit`
+/// is the retained tail of the trail, ending at the state's audit head; it starts at seq 0
+/// only when nothing was compacted.
 #[derive(Deserialize)]
 struct Payload {
     state: State,
@@ -67,10 +89,17 @@ fn chunk_key(i: u32) -> [u8; 5] {
     [CHUNK_PREFIX, b[0], b[1], b[2], b[3]]
 }
 
+/// A stored snapshot: its meta, its bytes, and where its audit trail is when not in them.
+type Stored = (Meta, Vec<u8>, Option<Tail>);
+
 /// Reads the stored snapshot, if any.
-fn load_snapshot(trees: &Trees) -> std::result::Result<Option<(Meta, Vec<u8>)>, StoreError> {
+fn load_snapshot(trees: &Trees) -> std::result::Result<Option<Stored>, StoreError> {
     let Some(h) = trees.snapshot.get(HEADER)? else {
         return Ok(None);
+    };
+    let tail = match trees.snapshot.get(AUDIT_TAIL)? {
+        Some(t) => Some(bincode::deserialize(&t)?),
+        None => None,
     };
     let header: Header = bincode::deserialize(&h)?;
     let mut data = Vec::with_capacity(usize::try_from(header.len).unwrap_or(0));
@@ -88,20 +117,43 @@ fn load_snapshot(trees: &Trees) -> std::result::Result<Option<(Meta, Vec<u8>)>, 
             header.len
         )));
     }
-    Ok(Some((header.meta, data)))
+    Ok(Some((header.meta, data, tail)))
 }
 
-/// Replaces the stored snapshot in one atomic batch, unless (without `force`) the stored one
-/// is newer. Not synced: the caller syncs. Returns whether it replaced.
+/// The stored snapshot as it is sent: with its audit tail appended from the `audit` tree.
+/// The caller holds the snapshot lock, so no compaction removes the tail meanwhile.
+fn full_snapshot(trees: &Trees) -> std::result::Result<Option<(Meta, Vec<u8>)>, StoreError> {
+    let Some((meta, mut data, tail)) = load_snapshot(trees)? else {
+        return Ok(None);
+    };
+    if let Some(t) = tail {
+        strip_empty_trail(&mut data)?;
+        audit::encoded_range(trees, t.floor, t.next_seq, &mut data)?;
+    }
+    Ok(Some((meta, data)))
+}
+
+fn strip_empty_trail(data: &mut Vec<u8>) -> std::result::Result<(), StoreError> {
+    if !data.ends_with(&EMPTY_VEC) {
+        return Err(StoreError::Corrupt(
+            "the stored snapshot has an audit marker but does not end with an empty trail".into(),
+        ));
+    }
+    data.truncate(data.len() - EMPTY_VEC.len());
+    Ok(())
+}
+
+/// Replaces the stored snapshot (and its audit marker) in one atomic batch, unless (without
+/// `force`) the stored one is newer. Not synced: the caller syncs. Returns whether it
+/// replaced. The caller holds the snapshot lock: compare-and-replace, compaction and reading
+/// the tail for sending must not interleave.
 fn store_snapshot(
     trees: &Trees,
-    lock: &Mutex<()>,
     meta: &Meta,
     data: &[u8],
+    tail: Option<Tail>,
     force: bool,
 ) -> std::result::Result<bool, StoreError> {
-    // Serializes compare-and-replace between a builder and an install running concurrently.
-    let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
     let old: Option<Header> = match trees.snapshot.get(HEADER)? {
         Some(h) => Some(bincode::deserialize(&h)?),
         None => None,
@@ -128,31 +180,16 @@ fn store_snapshot(
         chunks,
     };
     batch.insert(HEADER, bincode::serialize(&header)?);
+    match tail {
+        Some(t) => batch.insert(AUDIT_TAIL, bincode::serialize(&t)?),
+        None => batch.remove(AUDIT_TAIL),
+    }
     trees.snapshot.apply_batch(batch)?;
     Ok(true)
 }
 
-/// Every audit entry with `seq < next_seq`, checked to be complete.
-fn read_audit(trees: &Trees, next_seq: u64) -> std::result::Result<Vec<AuditEntry>, StoreError> {
-    let mut out = Vec::with_capacity(usize::try_from(next_seq).unwrap_or(0));
-    for kv in trees.audit.range(..key(next_seq)) {
-        let (k, v) = kv?;
-        let seq = key_to_u64(&k)?;
-        if seq != out.len() as u64 {
-            return Err(StoreError::Corrupt(format!(
-                "audit entry {} is missing",
-                out.len()
-            )));
-        }
-        out.push(bincode::deserialize(&v)?);
-    }
-    if out.len() as u64 != next_seq {
-        return Err(StoreError::Corrupt(format!(
-            "audit trail ends at {}, the state expects {next_seq}",
-            out.len()
-        )));
-    }
-    Ok(out)
+fn hold(m: &Mutex<()>) -> std::sync::MutexGuard<'_, ()> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The state machine. Readers use [`StateMachineStore::shared`]; watchers subscribe to
@@ -164,12 +201,14 @@ pub struct StateMachineStore {
     last_applied: Option<LogId>,
     last_membership: Membership,
     snapshot_lock: Arc<Mutex<()>>,
+    retention: Retention,
 }
 
 impl StateMachineStore {
     pub(super) fn open(
         trees: Trees,
         history_limit: usize,
+        retention: Retention,
     ) -> std::result::Result<Self, StoreError> {
         let (changes, _) = broadcast::channel(CHANGES_CAPACITY);
         let mut sm = Self {
@@ -182,19 +221,36 @@ impl StateMachineStore {
             last_applied: None,
             last_membership: Membership::default(),
             snapshot_lock: Arc::new(Mutex::new(())),
+            retention,
         };
-        if let Some((meta, data)) = load_snapshot(&sm.trees)? {
-            let payload: Payload = bincode::deserialize(&data)?;
+        if let Some((meta, data, tail)) = load_snapshot(&sm.trees)? {
+            let mut payload: Payload = bincode::deserialize(&data)?;
             check_payload(&meta, &payload)?;
-            // The builder syncs after the audit entries it read, so they are normally all
-            // here; restore any that a damaged tree lost, from the snapshot's copy.
-            for entry in &payload.audit {
-                if !sm.trees.audit.contains_key(key(entry.seq))? {
-                    sm.trees
-                        .audit
-                        .insert(key(entry.seq), bincode::serialize(entry)?)?;
+            match tail {
+                // The tail was in the tree before the snapshot naming it was written (and
+                // synced with it); its two ends tell a damaged tree cheaply.
+                Some(t) => {
+                    for seq in [t.floor, t.next_seq.saturating_sub(1)] {
+                        if seq < t.next_seq && !sm.trees.audit.contains_key(key(seq))? {
+                            return Err(StoreError::Corrupt(format!(
+                                "audit entry {seq} of the snapshot's retained trail is missing"
+                            )));
+                        }
+                    }
+                }
+                // A snapshot written before the marker holds its whole trail: restore any
+                // entries a damaged tree lost from that copy.
+                None => {
+                    for entry in &payload.audit {
+                        if !sm.trees.audit.contains_key(key(entry.seq))? {
+                            sm.trees
+                                .audit
+                                .insert(key(entry.seq), bincode::serialize(entry)?)?;
+                        }
+                    }
                 }
             }
+            payload.audit = Vec::new();
             sm.set_state(payload);
         }
         Ok(sm)
@@ -319,6 +375,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             state,
             last_applied: self.last_applied,
             last_membership: self.last_membership.clone(),
+            retention: self.retention.clone(),
         }
     }
 
@@ -334,28 +391,36 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let sig = Some(meta.signature());
         let err =
             |e: StoreError| e.into_raft(ErrorSubject::Snapshot(sig.clone()), ErrorVerb::Write);
-        let data = snapshot.into_inner();
-        let payload: Payload = bincode::deserialize(&data)
+        let mut data = snapshot.into_inner();
+        let mut payload: Payload = bincode::deserialize(&data)
             .map_err(StoreError::from)
             .map_err(err)?;
         check_payload(meta, &payload).map_err(err)?;
+        let next_seq = payload.state.audit_head().next_seq;
+        audit::check_tail(&payload.audit, next_seq).map_err(err)?;
 
-        // Disk first (audit, then snapshot, then one sync), memory after.
+        // Disk first (audit, then snapshot, then one sync), memory after. The trail goes to
+        // the `audit` tree; the snapshot is stored without it, with a marker of its range.
         let trees = self.trees.clone();
         let lock = self.snapshot_lock.clone();
         let meta_c = meta.clone();
         let payload = blocking(move || {
-            let next_seq = payload.state.audit_head().next_seq;
-            let mut batch = sled::Batch::default();
-            for k in trees.audit.range(key(next_seq)..).keys() {
-                batch.remove(k?);
-            }
-            for entry in &payload.audit {
-                batch.insert(&key(entry.seq)[..], bincode::serialize(entry)?);
-            }
-            trees.audit.apply_batch(batch)?;
-            store_snapshot(&trees, &lock, &meta_c, &data, true)?;
+            let trail_bytes = bincode::serialized_size(&payload.audit)?;
+            let keep = usize::try_from(trail_bytes)
+                .ok()
+                .and_then(|n| data.len().checked_sub(n))
+                .ok_or_else(|| StoreError::Corrupt("snapshot shorter than its trail".into()))?;
+            data.truncate(keep);
+            data.extend_from_slice(&EMPTY_VEC);
+            let tail = Tail {
+                floor: payload.audit.first().map_or(next_seq, |e| e.seq),
+                next_seq,
+            };
+            let _guard = hold(&lock);
+            audit::replace(&trees, &payload.audit, next_seq)?;
+            store_snapshot(&trees, &meta_c, &data, Some(tail), true)?;
             trees.disk.sync()?;
+            payload.audit = Vec::new();
             Ok(payload)
         })
         .await
@@ -369,9 +434,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>> {
         let trees = self.trees.clone();
-        let got = blocking(move || load_snapshot(&trees))
-            .await
-            .map_err(|e| e.into_raft(ErrorSubject::Snapshot(None), ErrorVerb::Read))?;
+        let lock = self.snapshot_lock.clone();
+        let got = blocking(move || {
+            let _guard = hold(&lock);
+            full_snapshot(&trees)
+        })
+        .await
+        .map_err(|e| e.into_raft(ErrorSubject::Snapshot(None), ErrorVerb::Read))?;
         Ok(got.map(|(meta, data)| Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -381,12 +450,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
 /// Builds a snapshot from a copy of the state taken by
 /// [`RaftStateMachine::get_snapshot_builder`], so applying continues meanwhile.
+///
+/// The [`Snapshot`] it returns carries no audit trail: openraft 0.9 takes only its meta
+/// (`core/sm/worker.rs`) and sends what [`RaftStateMachine::get_current_snapshot`] returns,
+/// which appends the trail. Reading up to `audit_retention` entries at every build only to
+/// drop them would cost far more than the build itself. Should a trail-less snapshot ever be
+/// installed, the install refuses it (`check_tail`) instead of losing the trail.
 pub struct SnapshotBuilder {
     trees: Trees,
     lock: Arc<Mutex<()>>,
     state: Arc<State>,
     last_applied: Option<LogId>,
     last_membership: Membership,
+    retention: Retention,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -412,15 +488,24 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             snapshot_id,
         };
         let meta_c = meta.clone();
+        let retention = self.retention.clone();
         let data = blocking(move || {
-            let audit = read_audit(&trees, state.audit_head().next_seq)?;
+            let next_seq = state.audit_head().next_seq;
+            // Entries of this state's trail beyond the retention are compacted away.
+            let floor = next_seq.saturating_sub(retention.keep.max(1));
             let data = bincode::serialize(&PayloadRef {
                 state: &state,
                 last_applied: &last_applied,
                 last_membership: &last_membership,
-                audit: &audit,
+                audit: &[],
             })?;
-            store_snapshot(&trees, &lock, &meta_c, &data, false)?;
+            let tail = Tail { floor, next_seq };
+            let _guard = hold(&lock);
+            if store_snapshot(&trees, &meta_c, &data, Some(tail), false)? {
+                // Only once the snapshot naming the new floor is stored: the one before it
+                // may still be sent until then.
+                audit::compact(&trees, floor, retention.archive.as_deref())?;
+            }
             // A snapshot allows purging the log before it: it must be on disk first.
             trees.disk.sync()?;
             Ok(data)
@@ -467,14 +552,16 @@ pub(super) fn seed(
         state,
         last_applied: &Some(log_id),
         last_membership: &last_membership,
-        audit,
+        audit: &[],
     })?;
-    let mut batch = sled::Batch::default();
-    for entry in audit {
-        batch.insert(&key(entry.seq)[..], bincode::serialize(entry)?);
-    }
-    trees.audit.apply_batch(batch)?;
-    store_snapshot(trees, &Mutex::new(()), &meta, &data, true)?;
+    let next_seq = state.audit_head().next_seq;
+    audit::check_tail(audit, next_seq)?;
+    audit::replace(trees, audit, next_seq)?;
+    let tail = Tail {
+        floor: audit.first().map_or(next_seq, |e| e.seq),
+        next_seq,
+    };
+    store_snapshot(trees, &meta, &data, Some(tail), true)?;
     trees
         .meta
         .insert(super::log::LAST_PURGED, bincode::serialize(&log_id)?)?;
