@@ -2,6 +2,7 @@
 //! `baton bench switchover` (against a running cluster).
 //! They print figures; nothing here asserts a timing.
 
+pub mod etcd;
 pub mod shape;
 
 use std::path::Path;
