@@ -503,7 +503,7 @@ async fn keepalive(
     for (i, id) in ids.iter().copied().enumerate() {
         // The peer's stagger: stream i starts (7 i mod interval) ms after opening.
         let stagger = interval.map_or(Duration::ZERO, |iv| {
-            let ms = u64::try_from(iv.as_millis()).unwrap_or(u64::MAX);
+            let ms = u64::try_from(iv.as_millis()).unwrap_or(u64::MAX).max(1);
             Duration::from_millis((i as u64).wrapping_mul(7) % ms)
         });
         let lc = LeaseClient::new(chans[i % chans.len()].clone());
@@ -721,7 +721,9 @@ async fn watch(
     // Watchers finish on the last round's event; those still waiting 10 s after the last
     // write are stopped and give what they have.
     let mut outs = Vec::with_capacity(watchers);
-    let deadline = sent.last().copied().unwrap_or_else(Instant::now) + WATCH_MISS;
+    let deadline = sent
+        .last()
+        .map_or_else(Instant::now, |&last| last + WATCH_MISS);
     while outs.len() < watchers {
         match tokio::time::timeout_at(deadline, done_rx.recv()).await {
             Ok(Some(o)) => outs.push(o),
@@ -821,6 +823,7 @@ mod tests {
                 target,
             };
             let m = run(&cluster, &shape, short).await.unwrap();
+            eprintln!("{shape:?}: {m:?}");
             assert!(
                 m.ops > 0 && m.errors == 0 && m.failed == 0,
                 "{shape:?}: {m:?}"
@@ -838,6 +841,7 @@ mod tests {
             duration: Duration::from_secs(1),
         };
         let m = run(&cluster, &shape, timing).await.unwrap();
+        eprintln!("{shape:?}: {m:?}");
         // 10 streams at 10 Hz for 1 s: about 100 renewals.
         assert!(m.ops >= 50 && m.errors == 0 && m.failed == 0, "{m:?}");
 
@@ -848,6 +852,7 @@ mod tests {
             gap: Duration::from_millis(100),
         };
         let m = run(&cluster, &shape, short).await.unwrap();
+        eprintln!("{shape:?}: {m:?}");
         assert_eq!((m.ops, m.errors, m.failed), (40, 0, 0), "{m:?}");
         assert!(m.p99_us > 0, "{m:?}");
 
