@@ -428,8 +428,9 @@ struct StreamOut {
     failed: bool,
 }
 
-/// One stream's loop: closed (`interval` None) or one renewal per `interval` from
-/// `first`. On an error it reopens after 50 ms, as the peer's generator does.
+/// One stream's loop: closed (`interval` None) or one renewal per `interval`, the first
+/// `stagger` after the stream opened. On an error it reopens after 50 ms, as the peer's
+/// generator does.
 async fn keepalive_stream(
     mut lc: LeaseClient<Channel>,
     id: i64,
