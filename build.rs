@@ -1,4 +1,5 @@
-//! Compiles `proto/baton/v1/*.proto` with a vendored protoc, so no install step is needed.
+//! Compiles `proto/baton/v1/*.proto`, and the etcd subset in `proto/etcd/` (the etcd side of
+//! `baton bench compare`), with a vendored protoc, so no install step is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
@@ -20,5 +21,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ],
             &["proto"],
         )?;
+    // etcd's API, client side only: baton only calls etcd, in `bench::etcd`.
+    tonic_prost_build::configure()
+        .build_server(false)
+        .compile_protos(&["proto/etcd/rpc.proto"], &["proto/etcd"])?;
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! `baton bench switchover` (against a running cluster).
 //! They print figures; nothing here asserts a timing.
 
+pub mod etcd;
 pub mod restart;
 pub mod shape;
 pub mod watch_load;
