@@ -9,7 +9,7 @@ use baton::proto::coordinator_client::CoordinatorClient;
 use baton::proto::{Consistency, GetPrimaryRequest, WatchRequest};
 use tonic::Code;
 
-use crate::support::{agent, client, held, lease, service_toml, TestCluster};
+use crate::support::{agent, client, free_ports, held, lease, service_toml, TestCluster};
 
 /// A client connection to `addr` from the loopback address `from` (so the node counts it
 /// as a caller of its own, apart from the agent and the test's checks on 127.0.0.1).
@@ -363,4 +363,75 @@ async fn a_node_with_few_descriptors_survives_a_connection_flood_without_spinnin
         c.log(0).contains("connection limit reached"),
         "the node did not say it refused connections"
     );
+}
+
+/// A base port with the bench cluster's ports free: clients base..+3, peers +20..+23,
+/// admin +30..+33.
+fn bench_base_port() -> u16 {
+    for _ in 0..200 {
+        let base = free_ports(1)[0];
+        if base > 60_000 {
+            continue;
+        }
+        let all_free = [0u16, 1, 2, 20, 21, 22, 30, 31, 32]
+            .iter()
+            .all(|o| std::net::TcpListener::bind(("127.0.0.1", base + o)).is_ok());
+        if all_free {
+            return base;
+        }
+    }
+    panic!("no free range of ports for the bench cluster");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bench_shape_kind_runs_against_a_baton_cluster() {
+    use baton::bench::load::{self, BatonCluster};
+    use baton::bench::shape::{ReadKind, Shape, Target, Timing};
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_baton"));
+    let cluster = BatonCluster::start(exe, bench_base_port()).await.unwrap();
+    let t = Timing {
+        warmup: Duration::from_millis(100),
+        duration: Duration::from_millis(500),
+    };
+    let run = |shape: Shape| {
+        let cluster = &cluster;
+        async move {
+            let m = load::run(cluster, &shape, t).await.unwrap();
+            println!("{shape:?}: {m:?}");
+            m
+        }
+    };
+    for (kind, target) in [
+        (ReadKind::Linearizable, Target::All),
+        (ReadKind::Local, Target::Leader),
+    ] {
+        let m = run(Shape::Read {
+            kind,
+            conc: 4,
+            conns: 3,
+            target,
+        })
+        .await;
+        assert!(m.ops > 0 && m.errors == 0, "{m:?}");
+    }
+    // 300 streams span two services (baton bounds the agents of one service); paced, then
+    // a closed loop reusing the same agent ids.
+    for interval in [Some(Duration::from_millis(100)), None] {
+        let m = run(Shape::KeepAlive {
+            streams: 300,
+            conns: 3,
+            interval,
+        })
+        .await;
+        assert!(m.ops > 0 && m.failed == 0 && m.errors == 0, "{m:?}");
+    }
+    let m = run(Shape::Watch {
+        watchers: 20,
+        conns: 2,
+        rounds: 2,
+        gap: Duration::from_millis(100),
+    })
+    .await;
+    assert_eq!((m.ops, m.failed), (40, 0), "{m:?}");
+    assert!(m.p99_us > 0, "{m:?}");
 }

@@ -306,7 +306,11 @@ pub async fn run(cluster: &EtcdCluster, shape: &Shape, timing: Timing) -> Result
             streams,
             conns,
             interval,
-        } => keepalive(&cluster.endpoints(), streams, conns, interval, timing).await,
+        } => {
+            // To the leader, as baton's agents renew: a follower would only relay.
+            let leader = cluster.leader_endpoint().await?;
+            keepalive(&[leader], streams, conns, interval, timing).await
+        }
         Shape::Watch {
             watchers,
             conns,

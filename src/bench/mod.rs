@@ -1,8 +1,11 @@
-//! Benchmarks: `baton bench leader-kill` (starts its own cluster of real processes) and
-//! `baton bench switchover` (against a running cluster).
+//! Benchmarks: `baton bench leader-kill` and `compare` (start their own clusters of real
+//! processes), `restart` (its own node), `switchover`, `watch` and `get-primary` (against a
+//! running cluster).
 //! They print figures; nothing here asserts a timing.
 
+pub mod compare;
 pub mod etcd;
+pub mod load;
 pub mod restart;
 pub mod shape;
 pub mod watch_load;

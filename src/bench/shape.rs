@@ -33,8 +33,9 @@ pub enum Shape {
         conns: usize,
         target: Target,
     },
-    /// `streams` KeepAlive streams spread over `conns` connections to all members (a
-    /// follower forwards to the leader in both systems). `interval: None` is a closed loop
+    /// `streams` KeepAlive streams spread over `conns` connections to the leader (baton's
+    /// agents renew with the leader, a follower refuses; etcd's followers would only relay,
+    /// so both go to the leader). `interval: None` is a closed loop
     /// (the next renewal when the answer arrives); `Some(i)` renews every `i` per stream,
     /// starts staggered over the first interval. baton: every stream is its own agent id of
     /// the holding region of one service; etcd: every stream has its own lease.

@@ -199,12 +199,24 @@ async fn watcher(
         start_revision: 0,
         progress_interval_ms: 0,
     };
-    let mut stream = match client.watch(req).await {
-        Ok(s) => s.into_inner(),
-        Err(e) => {
-            let e = format!("opening a watch: {e}");
-            let _ = ready.send(Err(e.clone())).await;
-            return Err(e);
+    let mut backoff = Duration::from_millis(10);
+    let mut stream = loop {
+        match client.watch(req.clone()).await {
+            Ok(s) => break s.into_inner(),
+            // A node sheds a burst of opens (each is a call in flight until its first
+            // headers): back off and retry, as its message asks and as a fleet would.
+            Err(e)
+                if e.code() == tonic::Code::ResourceExhausted
+                    && backoff <= Duration::from_secs(3) =>
+            {
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+            Err(e) => {
+                let e = format!("opening a watch: {e}");
+                let _ = ready.send(Err(e.clone())).await;
+                return Err(e);
+            }
         }
     };
     let first = match stream.message().await {

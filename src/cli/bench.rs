@@ -37,6 +37,11 @@ pub enum BenchCommand {
     /// default) and measure restart to the first linearizable read, RSS, and the snapshot's
     /// size, build and install times.
     Restart(crate::bench::restart::RestartArgs),
+    /// etcd 3.4 and baton side by side: start a three-member etcd cluster and a three-node
+    /// baton cluster on 127.0.0.1, run the same read, KeepAlive and watch shapes on each,
+    /// alternating, --runs times, and print medians, ratios, the targets and each
+    /// node's memory after the load.
+    Compare(CompareArgs),
 }
 
 /// `baton bench watch`.
@@ -60,6 +65,37 @@ pub struct WatchArgs {
     /// The serving process (e.g. `baton dev`): its RSS growth per idle watcher is printed.
     #[arg(long, value_name = "PID")]
     pub rss_pid: Option<u32>,
+}
+
+/// `baton bench compare`.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// The etcd binary (Debian's etcd-server); default: `etcd` on PATH.
+    #[arg(long, value_name = "PATH")]
+    pub etcd: Option<std::path::PathBuf>,
+    /// Runs of each shape on each system (the medians are over these).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=20))]
+    pub runs: u64,
+    /// Only the shapes whose name contains one of these, e.g. `--only read,watch-1k`.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// First port of the baton cluster on 127.0.0.1 (it uses about 40 from there).
+    #[arg(long, default_value_t = 27100)]
+    pub baton_port: u16,
+    /// First port of the etcd cluster on 127.0.0.1 (it uses about 20 from there).
+    #[arg(long, default_value_t = 27300)]
+    pub etcd_port: u16,
+    /// Which systems to run: both (the comparison), or one alone (to profile it).
+    #[arg(long, value_enum, default_value_t = Systems::Both)]
+    pub systems: Systems,
+}
+
+/// Which systems `baton bench compare` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Systems {
+    Both,
+    Baton,
+    Etcd,
 }
 
 /// `baton bench postgres`.
@@ -273,7 +309,100 @@ pub async fn run(ctx: &mut Ctx<'_>, cmd: BenchCommand) -> Result<Exit, CliError>
         BenchCommand::Postgres(a) => postgres(ctx, a).await,
         BenchCommand::Watch(a) => watch(ctx, a).await,
         BenchCommand::Restart(a) => restart(ctx, a).await,
+        BenchCommand::Compare(a) => compare(ctx, a).await,
     }
+}
+
+async fn compare(ctx: &mut Ctx<'_>, args: CompareArgs) -> Result<Exit, CliError> {
+    use crate::bench::compare::{self as cmp, CompareOptions, Figure};
+    use crate::bench::shape::Measured;
+    let exe = std::env::current_exe().map_err(|source| CliError::Io {
+        context: "cannot find the baton executable to start the cluster".into(),
+        source,
+    })?;
+    let with_etcd = args.systems != Systems::Baton;
+    let opts = CompareOptions {
+        etcd: match with_etcd {
+            true => crate::bench::etcd::find_etcd(args.etcd.as_deref()).map_err(CliError::Other)?,
+            false => Default::default(),
+        },
+        with_etcd,
+        with_baton: args.systems != Systems::Etcd,
+        runs: args.runs as usize,
+        only: args.only,
+        baton_port: args.baton_port,
+        etcd_port: args.etcd_port,
+    };
+    let report = cmp::compare(&exe, &opts, |line| eprintln!("{line}"))
+        .await
+        .map_err(CliError::Other)?;
+    // One cell: the median, and the spread over the runs.
+    let cell = |row: &cmp::Row, of_baton: bool| {
+        let f = Figure::of(&row.shape);
+        let runs: &[Measured] = if of_baton { &row.baton } else { &row.etcd };
+        let mut v: Vec<f64> = runs.iter().map(|m| f.value(m)).collect();
+        v.sort_by(f64::total_cmp);
+        let (lo, hi) = (
+            v.first().copied().unwrap_or(0.0),
+            v.last().copied().unwrap_or(0.0),
+        );
+        let failed: u64 = runs.iter().map(|m| m.failed).sum();
+        let errors: u64 = runs.iter().map(|m| m.errors).sum();
+        let mut text = match f {
+            Figure::Rate => format!("{:.0}/s [{lo:.0}–{hi:.0}]", row.median(of_baton)),
+            Figure::P99 => format!("p99 {:.1} ms [{lo:.1}–{hi:.1}]", row.median(of_baton)),
+        };
+        if failed > 0 {
+            text.push_str(&format!(", {failed} failed"));
+        }
+        if errors > 0 {
+            text.push_str(&format!(", {errors} errors"));
+        }
+        Value::from(text)
+    };
+    let mut table = Table::new(&["shape", "etcd", "baton", "baton_vs_etcd", "target", "met"]);
+    for row in &report.rows {
+        let (target, met) = row.target();
+        table.push(vec![
+            Value::from(row.name),
+            cell(row, false),
+            cell(row, true),
+            Value::from(format!("{:.2}×", row.advantage())),
+            Value::from(target),
+            Value::from(if met { "yes" } else { "NO" }),
+        ]);
+    }
+    let mb = |v: &[u64]| {
+        v.iter()
+            .map(|b| format!("{:.0}", *b as f64 / 1_048_576.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (etcd_max, baton_max) = (
+        report.memory.etcd.iter().copied().max().unwrap_or(0),
+        report.memory.baton.iter().copied().max().unwrap_or(0),
+    );
+    table.push(vec![
+        Value::from("RSS per node after the load (MB)"),
+        Value::from(mb(&report.memory.etcd)),
+        Value::from(mb(&report.memory.baton)),
+        Value::from(format!(
+            "{:.2}×",
+            etcd_max as f64 / (baton_max.max(1)) as f64
+        )),
+        Value::from("largest ≤ ⅓ etcd's largest"),
+        Value::from(if baton_max * 3 <= etcd_max {
+            "yes"
+        } else {
+            "NO"
+        }),
+    ]);
+    let title = format!(
+        "etcd 3.4 vs baton, same machine, medians of {} alternating runs [min–max]",
+        report.runs
+    );
+    ctx.print_sections(&[(title.as_str(), &table)])?;
+    Ok(Exit::Ok)
 }
 
 /// VmRSS of process `pid` in KiB.
