@@ -398,6 +398,14 @@ fn the_runbook_works_on_a_cluster_of_real_hosts() {
         (applied + 5 >= max && six["members"] == "3 voters").then_some(rows)
     });
     assert!(rows.iter().all(|r| r["error"].is_null()), "{rows:?}");
+    // On a loaded machine the holder's renewals can stall past its TTL while the node is
+    // replaced, and automation then moves the lease in a run of its own; a manual move is
+    // refused until that run ends (no-run-in-progress), so wait for it as an operator would.
+    wait_for(WAIT, "no workflow run in progress", || {
+        let runs = c.json(&["workflows", "payments"])?;
+        let running = runs.as_array()?.iter().any(|r| r["state"] == "running");
+        (!running).then_some(())
+    });
     // The new node serves the region: the primary can move there and back.
     c.baton(&[
         "failover",
